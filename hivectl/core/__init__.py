@@ -1,0 +1,1 @@
+"""Code shared by hivectl, the requester and the node agent. Imports nothing from them."""

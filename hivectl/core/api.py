@@ -1,0 +1,98 @@
+"""Requests and replies of the operator API (`hive.api.<noun>.<verb>`).
+
+Ids in requests may be unique prefixes; the requester resolves them and answers with
+an `ErrorReply` whose code is `not_found` or `ambiguous` when it cannot.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar
+
+from pydantic import Field, StringConstraints
+
+from hivectl.core.models import (
+    Approval,
+    Health,
+    Message,
+    Model,
+    NodeId,
+    NodeInfo,
+    NodeResources,
+    NodeType,
+    Reason,
+    ShortText,
+    register_messages,
+)
+
+IdPrefix = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Selector = Annotated[str, StringConstraints(strict=True, max_length=1024)]
+PAGE_SIZE = 1000
+
+
+class NodeView(Model):
+    """A node as operators see it: its record joined with live health and resources."""
+
+    node_id: NodeId
+    type: NodeType = NodeType.COMPUTE
+    approval: Approval
+    health: Health
+    reason: Reason = ""
+    public_key: ShortText = ""
+    info: NodeInfo | None = None
+    resources: NodeResources | None = None
+    last_heartbeat: datetime | None = None  # the requester's clock, when it last heard
+    registered_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class NodeListRequest(Message):
+    kind: ClassVar[str] = "node_list"
+    approval: Approval | None = None
+    health: Health | None = None
+    selector: Selector = ""  # label selector, as in `hivectl node list -l`
+    after: ShortText = ""  # paging: ids sort ascending; start after this one
+    limit: Annotated[int, Field(ge=1, le=PAGE_SIZE)] = PAGE_SIZE
+
+
+class NodeListReply(Message):
+    kind: ClassVar[str] = "node_list_reply"
+    nodes: list[NodeView]
+    next: ShortText = ""  # non-empty: ask again with after=next
+
+
+class NodeGetRequest(Message):
+    kind: ClassVar[str] = "node_get"
+    id: IdPrefix
+
+
+class NodeGetReply(Message):
+    kind: ClassVar[str] = "node_get_reply"
+    node: NodeView
+
+
+class NodeApproveRequest(Message):
+    kind: ClassVar[str] = "node_approve"
+    id: IdPrefix
+
+
+class NodeRejectRequest(Message):
+    kind: ClassVar[str] = "node_reject"
+    id: IdPrefix
+    reason: Reason = ""
+
+
+class NodeDeleteRequest(Message):
+    kind: ClassVar[str] = "node_delete"
+    id: IdPrefix
+
+
+register_messages(
+    NodeListRequest,
+    NodeListReply,
+    NodeGetRequest,
+    NodeGetReply,
+    NodeApproveRequest,
+    NodeRejectRequest,
+    NodeDeleteRequest,
+)

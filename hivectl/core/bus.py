@@ -1,0 +1,139 @@
+"""Connecting to NATS: daemons hold on forever, the CLI fails fast with one line.
+
+Also the one request helper every client uses, so "nobody answered" and "the answer
+was an error" read the same everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, TypeVar
+
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError, NoServersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from hivectl.core import codec
+from hivectl.core.config import NatsSettings
+from hivectl.core.models import ErrorReply, Message
+
+log = logging.getLogger("hive.bus")
+M = TypeVar("M", bound=Message)
+
+
+class BusError(RuntimeError):
+    """NATS could not be reached, or nobody answered: the message is one line for a person."""
+
+
+class RemoteError(RuntimeError):
+    """The other side answered with an error reply."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _credentials(settings: NatsSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if settings.token is not None:
+        options["token"] = settings.token.get_secret_value()
+    if settings.user is not None:
+        options["user"] = settings.user
+        options["password"] = settings.password.get_secret_value() if settings.password else ""
+    if settings.creds_file is not None:
+        options["user_credentials"] = str(settings.creds_file)
+    return options
+
+
+async def connect_daemon(settings: NatsSettings, name: str) -> Client:
+    """A connection that reconnects forever and drains on close, for the daemons."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        log.warning("nats: disconnected from %s; reconnecting", settings.url)
+
+    async def on_reconnected() -> None:
+        log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+
+    nc = Client()
+    await nc.connect(
+        servers=settings.url.split(","),
+        name=name,
+        connect_timeout=max(1, int(settings.connect_timeout)),
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        ping_interval=20,
+        max_outstanding_pings=3,
+        drain_timeout=10,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        **_credentials(settings),
+    )
+    return nc
+
+
+async def connect_cli(settings: NatsSettings, name: str = "hivectl") -> Client:
+    """A connection that gives up at once with a readable reason, for hivectl."""
+
+    seen: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:  # surfaces in the BusError below
+        seen.append(exc)
+
+    timeout = max(1.0, settings.connect_timeout)
+    nc = Client()
+    try:
+        async with asyncio.timeout(timeout * 2 + 1):
+            # nats-py only stops trying a server once its attempts exceed a positive
+            # max_reconnect_attempts (0 loops forever), so: one retry, no wait.
+            await nc.connect(
+                servers=settings.url.split(","),
+                name=name,
+                connect_timeout=int(timeout),
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+                error_cb=remember,
+                **_credentials(settings),
+            )
+            return nc
+    except (OSError, NatsError, TimeoutError) as exc:
+        cause = seen[-1] if isinstance(exc, NoServersError) and seen else exc
+        raise BusError(f"cannot reach NATS at {settings.url}: {_reason(cause)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the requester or nats-server running?)"
+    text = str(exc).strip()
+    if "Authorization" in text or "authorization" in text:
+        return "authorization failed (check the credentials)"
+    return text or type(exc).__name__
+
+
+async def request(
+    nc: Client,
+    subject: str,
+    message: Message,
+    expect: type[M],
+    timeout: float,
+) -> M:
+    """Send `message`, return the reply as `expect`; raise BusError or RemoteError."""
+    try:
+        reply = await nc.request(subject, codec.encode(message), timeout=timeout)
+    except NoRespondersError:
+        raise BusError(f"no requester is answering on {subject}") from None
+    except (NatsTimeoutError, TimeoutError):
+        raise BusError(f"no answer on {subject} within {timeout:g}s") from None
+    answer: Message = codec.decode(reply.data, (expect, ErrorReply))
+    if isinstance(answer, ErrorReply):
+        raise RemoteError(answer.code, answer.reason)
+    assert isinstance(answer, expect)
+    return answer

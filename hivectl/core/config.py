@@ -1,0 +1,230 @@
+"""Layered configuration for the three programs: defaults < TOML file < HIVE_* env < flags.
+
+One pydantic-settings class per program. The TOML file is the one named by `--config`
+(or HIVE_CONFIG), else the program's usual place; a named file that does not exist is
+an error, a missing usual file is not. Nested keys come from the environment with `__`:
+`HIVE_NATS__URL=nats://10.0.0.5:4222`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+import platformdirs
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from hivectl.core.models import Labels
+from hivectl.core.subjects import DEFAULT_PREFIX
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: Any) -> Any:
+    """'15s', '500ms', '2m', '1h' or a number of seconds, as seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (like 15s, 500ms, 2m)")
+        return float(match[1]) * _UNITS[match[2] or "s"]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NatsSettings(Section):
+    url: str = "nats://127.0.0.1:4222"
+    token: SecretStr | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    creds_file: Path | None = None  # a NATS .creds file (JWT + nkey seed)
+    connect_timeout: Duration = 2.0
+    prefix: str = Field(default=DEFAULT_PREFIX, pattern=r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$")
+
+
+class EmbeddedNatsSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=4222, ge=0, le=65535)  # 0: any free port
+    store_dir: Path | None = None  # default: <data_dir>/nats
+    max_payload: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
+class LogSettings(Section):
+    level: LogLevel = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"  # auto: JSON unless on a terminal
+
+
+class MetricsSettings(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class HiveSettings(BaseSettings):
+    """Common behaviour: HIVE_ env prefix, `__` nesting, unknown keys refused."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HIVE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _toml_file.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def usual_file(cls) -> Path:
+        """Where the program looks for its TOML file when none is named."""
+        return _system_dir() / f"{cls.program}.toml"
+
+    program: ClassVar[str] = "hive"
+
+
+def _system_dir() -> Path:
+    """/etc/hive for root daemons (as systemd runs them), the user's dir otherwise."""
+    return Path("/etc/hive") if os.geteuid() == 0 else Path(platformdirs.user_config_dir("hive"))
+
+
+def _data_dir(name: str) -> Path:
+    state = os.environ.get("STATE_DIRECTORY")  # systemd's StateDirectory=
+    if state:
+        return Path(state.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/hive") / name
+    return Path(platformdirs.user_data_dir("hive")) / name
+
+
+class RequesterConfig(HiveSettings):
+    program: ClassVar[str] = "requester"
+    embedded: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    data_dir: Path = Field(default_factory=lambda: _data_dir("requester"))
+    cluster_name: str = Field(default="hive", max_length=64)
+    auto_approve: bool = False
+    unhealthy_after: Duration = 30.0
+    disconnected_after: Duration = 60.0
+    health_check_interval: Duration = 1.0
+    max_payload: int = Field(default=1024 * 1024, ge=1024)
+
+
+class DockerExecutorSettings(Section):
+    enabled: bool = True
+    host: str | None = None  # default: DOCKER_HOST or the local socket
+
+
+class ProcessExecutorSettings(Section):
+    enabled: bool = False  # runs jobs as local processes: only where the operator says so
+
+
+class ExecutorSettings(Section):
+    docker: DockerExecutorSettings = Field(default_factory=DockerExecutorSettings)
+    process: ProcessExecutorSettings = Field(default_factory=ProcessExecutorSettings)
+
+
+class NodeAgentConfig(HiveSettings):
+    program: ClassVar[str] = "nodeagent"
+    name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    labels: Labels = Field(default_factory=dict)
+    state_dir: Path = Field(default_factory=lambda: _data_dir("nodeagent"))
+    work_dir: Path | None = None  # default: <state_dir>/work
+    heartbeat_interval: Duration = 15.0
+    resource_update_interval: Duration = 30.0
+    info_update_interval: Duration = 60.0
+    executors: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings(port=9465))
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return self.work_dir or self.state_dir / "work"
+
+
+class ClientConfig(HiveSettings):
+    program: ClassVar[str] = "hivectl"
+
+    @classmethod
+    def usual_file(cls) -> Path:
+        return Path(platformdirs.user_config_dir("hive")) / "hivectl.toml"
+
+    timeout: Duration = 5.0
+    output: Literal["table", "wide", "json", "yaml"] = "table"
+
+
+_toml_file: ContextVar[Path | None] = ContextVar("hive_toml_file", default=None)
+S = TypeVar("S", bound=HiveSettings)
+
+
+class ConfigError(ValueError):
+    """A config file that is missing, unreadable or invalid; the message says which key."""
+
+
+def load_config(cls: type[S], config_file: Path | None = None, **flags: Any) -> S:
+    """`cls` from its layers. `flags` holds command-line values; None means 'not given'."""
+    explicit = config_file or _env_path("HIVE_CONFIG")
+    path = explicit or cls.usual_file()
+    if explicit is not None and not explicit.is_file():
+        raise ConfigError(f"config file {explicit} does not exist")
+    overrides = _drop_none(flags)
+    token = _toml_file.set(path if path.is_file() else None)
+    try:
+        return cls(**overrides)
+    except ValueError as exc:  # ValidationError and TOML decode errors
+        raise ConfigError(f"invalid configuration ({path}): {_first_line(exc)}") from None
+    finally:
+        _toml_file.reset(token)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if not value:
+                continue
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _first_line(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        err = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return f"{where}: {err['msg']}"
+    return str(exc).splitlines()[0]

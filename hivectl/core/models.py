@@ -1,0 +1,241 @@
+"""Wire and storage models: node records, node messages, API requests and replies.
+
+Every message is a pydantic model with a protocol version `v` and a `kind` that names
+it on the wire; `codec.py` turns the registry below into msgpack and back. Field
+limits here are the input limits of the whole system: a value a model refuses never
+reaches a daemon's logic.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
+
+PROTOCOL_VERSION = 1
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# Scalars are strict (no "5" -> 5 coercion); enums and datetimes accept their wire strings.
+NodeId = Annotated[str, StringConstraints(strict=True, pattern=ID_PATTERN)]
+LabelKey = Annotated[
+    str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+]
+LabelValue = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9._-]{0,63}$")]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=64)]
+ShortText = Annotated[str, StringConstraints(strict=True, max_length=256)]
+Reason = Annotated[str, StringConstraints(strict=True, max_length=1024)]
+PublicKey = Annotated[str, StringConstraints(strict=True, pattern=r"^U[A-Z2-7]{55}$")]
+NonNegInt = Annotated[int, Strict(), Field(ge=0, le=2**62)]
+NonNegFloat = Annotated[float, Strict(), Field(ge=0, le=1e12, allow_inf_nan=False)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Approval(StrEnum):
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+
+class Health(StrEnum):
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    UNKNOWN = "UNKNOWN"
+
+
+class NodeType(StrEnum):
+    REQUESTER = "Requester"
+    COMPUTE = "Compute"
+
+
+class Model(BaseModel):
+    """Base for everything on the wire or in a bucket.
+
+    Unknown fields are ignored rather than refused, so a newer peer can add fields;
+    this is also what makes a node's attempt to send `approval` a no-op.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Resources(Model):
+    cpu: NonNegFloat = 0.0  # cores
+    memory: NonNegInt = 0  # bytes
+    disk: NonNegInt = 0  # bytes
+    gpu: NonNegInt = 0  # devices
+
+    def fits(self, other: Resources) -> bool:
+        """True when `other` fits inside these resources."""
+        return (
+            other.cpu <= self.cpu + 1e-9
+            and other.memory <= self.memory
+            and other.disk <= self.disk
+            and other.gpu <= self.gpu
+        )
+
+    def minus(self, other: Resources) -> Resources:
+        return Resources(
+            cpu=max(0.0, round(self.cpu - other.cpu, 6)),
+            memory=max(0, self.memory - other.memory),
+            disk=max(0, self.disk - other.disk),
+            gpu=max(0, self.gpu - other.gpu),
+        )
+
+
+class GpuInfo(Model):
+    index: NonNegInt
+    vendor: ShortText = "nvidia"
+    model: ShortText
+    memory: NonNegInt  # bytes
+    uuid: ShortText = ""
+
+
+class NodeInfo(Model):
+    """What a node says about itself; kept in its record, refreshed when it changes."""
+
+    hostname: ShortText
+    arch: ShortText
+    os: ShortText
+    version: ShortText
+    labels: Labels = Field(default_factory=dict)
+    executors: Annotated[list[ShortText], Field(max_length=8)] = Field(default_factory=list)
+    total: Resources = Field(default_factory=Resources)
+    allocatable: Resources = Field(default_factory=Resources)
+    gpus: Annotated[list[GpuInfo], Field(max_length=64)] = Field(default_factory=list)
+    benchmark_score: NonNegFloat = 0.0
+
+
+class NodeResources(Model):
+    """A resource report: what the machine has, what Hive may use, what is free now."""
+
+    total: Resources
+    allocatable: Resources
+    available: Resources
+
+
+class NodeRecord(Model):
+    """A node as the requester stores it in the `hive_nodes` bucket."""
+
+    node_id: NodeId
+    public_key: PublicKey
+    info: NodeInfo
+    approval: Approval = Approval.PENDING
+    reason: Reason = ""
+    registered_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+# -- messages ------------------------------------------------------------------------
+
+
+class Message(Model):
+    """A wire message: `kind` names its model in `MESSAGES`."""
+
+    v: Annotated[int, Strict(), Field(ge=1, le=PROTOCOL_VERSION)] = PROTOCOL_VERSION
+    kind: ClassVar[str]
+
+
+class RegisterRequest(Message):
+    kind: ClassVar[str] = "register"
+    node_id: NodeId
+    public_key: PublicKey
+    info: NodeInfo
+
+
+class RegisterReply(Message):
+    kind: ClassVar[str] = "register_reply"
+    node_id: NodeId
+    approval: Approval
+    requester_key: PublicKey  # the node derives its message key from this
+    cluster: ShortText = ""
+
+
+class InfoUpdate(Message):
+    kind: ClassVar[str] = "info"
+    node_id: NodeId
+    info: NodeInfo
+
+
+class InfoReply(Message):
+    kind: ClassVar[str] = "info_reply"
+    known: Annotated[bool, Strict()]
+    approval: Approval | None = None
+
+
+class ResourceUpdate(Message):
+    kind: ClassVar[str] = "resources"
+    node_id: NodeId
+    seq: NonNegInt
+    resources: NodeResources
+
+
+class Heartbeat(Message):
+    kind: ClassVar[str] = "heartbeat"
+    node_id: NodeId
+    seq: NonNegInt
+
+
+class Leave(Message):
+    kind: ClassVar[str] = "leave"
+    node_id: NodeId
+    seq: NonNegInt
+    reason: Reason = ""
+
+
+class ErrorReply(Message):
+    kind: ClassVar[str] = "error"
+    code: ShortText
+    reason: Reason
+
+
+class OkReply(Message):
+    kind: ClassVar[str] = "ok"
+    id: ShortText = ""
+
+
+class NodeEvent(Message):
+    """Published on `hive.events.node.<id>` for every approval or health change."""
+
+    kind: ClassVar[str] = "node_event"
+    node_id: NodeId
+    event: Literal["registered", "approval", "health", "deleted"]
+    old: ShortText = ""
+    new: ShortText = ""
+    reason: Reason = ""
+    at: datetime = Field(default_factory=utcnow)
+
+
+def message_registry(*models: type[Message]) -> dict[str, type[Message]]:
+    """Map each model's `kind` to the model; a duplicate kind is a programming error."""
+    registry: dict[str, type[Message]] = {}
+    for model in models:
+        if model.kind in registry:
+            raise ValueError(f"duplicate message kind {model.kind!r}")
+        registry[model.kind] = model
+    return registry
+
+
+MESSAGES: dict[str, type[Message]] = message_registry(
+    RegisterRequest,
+    RegisterReply,
+    InfoUpdate,
+    InfoReply,
+    ResourceUpdate,
+    Heartbeat,
+    Leave,
+    ErrorReply,
+    OkReply,
+    NodeEvent,
+)
+
+
+def register_messages(*models: type[Message]) -> None:
+    """Add message models defined elsewhere in hivectl.core (API, jobs) to the registry."""
+    for model in models:
+        if model.kind in MESSAGES and MESSAGES[model.kind] is not model:
+            raise ValueError(f"duplicate message kind {model.kind!r}")
+        MESSAGES[model.kind] = model

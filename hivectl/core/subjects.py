@@ -1,0 +1,110 @@
+"""Every NATS subject, stream, bucket and queue-group name Hive uses, built in one place.
+
+Daemons and the CLI never format a subject themselves: a renamed subject, or a cluster
+that runs under another prefix, is a change to this module alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+DEFAULT_PREFIX = "hive"
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Names for one Hive cluster, all derived from its subject prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    # -- node -> requester ---------------------------------------------------------
+    @property
+    def node_register(self) -> str:
+        return f"{self.prefix}.node.register"
+
+    def node_info(self, node_id: str) -> str:
+        return f"{self.prefix}.node.{node_id}.info"
+
+    def node_resources(self, node_id: str) -> str:
+        return f"{self.prefix}.node.{node_id}.resources"
+
+    def node_heartbeat(self, node_id: str) -> str:
+        return f"{self.prefix}.node.{node_id}.heartbeat"
+
+    def node_leave(self, node_id: str) -> str:
+        """Published once by an agent that is shutting down, so it goes UNKNOWN at once."""
+        return f"{self.prefix}.node.{node_id}.leave"
+
+    def node_exec(self, node_id: str) -> str:
+        return f"{self.prefix}.node.{node_id}.exec"
+
+    def node_wildcard(self, what: str) -> str:
+        """`hive.node.*.<what>`: one subscription serves every node."""
+        return f"{self.prefix}.node.*.{what}"
+
+    def node_id_from(self, subject: str) -> str:
+        """The `<id>` token of a `hive.node.<id>.<what>` subject ('' when absent)."""
+        parts = subject.split(".")
+        return parts[-2] if len(parts) == self._node_subject_tokens else ""
+
+    @cached_property
+    def _node_subject_tokens(self) -> int:
+        return self.prefix.count(".") + 4
+
+    # -- requester -> node ---------------------------------------------------------
+    def compute(self, node_id: str, verb: str) -> str:
+        """`offer`, `cancel` or `control` requests to one node."""
+        return f"{self.prefix}.compute.{node_id}.{verb}"
+
+    # -- logs, events, api ---------------------------------------------------------
+    def logs(self, job_id: str, exec_id: str) -> str:
+        return f"{self.prefix}.logs.{job_id}.{exec_id}"
+
+    def node_events(self, node_id: str = "*") -> str:
+        return f"{self.prefix}.events.node.{node_id}"
+
+    def job_events(self, job_id: str = "*") -> str:
+        return f"{self.prefix}.events.job.{job_id}"
+
+    def api(self, noun: str, verb: str) -> str:
+        return f"{self.prefix}.api.{noun}.{verb}"
+
+    @property
+    def api_wildcard(self) -> str:
+        return f"{self.prefix}.api.>"
+
+    # -- JetStream names -----------------------------------------------------------
+    @property
+    def nodes_bucket(self) -> str:
+        return f"{self._ident}_nodes"
+
+    @property
+    def jobs_bucket(self) -> str:
+        return f"{self._ident}_jobs"
+
+    @property
+    def results_store(self) -> str:
+        return f"{self._ident}_results"
+
+    @property
+    def exec_stream(self) -> str:
+        return f"{self._ident.upper()}_EXEC"
+
+    @property
+    def logs_stream(self) -> str:
+        return f"{self._ident.upper()}_LOGS"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self._ident.upper()}_EVENTS"
+
+    @property
+    def requester_queue(self) -> str:
+        """Queue group shared by every requester, so each request is served once."""
+        return f"{self._ident}-requesters"
+
+    @cached_property
+    def _ident(self) -> str:
+        # Bucket and stream names may not contain dots.
+        return self.prefix.replace(".", "_")
