@@ -129,6 +129,7 @@ class RequesterConfig(HiveSettings):
     embedded: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     data_dir: Path = Field(default_factory=lambda: _data_dir("requester"))
+    name: str = Field(default="requester", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     cluster_name: str = Field(default="hive", max_length=64)
     auto_approve: bool = False
     unhealthy_after: Duration = 30.0

@@ -1,0 +1,1 @@
+"""The requester: admits compute nodes, tracks their health and serves the operator API."""

@@ -1,0 +1,209 @@
+"""The operator API for nodes: `hive.api.node.{list,get,approve,reject,delete}`.
+
+Reads come from memory (the registry's view and liveness), never from a bucket scan.
+Lists are paged so that one reply never exceeds the server's max_payload, however many
+nodes there are and however many labels they carry.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import platform
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+
+from nats.aio.msg import Msg
+
+import hivectl
+from hivectl.core import codec
+from hivectl.core.api import (
+    NodeApproveRequest,
+    NodeDeleteRequest,
+    NodeGetReply,
+    NodeGetRequest,
+    NodeListReply,
+    NodeListRequest,
+    NodeRejectRequest,
+    NodeView,
+)
+from hivectl.core.models import (
+    Approval,
+    ErrorReply,
+    Health,
+    Message,
+    NodeInfo,
+    NodeRecord,
+    NodeType,
+    OkReply,
+)
+from hivectl.core.selectors import Selector, SelectorError, parse_selector
+from requester.liveness import Liveness
+from requester.registry import Registry, RegistryError
+
+log = logging.getLogger("hive.requester.api")
+Handler = Callable[[bytes], Awaitable[Message]]
+REPLY_HEADROOM = 4096  # bytes kept free under max_payload for the envelope
+
+
+class NodeApi:
+    def __init__(
+        self,
+        registry: Registry,
+        liveness: Liveness,
+        *,
+        requester_id: str,
+        requester_key: str,
+        max_payload: int,
+        on_delete: Callable[[str], None],
+        limits: codec.Limits,
+    ) -> None:
+        self._registry = registry
+        self._liveness = liveness
+        self._max_reply = max_payload - REPLY_HEADROOM
+        self._on_delete = on_delete
+        self._limits = limits
+        self._self_view = _requester_view(requester_id, requester_key)
+        self.handlers: dict[str, Handler] = {
+            "list": self.list_nodes,
+            "get": self.get_node,
+            "approve": self.approve_node,
+            "reject": self.reject_node,
+            "delete": self.delete_node,
+        }
+        self.served = 0
+        self.errors = 0
+
+    async def on_request(self, msg: Msg) -> None:
+        """Dispatch `hive.api.node.<verb>`; every request gets a reply, errors included."""
+        verb = msg.subject.rsplit(".", 1)[-1]
+        handler = self.handlers.get(verb)
+        try:
+            if handler is None:
+                raise RegistryError("unknown_verb", f"no such node operation {verb!r}")
+            reply = await handler(msg.data)
+        except codec.CodecError as exc:
+            reply = exc.reply()
+        except RegistryError as exc:
+            reply = ErrorReply(code=exc.code, reason=exc.reason)
+        except Exception:  # never let one request take the daemon down
+            log.exception("node api %s failed", verb)
+            reply = ErrorReply(code="internal", reason="internal error in the requester")
+        self.served += 1
+        self.errors += isinstance(reply, ErrorReply)
+        if msg.reply:
+            await msg.respond(codec.encode(reply))
+
+    # -- verbs ----------------------------------------------------------------------
+    async def list_nodes(self, data: bytes) -> Message:
+        request = codec.decode(data, NodeListRequest, self._limits)
+        try:
+            selector = parse_selector(request.selector)
+        except SelectorError as exc:
+            raise RegistryError("invalid", str(exc)) from None
+        # One more than a page tells whether there is a next page.
+        views = list(itertools.islice(self._matching(request, selector), request.limit + 1))
+        return self._page(views, request.limit)
+
+    def _matching(self, request: NodeListRequest, selector: Selector) -> Iterator[NodeView]:
+        """Views that pass the request's filters: the requester first, then nodes by id."""
+        if not request.after and _wanted(self._self_view, request, selector, {}):
+            yield self._self_view
+        for node_id in sorted(self._registry.ids()):
+            record = self._registry.get(node_id) if node_id > request.after else None
+            if record is None:
+                continue
+            view = self.view(record)
+            if _wanted(view, request, selector, record.info.labels):
+                yield view
+
+    def _page(self, views: list[NodeView], limit: int) -> NodeListReply:
+        """The first `limit` views, fewer if they would not fit in one message."""
+        while True:
+            page = views[:limit]
+            more = len(views) > len(page)
+            reply = NodeListReply(nodes=page, next=page[-1].node_id if more and page else "")
+            if len(codec.encode(reply)) <= self._max_reply or limit == 1:
+                return reply
+            limit = max(1, limit // 2)
+
+    async def get_node(self, data: bytes) -> Message:
+        request = codec.decode(data, NodeGetRequest, self._limits)
+        if request.id == self._self_view.node_id:
+            return NodeGetReply(node=self._self_view)
+        record = self._record(request.id)
+        return NodeGetReply(node=self.view(record))
+
+    async def approve_node(self, data: bytes) -> Message:
+        request = codec.decode(data, NodeApproveRequest, self._limits)
+        record = self._record(request.id)
+        await self._registry.set_approval(record.node_id, Approval.APPROVED)
+        return OkReply(id=record.node_id)
+
+    async def reject_node(self, data: bytes) -> Message:
+        request = codec.decode(data, NodeRejectRequest, self._limits)
+        record = self._record(request.id)
+        await self._registry.set_approval(record.node_id, Approval.REJECTED, request.reason)
+        return OkReply(id=record.node_id)
+
+    async def delete_node(self, data: bytes) -> Message:
+        request = codec.decode(data, NodeDeleteRequest, self._limits)
+        record = self._record(request.id)
+        await self._registry.delete(record.node_id)
+        self._on_delete(record.node_id)
+        return OkReply(id=record.node_id)
+
+    # -- helpers --------------------------------------------------------------------
+    def _record(self, prefix: str) -> NodeRecord:
+        if prefix == self._self_view.node_id:
+            raise RegistryError("invalid", "the requester itself cannot be changed")
+        record = self._registry.get(self._registry.resolve(prefix))
+        if record is None:  # deleted between resolve and get
+            raise RegistryError("not_found", f"node {prefix!r} not found")
+        return record
+
+    def view(self, record: NodeRecord) -> NodeView:
+        node_id = record.node_id
+        heard = self._liveness.last_heard(node_id)
+        return NodeView.model_construct(
+            node_id=node_id,
+            type=NodeType.COMPUTE,
+            approval=record.approval,
+            health=self._liveness.health(node_id),
+            reason=record.reason,
+            public_key=record.public_key,
+            info=record.info,
+            resources=self._liveness.resources(node_id),
+            last_heartbeat=None if heard is None else datetime.fromtimestamp(heard, UTC),
+            registered_at=record.registered_at,
+            updated_at=record.updated_at,
+        )
+
+
+def _wanted(
+    view: NodeView, request: NodeListRequest, selector: Selector, labels: dict[str, str]
+) -> bool:
+    return (
+        (request.approval is None or view.approval == request.approval)
+        and (request.health is None or view.health == request.health)
+        and selector.matches(labels)
+    )
+
+
+def _requester_view(requester_id: str, public_key: str) -> NodeView:
+    """The requester lists itself, as in Bacalhau: type Requester, APPROVED, HEALTHY."""
+    info = NodeInfo(
+        hostname=socket.gethostname()[:256],
+        arch=platform.machine()[:256],
+        os=platform.system().lower()[:256],
+        version=hivectl.__version__,
+    )
+    return NodeView(
+        node_id=requester_id,
+        type=NodeType.REQUESTER,
+        approval=Approval.APPROVED,
+        health=Health.HEALTHY,
+        public_key=public_key,
+        info=info,
+    )

@@ -1,0 +1,211 @@
+"""What nodes send the requester: registration, info, resources, heartbeats, leave.
+
+Every message is checked before it touches state: the body must decode, the MAC (or,
+for registration, the signature) must match the key bound to the node id in the
+subject, the body's node id must equal the subject's, and a sequence number must move
+forward. Anything else is dropped, counted by reason, and logged at most once a minute
+per node and reason. Nothing a node sends can set its approval: the models have no
+such field, and any extra field is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import TypeVar
+
+from nats.aio.msg import Msg
+
+from hivectl.core import auth, codec
+from hivectl.core.models import (
+    ErrorReply,
+    Heartbeat,
+    InfoReply,
+    InfoUpdate,
+    Leave,
+    Message,
+    RegisterReply,
+    RegisterRequest,
+    ResourceUpdate,
+)
+from hivectl.core.subjects import Subjects
+from requester.liveness import Liveness
+from requester.registry import Registry, RegistryError
+
+log = logging.getLogger("hive.requester.membership")
+M = TypeVar("M", bound=Message)
+LOG_EVERY = 60.0
+
+
+class Dropped(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Membership:
+    def __init__(
+        self,
+        subjects: Subjects,
+        registry: Registry,
+        liveness: Liveness,
+        identity: auth.Identity,
+        *,
+        cluster: str,
+        requester_id: str,
+        auto_approve: bool,
+        limits: codec.Limits,
+    ) -> None:
+        self._subjects = subjects
+        self._registry = registry
+        self._liveness = liveness
+        self._identity = identity
+        self._cluster = cluster
+        self._requester_id = requester_id
+        self._auto_approve = auto_approve
+        self._limits = limits
+        self._seq: dict[tuple[str, str], int] = {}
+        self._logged: dict[tuple[str, str], float] = {}
+        self.received: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+
+    # -- publish handlers -----------------------------------------------------------
+    async def on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = self._open(msg, Heartbeat)
+            self._check_seq(beat.node_id, "heartbeat", beat.seq)
+        except Dropped as drop:
+            self._drop(msg.subject, drop)
+            return
+        self.received["heartbeat"] += 1
+        self._liveness.heard(beat.node_id, time.monotonic())
+
+    async def on_resources(self, msg: Msg) -> None:
+        try:
+            update = self._open(msg, ResourceUpdate)
+            self._check_seq(update.node_id, "resources", update.seq)
+        except Dropped as drop:
+            self._drop(msg.subject, drop)
+            return
+        self.received["resources"] += 1
+        self._liveness.record_resources(update.node_id, update.resources)
+
+    async def on_leave(self, msg: Msg) -> None:
+        try:
+            leave = self._open(msg, Leave)
+            self._check_seq(leave.node_id, "leave", leave.seq)
+        except Dropped as drop:
+            self._drop(msg.subject, drop)
+            return
+        self.received["leave"] += 1
+        self._liveness.left(leave.node_id, leave.reason)
+
+    # -- request handlers -------------------------------------------------------------
+    async def on_info(self, msg: Msg) -> None:
+        node_id = self._subjects.node_id_from(msg.subject)
+        if self._registry.get(node_id) is None:
+            self._drop(msg.subject, Dropped("unknown_node", f"no record for node {node_id!r}"))
+            await self._reply(msg, InfoReply(known=False))
+            return
+        try:
+            update = self._open(msg, InfoUpdate)
+            record = await self._registry.update_info(update.node_id, update.info)
+        except Dropped as drop:
+            self._drop(msg.subject, drop)
+            await self._reply(msg, ErrorReply(code=drop.code, reason=drop.reason))
+            return
+        except RegistryError as exc:
+            await self._reply(msg, ErrorReply(code=exc.code, reason=exc.reason))
+            return
+        self.received["info"] += 1
+        await self._reply(msg, InfoReply(known=True, approval=record.approval))
+
+    async def on_register(self, msg: Msg) -> None:
+        try:
+            request = self._open_registration(msg.data)
+            record = await self._registry.register(
+                request.node_id, request.public_key, request.info, self._auto_approve
+            )
+        except Dropped as drop:
+            self._drop(msg.subject, drop)
+            await self._reply(msg, ErrorReply(code=drop.code, reason=drop.reason))
+            return
+        except RegistryError as exc:
+            self._drop(msg.subject, Dropped(exc.code, exc.reason))
+            await self._reply(msg, ErrorReply(code=exc.code, reason=exc.reason))
+            return
+        self.received["register"] += 1
+        reply = RegisterReply(
+            node_id=record.node_id,
+            approval=record.approval,
+            requester_key=self._identity.public_key,
+            cluster=self._cluster,
+        )
+        await self._reply(msg, reply)
+
+    # -- checks -----------------------------------------------------------------------
+    def _open(self, msg: Msg, expect: type[M]) -> M:
+        """Authenticate and decode a node message; its ids must agree with the subject."""
+        node_id = self._subjects.node_id_from(msg.subject)
+        key = self._registry.message_key(node_id)
+        if key is None:
+            raise Dropped("unknown_node", f"no record for node {node_id!r}")
+        try:
+            payload = auth.open_sealed(msg.data, key)
+        except auth.AuthError as exc:
+            raise Dropped("unauthenticated", str(exc)) from None
+        try:
+            message = codec.decode(payload, expect, self._limits)
+        except codec.CodecError as exc:
+            raise Dropped(exc.code, exc.reason) from None
+        if getattr(message, "node_id", None) != node_id:
+            raise Dropped("id_mismatch", f"body speaks for another node than subject {node_id!r}")
+        return message
+
+    def _open_registration(self, data: bytes) -> RegisterRequest:
+        try:
+            request = codec.decode(auth.split_signed(data), RegisterRequest, self._limits)
+            auth.open_signed(data, request.public_key)
+        except codec.CodecError as exc:
+            raise Dropped(exc.code, exc.reason) from None
+        except auth.AuthError as exc:
+            raise Dropped("unauthenticated", str(exc)) from None
+        if request.node_id == self._requester_id:
+            raise Dropped("reserved_id", f"node id {request.node_id!r} is the requester's")
+        return request
+
+    def _check_seq(self, node_id: str, kind: str, seq: int) -> None:
+        """Replay protection: each node's sequence moves forward, per message kind."""
+        key = (node_id, kind)
+        if seq <= self._seq.get(key, -1):
+            raise Dropped("replay", f"{kind} sequence {seq} is not newer than the last")
+        self._seq[key] = seq
+
+    def _drop(self, subject: str, drop: Dropped) -> None:
+        self.rejected[drop.code] += 1
+        node_id = self._subjects.node_id_from(subject) or subject[:80]
+        now = time.monotonic()
+        key = (node_id, drop.code)
+        if now - self._logged.get(key, -LOG_EVERY) >= LOG_EVERY:
+            self._logged[key] = now
+            log.warning(
+                "dropped message on %s: %s",
+                subject[:120],
+                drop.reason,
+                extra={"node_id": node_id, "code": drop.code},
+            )
+
+    def forget(self, node_id: str) -> None:
+        """A deleted node starts afresh if it registers again."""
+        for kind in ("heartbeat", "resources", "leave"):
+            self._seq.pop((node_id, kind), None)
+
+    def prune_log_marks(self) -> None:
+        cutoff = time.monotonic() - LOG_EVERY
+        self._logged = {k: t for k, t in self._logged.items() if t >= cutoff}
+
+    async def _reply(self, msg: Msg, message: Message) -> None:
+        if msg.reply:
+            await msg.respond(codec.encode(message))

@@ -1,0 +1,210 @@
+"""The requester daemon: one class owns its lifecycle (start → serve → close)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from types import TracebackType
+
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+from hivectl.core import codec
+from hivectl.core.auth import Identity
+from hivectl.core.bus import connect_daemon
+from hivectl.core.config import RequesterConfig
+from hivectl.core.daemon import Status
+from hivectl.core.embedded import EmbeddedNats
+from hivectl.core.models import NodeEvent
+from hivectl.core.subjects import Subjects
+from requester.api import NodeApi
+from requester.events import Events
+from requester.liveness import Liveness
+from requester.membership import Membership
+from requester.registry import Registry
+
+log = logging.getLogger("hive.requester")
+# Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
+NODE_PENDING_MSGS = 1_000_000
+NODE_PENDING_BYTES = 512 * 1024 * 1024
+
+
+class Requester:
+    def __init__(self, config: RequesterConfig) -> None:
+        self.config = config
+        self.subjects = Subjects(config.nats.prefix)
+        self.status = Status.INIT
+        self.stopping = asyncio.Event()
+        self.embedded: EmbeddedNats | None = None
+        self.nc: Client | None = None
+        self._subs: list[Subscription] = []
+        self._started_at = time.monotonic()
+        self.liveness = Liveness(
+            config.unhealthy_after, config.disconnected_after, self._node_event
+        )
+        self.identity: Identity | None = None
+        self.events: Events | None = None
+        self.registry: Registry | None = None
+        self.membership: Membership | None = None
+        self.node_api: NodeApi | None = None
+
+    @property
+    def nats_url(self) -> str:
+        return self.embedded.url if self.embedded else self.config.nats.url
+
+    async def start(self) -> None:
+        """Bring up NATS (embedded by default), state and subscriptions. Idempotent."""
+        if self.status is not Status.INIT:
+            return
+        self.status = Status.STARTING
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.identity = Identity.load_or_create(cfg.data_dir / "requester.seed")
+        if cfg.embedded.enabled:
+            self.embedded = self._start_embedded()
+        nats_settings = cfg.nats.model_copy(update={"url": self.nats_url})
+        self.nc = await connect_daemon(nats_settings, name=f"hive-requester:{cfg.name}")
+        js = self.nc.jetstream()
+        self.events = Events(self.nc, self.subjects)
+        await self.events.setup(js)
+        self.registry = Registry(self.subjects.nodes_bucket, self.identity, self._node_event)
+        await self.registry.start(js)
+        self._build_handlers()
+        await self._subscribe()
+        self.status = Status.RUNNING
+        log.info(
+            "requester %s serving on %s (%d nodes known)",
+            cfg.name,
+            self.nats_url,
+            len(self.registry),
+        )
+
+    def _start_embedded(self) -> EmbeddedNats:
+        emb = self.config.embedded
+        server = EmbeddedNats(
+            emb.store_dir or self.config.data_dir / "nats",
+            host=emb.host,
+            port=emb.port,
+            max_payload=emb.max_payload,
+        )
+        return server.start()
+
+    def _build_handlers(self) -> None:
+        assert self.registry is not None and self.identity is not None
+        cfg = self.config
+        limits = codec.Limits(max_bytes=cfg.max_payload)
+        self.membership = Membership(
+            self.subjects,
+            self.registry,
+            self.liveness,
+            self.identity,
+            cluster=cfg.cluster_name,
+            requester_id=cfg.name,
+            auto_approve=cfg.auto_approve,
+            limits=limits,
+        )
+        self.node_api = NodeApi(
+            self.registry,
+            self.liveness,
+            requester_id=cfg.name,
+            requester_key=self.identity.public_key,
+            max_payload=self._max_payload(),
+            on_delete=self._forget_node,
+            limits=limits,
+        )
+
+    def _max_payload(self) -> int:
+        assert self.nc is not None
+        return min(self.config.max_payload, self.nc.max_payload)
+
+    async def _subscribe(self) -> None:
+        assert self.nc is not None and self.membership is not None and self.node_api is not None
+        s, m, queue = self.subjects, self.membership, self.subjects.requester_queue
+        subs = [
+            # Requests go to one requester of the group; every requester hears publishes.
+            await self.nc.subscribe(s.node_register, queue=queue, cb=m.on_register),
+            await self.nc.subscribe(s.node_wildcard("info"), queue=queue, cb=m.on_info),
+            await self.nc.subscribe(
+                s.node_wildcard("heartbeat"),
+                cb=m.on_heartbeat,
+                pending_msgs_limit=NODE_PENDING_MSGS,
+                pending_bytes_limit=NODE_PENDING_BYTES,
+            ),
+            await self.nc.subscribe(
+                s.node_wildcard("resources"),
+                cb=m.on_resources,
+                pending_msgs_limit=NODE_PENDING_MSGS,
+                pending_bytes_limit=NODE_PENDING_BYTES,
+            ),
+            await self.nc.subscribe(s.node_wildcard("leave"), cb=m.on_leave),
+            await self.nc.subscribe(s.api("node", "*"), queue=queue, cb=self.node_api.on_request),
+        ]
+        self._subs.extend(subs)
+        await self.nc.flush()
+
+    async def serve(self) -> None:
+        """Start, then run the periodic checks until `stop()`; always close."""
+        try:
+            await self.start()
+            await self._health_loop()
+        finally:
+            await self.close()
+
+    async def _health_loop(self) -> None:
+        interval = self.config.health_check_interval
+        while not self.stopping.is_set():
+            self.liveness.sweep(time.monotonic())
+            await self.liveness.publish()
+            if self.membership is not None:
+                self.membership.prune_log_marks()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), interval)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def close(self) -> None:
+        """Drain NATS (in-flight requests finish), then stop the embedded server."""
+        if self.status in (Status.CLOSING, Status.CLOSED):
+            return
+        self.status = Status.CLOSING
+        if self.registry is not None:
+            await self.registry.close()
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception as exc:  # a dead connection cannot drain; closing is enough
+                log.debug("drain failed: %s", exc)
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+        self.status = Status.CLOSED
+        log.info(
+            "requester %s stopped after %.1fs (pid %d)",
+            self.config.name,
+            time.monotonic() - self._started_at,
+            os.getpid(),
+        )
+
+    def _forget_node(self, node_id: str) -> None:
+        self.liveness.forget(node_id)
+        if self.membership is not None:
+            self.membership.forget(node_id)
+
+    async def _node_event(self, event: NodeEvent) -> None:
+        if self.events is not None:
+            await self.events.node(event)
+
+    async def __aenter__(self) -> Requester:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
