@@ -57,6 +57,9 @@ def run(
         typer.Option("--auto-approve/--no-auto-approve", help=_APPROVE_HELP),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (0: any free port).")
+    ] = None,
 ) -> None:
     """Run the requester until SIGTERM or Ctrl-C (a second one forces exit).
 
@@ -74,6 +77,7 @@ def run(
             data_dir=data_dir,
             auto_approve=auto_approve,
             log={"level": log_level.upper() if log_level else None},
+            metrics={"enabled": True if metrics_port is not None else None, "port": metrics_port},
         )
     except ConfigError as exc:
         typer.echo(f"Error: {exc}", err=True)

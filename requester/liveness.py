@@ -96,7 +96,7 @@ class Liveness:
     def count(self, health: Health) -> int:
         if health is Health.UNKNOWN:
             raise ValueError("UNKNOWN is every node not heard from; count the registry")
-        return sum(1 for state in self._health.values() if state is health)
+        return list(self._health.values()).count(health)  # one C-level copy: thread-safe
 
     def _move(self, node_id: str, new: Health, reason: str) -> None:
         old = self._health.get(node_id, Health.UNKNOWN)

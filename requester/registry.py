@@ -107,6 +107,10 @@ class Registry:
     def records(self) -> Iterable[NodeRecord]:
         return (entry.record for entry in self._entries.values())
 
+    def snapshot(self) -> list[NodeRecord]:
+        """All records, copied at once (safe from another thread)."""
+        return [entry.record for entry in list(self._entries.values())]
+
     def ids(self) -> Iterable[str]:
         return self._entries.keys()
 

@@ -24,6 +24,7 @@ from requester.api import NodeApi
 from requester.events import Events
 from requester.liveness import Liveness
 from requester.membership import Membership
+from requester.metrics import serve_metrics
 from requester.registry import Registry
 
 log = logging.getLogger("hive.requester")
@@ -50,6 +51,7 @@ class Requester:
         self.registry: Registry | None = None
         self.membership: Membership | None = None
         self.node_api: NodeApi | None = None
+        self.metrics_port: int | None = None
 
     @property
     def nats_url(self) -> str:
@@ -74,6 +76,8 @@ class Requester:
         await self.registry.start(js)
         self._build_handlers()
         await self._subscribe()
+        if cfg.metrics.enabled:
+            self.metrics_port = serve_metrics(self, cfg.metrics)
         self.status = Status.RUNNING
         log.info(
             "requester %s serving on %s (%d nodes known)",

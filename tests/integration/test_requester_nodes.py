@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from hivectl.core.api import (
     NodeRejectRequest,
 )
 from hivectl.core.bus import RemoteError, request
+from hivectl.core.config import MetricsSettings
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.models import (
     Approval,
@@ -252,3 +255,28 @@ async def test_approvals_survive_a_restart_and_health_restarts_unknown(
         assert (got.node.approval, got.node.health) == (Approval.APPROVED, Health.UNKNOWN)
         await node.heartbeat()  # the old MAC key still works: same requester identity
         await wait_for(lambda: again.liveness.health("node-1") is Health.HEALTHY)
+
+
+async def test_metrics_endpoint_reports_nodes_and_rejections(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path
+) -> None:
+    config = requester_config(
+        nats_server.url, tmp_path / "req", metrics=MetricsSettings(enabled=True, port=0)
+    )
+    async with RunningRequester(config) as req:
+        node = await joined(nc, "node-1")
+        await node.heartbeat()
+        await nc.publish(S.node_heartbeat("node-1"), b"junk")
+        await wait_for(
+            lambda: req.membership is not None and req.membership.rejected["unauthenticated"]
+        )
+        body = await asyncio.to_thread(_scrape, req.metrics_port)
+    assert 'hive_nodes{approval="PENDING"} 1.0' in body
+    assert 'hive_nodes_health{status="HEALTHY"} 1.0' in body
+    assert 'hive_node_messages_received_total{kind="heartbeat"} 1.0' in body
+    assert 'hive_node_messages_rejected_total{reason="unauthenticated"} 1.0' in body
+
+
+def _scrape(port: int | None) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()

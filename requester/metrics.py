@@ -1,0 +1,98 @@
+"""Prometheus metrics for the requester, read from live state at scrape time.
+
+A collector that reads the daemon's own counters costs nothing on the heartbeat path,
+where incrementing a prometheus Counter (a lock per call) would. It runs on the HTTP
+server's thread, so it only reads snapshots taken in one C-level copy (`list(d...)`),
+never a dict the event loop may resize under it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hivectl.core.config import MetricsSettings
+from hivectl.core.models import Approval, Health
+
+if TYPE_CHECKING:
+    from requester.service import Requester
+
+log = logging.getLogger("hive.requester.metrics")
+
+
+class RequesterCollector(Collector):
+    def __init__(self, requester: Requester) -> None:
+        self._requester = requester
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._nodes()
+        yield from self._messages()
+        yield from self._api()
+
+    def _nodes(self) -> Iterator[Metric]:
+        req = self._requester
+        approval = GaugeMetricFamily(
+            "hive_nodes", "Compute nodes by approval.", labels=["approval"]
+        )
+        records = list(req.registry.records()) if req.registry else []
+        for state in Approval:
+            approval.add_metric([state.value], sum(1 for r in records if r.approval is state))
+        yield approval
+        health = GaugeMetricFamily(
+            "hive_nodes_health", "Compute nodes by health status.", labels=["status"]
+        )
+        healthy = req.liveness.count(Health.HEALTHY)
+        unhealthy = req.liveness.count(Health.UNHEALTHY)
+        health.add_metric([Health.HEALTHY.value], healthy)
+        health.add_metric([Health.UNHEALTHY.value], unhealthy)
+        health.add_metric([Health.UNKNOWN.value], max(0, len(records) - healthy - unhealthy))
+        yield health
+        moves = CounterMetricFamily(
+            "hive_node_health_transitions", "Health changes.", labels=["from", "to"]
+        )
+        for (old, new), count in sorted(req.liveness.transitions.items()):
+            moves.add_metric([old, new], count)
+        yield moves
+
+    def _messages(self) -> Iterator[Metric]:
+        membership = self._requester.membership
+        received = CounterMetricFamily(
+            "hive_node_messages_received", "Accepted node messages.", labels=["kind"]
+        )
+        rejected = CounterMetricFamily(
+            "hive_node_messages_rejected", "Dropped node messages by reason.", labels=["reason"]
+        )
+        if membership is not None:
+            for kind, count in sorted(membership.received.items()):
+                received.add_metric([kind], count)
+            for reason, count in sorted(membership.rejected.items()):
+                rejected.add_metric([reason], count)
+        yield received
+        yield rejected
+
+    def _api(self) -> Iterator[Metric]:
+        node_api = self._requester.node_api
+        served = CounterMetricFamily("hive_api_requests", "Operator API requests.", labels=["noun"])
+        errors = CounterMetricFamily(
+            "hive_api_errors", "Operator API error replies.", labels=["noun"]
+        )
+        if node_api is not None:
+            served.add_metric(["node"], node_api.served)
+            errors.add_metric(["node"], node_api.errors)
+        yield served
+        yield errors
+
+
+def serve_metrics(requester: Requester, settings: MetricsSettings) -> int:
+    """Start the HTTP endpoint in a thread; returns the bound port."""
+    registry = CollectorRegistry()
+    registry.register(RequesterCollector(requester))
+    server, _ = start_http_server(settings.port, addr=settings.host, registry=registry)
+    port = int(server.server_port)
+    log.info("metrics on http://%s:%d/metrics", settings.host, port)
+    return port
