@@ -195,11 +195,13 @@ def load_config(cls: type[S], config_file: Path | None = None, **flags: Any) -> 
     if explicit is not None and not explicit.is_file():
         raise ConfigError(f"config file {explicit} does not exist")
     overrides = _drop_none(flags)
-    token = _toml_file.set(path if path.is_file() else None)
+    read = path if path.is_file() else None
+    token = _toml_file.set(read)
     try:
         return cls(**overrides)
     except ValueError as exc:  # ValidationError and TOML decode errors
-        raise ConfigError(f"invalid configuration ({path}): {_first_line(exc)}") from None
+        where = f"{read}, environment or flags" if read else "environment or flags"
+        raise ConfigError(f"invalid configuration ({where}): {_first_line(exc)}") from None
     finally:
         _toml_file.reset(token)
 

@@ -1,0 +1,1 @@
+"""hivectl: the operator command line (Typer + rich), one module per noun."""

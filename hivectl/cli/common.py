@@ -1,0 +1,255 @@
+"""What every `hivectl` noun shares: global options, config, the API call, errors.
+
+A noun module builds its own `typer.Typer` and, in each command:
+
+    cfg = client_config(ctx)                       # loads once; config errors exit 2
+    reply = call(ctx, "node", "get", NodeGetRequest(id=i), NodeGetReply)
+
+or, for several requests over one connection,
+
+    async def work(api: Api) -> list[NodeView]: ...
+    nodes = run_api(ctx, work, status="Listing nodes")
+
+Every expected failure (NATS unreachable, nobody answering, an error reply, a bad
+config, selector or id) ends the program with one line `Error: ...` on stderr and
+a non-zero exit status; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from nats.aio.client import Client
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+
+from hivectl.cli.output import OutputFormat, write_out
+from hivectl.core.bus import BusError, RemoteError, connect_cli, request
+from hivectl.core.codec import CodecError, describe_validation_error
+from hivectl.core.config import ClientConfig, ConfigError, load_config
+from hivectl.core.models import ID_PATTERN, Message
+from hivectl.core.selectors import SelectorError, parse_selector
+from hivectl.core.subjects import Subjects
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # bad configuration or arguments, as click uses for usage errors
+_ID_RE = re.compile(ID_PATTERN)
+
+# -- apps and options shared by commands -----------------------------------------------
+
+APP_SETTINGS: dict[str, Any] = {
+    "no_args_is_help": True,
+    "rich_markup_mode": "markdown",  # help paragraphs reflow; examples go in ``` blocks
+    "pretty_exceptions_show_locals": False,  # locals may hold credentials
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+
+
+def noun_app(help: str) -> typer.Typer:
+    """A Typer app for one noun (`node`, `job`, ...), with hivectl's common settings."""
+    return typer.Typer(help=help, **APP_SETTINGS)
+
+
+OutputOption = Annotated[
+    OutputFormat | None,
+    typer.Option(
+        "--output",
+        "-o",
+        case_sensitive=False,
+        help="Output format: table, wide (more columns), json or yaml (complete records). "
+        "Default: `output` in the config file, else table.",
+        show_default=False,
+    ),
+]
+NoHeadersOption = Annotated[
+    bool, typer.Option("--no-headers", help="Leave out the header line of table and wide output.")
+]
+
+
+@dataclass
+class GlobalOptions:
+    """The root options, kept on the root context's `obj`; the config loads lazily."""
+
+    config_file: Path | None = None
+    nats_url: str | None = None
+    timeout: str | None = None
+    verbose: bool = False
+    config: ClientConfig | None = field(default=None, repr=False)
+
+
+def global_options(ctx: typer.Context) -> GlobalOptions:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, GlobalOptions) else GlobalOptions()
+
+
+def client_config(ctx: typer.Context) -> ClientConfig:
+    """The client config from its layers: flags > HIVE_* env > TOML file > defaults."""
+    opts = global_options(ctx)
+    if opts.config is None:
+        try:
+            opts.config = load_config(
+                ClientConfig,
+                opts.config_file,
+                nats={"url": opts.nats_url},
+                timeout=opts.timeout,
+            )
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+    return opts.config
+
+
+def output_format(ctx: typer.Context, given: OutputFormat | None) -> OutputFormat:
+    """`-o` when given, else the config's default output."""
+    return given if given is not None else OutputFormat(client_config(ctx).output)
+
+
+# -- messages --------------------------------------------------------------------------
+
+
+def stderr_console() -> Console:
+    """Messages, progress and errors: stderr, so stdout stays data."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print `Error: <message>` (one line) on stderr and exit with `code`."""
+    line = " ".join(message.split())  # one line, whatever the reason contained
+    stderr_console().print(f"[bold red]Error:[/] {escape(line)}")
+    raise typer.Exit(code)
+
+
+def info(message: str) -> None:
+    """A note for the person at the terminal (stderr)."""
+    stderr_console().print(escape(message))
+
+
+def debug(ctx: typer.Context, message: str) -> None:
+    """A `-v` detail (stderr)."""
+    if global_options(ctx).verbose:
+        stderr_console().print(f"[dim]{escape(message)}[/]")
+
+
+def print_ok() -> None:
+    """What approve/reject/delete and similar commands print when they worked."""
+    write_out("Ok")
+
+
+@contextmanager
+def spinner(text: str) -> Iterator[None]:
+    """A transient spinner on stderr, only when stderr is a terminal."""
+    console = stderr_console()
+    with console.status(escape(text)) if console.is_terminal else nullcontext():
+        yield
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+class CliError(Exception):
+    """An expected failure found inside `run_api` work: reported as one line."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def make(model: type[M], **fields: object) -> M:
+    """A request model from command-line values; a value it refuses is a one-line error."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        fail(f"invalid {model.kind} request: {describe_validation_error(exc)}")
+
+
+def check_id(value: str, what: str = "node") -> str:
+    """A syntactically valid id or id prefix, else a one-line error."""
+    if not _ID_RE.match(value):
+        fail(
+            f"invalid {what} id {value!r}: use lowercase letters, digits, '-' and '_' "
+            "(up to 63, starting with a letter or digit); a unique prefix is enough"
+        )
+    return value
+
+
+def check_selector(text: str | None) -> str:
+    """A label selector that parses, else a one-line error; '' when none was given."""
+    if not text:
+        return ""
+    try:
+        parse_selector(text)
+    except SelectorError as exc:
+        fail(f"invalid selector: {exc}")
+    return text
+
+
+# -- talking to the requester ----------------------------------------------------------
+
+
+class Api:
+    """One open connection to NATS and the requester's API on it."""
+
+    def __init__(self, ctx: typer.Context, nc: Client, cfg: ClientConfig) -> None:
+        self.ctx = ctx
+        self.nc = nc
+        self.cfg = cfg
+        self.subjects = Subjects(cfg.nats.prefix)
+
+    async def call(self, noun: str, verb: str, message: Message, expect: type[M]) -> M:
+        """One request to `<prefix>.api.<noun>.<verb>`; errors raise, `run_api` reports."""
+        subject = self.subjects.api(noun, verb)
+        started = time.perf_counter()
+        reply = await request(self.nc, subject, message, expect, timeout=self.cfg.timeout)
+        elapsed = (time.perf_counter() - started) * 1000
+        debug(self.ctx, f"{subject} {message.kind} -> {reply.kind} in {elapsed:.1f}ms")
+        return reply
+
+
+def run_api(
+    ctx: typer.Context, work: Callable[[Api], Awaitable[T]], *, status: str | None = None
+) -> T:
+    """Connect, run `work`, close; expected failures become one-line errors."""
+    cfg = client_config(ctx)
+    try:
+        with spinner(status) if status else nullcontext():
+            return asyncio.run(_connected(ctx, cfg, work))
+    except BusError as exc:
+        fail(str(exc))
+    except RemoteError as exc:
+        detail = f" ({exc.code})" if global_options(ctx).verbose else ""
+        fail(f"{exc.reason or exc.code}{detail}")
+    except CodecError as exc:
+        fail(f"unreadable reply from the requester: {exc.reason}")
+    except CliError as exc:
+        fail(str(exc), exc.code)
+
+
+async def _connected(
+    ctx: typer.Context, cfg: ClientConfig, work: Callable[[Api], Awaitable[T]]
+) -> T:
+    debug(ctx, f"connecting to {cfg.nats.url}")
+    nc = await connect_cli(cfg.nats)
+    try:
+        return await work(Api(ctx, nc, cfg))
+    finally:
+        await nc.close()
+
+
+def call(ctx: typer.Context, noun: str, verb: str, message: Message, expect: type[M]) -> M:
+    """A single request/reply with the requester."""
+
+    async def work(api: Api) -> M:
+        return await api.call(noun, verb, message, expect)
+
+    return run_api(ctx, work)

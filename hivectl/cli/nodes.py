@@ -1,0 +1,359 @@
+"""`hivectl node …`: list, describe, approve, reject and delete compute nodes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from hivectl.cli.common import (
+    Api,
+    CliError,
+    NoHeadersOption,
+    OutputOption,
+    call,
+    check_id,
+    check_selector,
+    info,
+    make,
+    noun_app,
+    output_format,
+    print_ok,
+    run_api,
+)
+from hivectl.cli.output import (
+    NONE,
+    OutputFormat,
+    age,
+    human_bytes,
+    human_count,
+    human_cpu,
+    join_labels,
+    plain_lines,
+    print_data,
+    print_table,
+    timestamp,
+    write_out,
+)
+from hivectl.core.api import (
+    NodeApproveRequest,
+    NodeDeleteRequest,
+    NodeGetReply,
+    NodeGetRequest,
+    NodeListReply,
+    NodeListRequest,
+    NodeRejectRequest,
+    NodeView,
+)
+from hivectl.core.auth import fingerprint
+from hivectl.core.models import Approval, Health, NodeType, OkReply, Resources
+
+app = noun_app(
+    "Manage compute nodes: list and inspect them, approve, reject or delete them.\n\n"
+    "New nodes join as PENDING and get no work until an operator approves them. "
+    "Ids may be shortened to any unique prefix."
+)
+
+COLUMNS = ["ID", "TYPE", "APPROVAL", "STATUS", "LABELS", "CPU", "MEMORY", "DISK", "GPU"]
+WIDE_COLUMNS = [*COLUMNS, "VERSION", "ARCH", "LAST HEARTBEAT"]
+
+IdArgument = Annotated[
+    str,
+    typer.Argument(metavar="ID", help="Node id, or a unique prefix of one.", show_default=False),
+]
+
+ApprovalFilter = Annotated[
+    Approval | None,
+    typer.Option(
+        "--filter-approval",
+        case_sensitive=False,
+        metavar="STATE",
+        help="Only nodes in this approval state: PENDING, APPROVED or REJECTED (any case).",
+        show_default=False,
+    ),
+]
+StatusFilter = Annotated[
+    Health | None,
+    typer.Option(
+        "--filter-status",
+        case_sensitive=False,
+        metavar="STATUS",
+        help="Only nodes with this health: HEALTHY, UNHEALTHY or UNKNOWN (any case).",
+        show_default=False,
+    ),
+]
+SelectorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--selector",
+        "-l",
+        metavar="SELECTOR",
+        help="Only nodes whose labels match: k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', "
+        "k (has the label) or !k (lacks it), comma-separated (all must match).",
+        show_default=False,
+    ),
+]
+
+
+# -- list ----------------------------------------------------------------------------
+
+
+@app.command("list")
+def list_nodes(
+    ctx: typer.Context,
+    output: OutputOption = None,
+    no_headers: NoHeadersOption = False,
+    filter_approval: ApprovalFilter = None,
+    filter_status: StatusFilter = None,
+    selector: SelectorOption = None,
+) -> None:
+    """List nodes, the requester first, then by id.
+
+    Resources show as available/total (CPU cores, memory, disk, GPUs), `-` where the
+    node has sent no resource report yet. STATUS is the health the requester sees from
+    heartbeats: HEALTHY, UNHEALTHY (late) or UNKNOWN (gone, or not heard from since
+    the requester started).
+
+    **Examples**
+
+    ```
+    hivectl node list
+    hivectl node list --filter-approval pending
+    hivectl node list -l 'zone=eu-1,gpu' -o wide
+    hivectl node list --filter-status healthy -o json | jq -r '.[].node_id'
+    hivectl node list --no-headers | awk '{print $1}'
+    ```
+    """
+    fmt = output_format(ctx, output)
+    query = make(
+        NodeListRequest,
+        approval=filter_approval,
+        health=filter_status,
+        selector=check_selector(selector),
+    )
+    nodes = run_api(ctx, lambda api: fetch_all(api, query), status="Listing nodes")
+    nodes.sort(key=lambda node: (node.type is not NodeType.REQUESTER, node.node_id))
+    if fmt.is_data:
+        print_data(nodes, fmt)
+    elif not nodes:
+        info("No nodes found.")
+    else:
+        wide = fmt is OutputFormat.WIDE
+        now = datetime.now(UTC)
+        rows = [node_row(node, wide, now) for node in nodes]
+        print_table(WIDE_COLUMNS if wide else COLUMNS, rows, no_headers=no_headers)
+
+
+async def fetch_all(api: Api, query: NodeListRequest) -> list[NodeView]:
+    """Every page of a node list, following `next` until the requester says done."""
+    nodes: list[NodeView] = []
+    after = ""
+    while True:
+        page = query.model_copy(update={"after": after})
+        reply = await api.call("node", "list", page, NodeListReply)
+        nodes.extend(reply.nodes)
+        if not reply.next:
+            return nodes
+        if reply.next == after:
+            raise CliError(f"the requester sent the page after {after!r} twice; giving up")
+        after = reply.next
+
+
+def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
+    labels = node.info.labels if node.info else None
+    row = [
+        node.node_id,
+        node.type.value,
+        node.approval.value,
+        node.health.value,
+        join_labels(labels),
+        *resource_cells(node),
+    ]
+    if wide:
+        row += [
+            node.info.version if node.info else NONE,
+            node.info.arch if node.info else NONE,
+            age(node.last_heartbeat, now),
+        ]
+    return row
+
+
+def resource_cells(node: NodeView) -> list[str]:
+    """CPU, MEMORY, DISK, GPU as available/total."""
+    if node.resources is not None:
+        total: Resources | None = node.resources.total
+        free: Resources | None = node.resources.available
+    else:
+        total, free = (node.info.total if node.info else None), None
+    if total is None:
+        return [NONE] * 4
+    return [
+        f"{human_cpu(free.cpu if free else None)}/{human_cpu(total.cpu)}",
+        f"{human_bytes(free.memory if free else None)}/{human_bytes(total.memory)}",
+        f"{human_bytes(free.disk if free else None)}/{human_bytes(total.disk)}",
+        f"{human_count(free.gpu if free else None)}/{human_count(total.gpu)}",
+    ]
+
+
+# -- describe ------------------------------------------------------------------------
+
+
+@app.command("describe")
+def describe(ctx: typer.Context, node_id: IdArgument, output: OutputOption = None) -> None:
+    """Show everything known about one node: identity, approval, health, labels,
+    system, resources, GPUs and times.
+
+    **Examples**
+
+    ```
+    hivectl node describe node-1
+    hivectl node describe node-1 -o yaml
+    ```
+    """
+    fmt = output_format(ctx, output)
+    query = make(NodeGetRequest, id=check_id(node_id))
+    node = call(ctx, "node", "get", query, NodeGetReply).node
+    if fmt.is_data:
+        print_data(node, fmt)
+    else:
+        write_out("\n".join(describe_lines(node, datetime.now(UTC))))
+
+
+def describe_lines(node: NodeView, now: datetime) -> list[str]:
+    """A `kubectl describe`-style view: `Key:  value` lines, then the sections."""
+    node_info = node.info
+    key = node.public_key
+    fields: list[tuple[str, list[str]]] = [
+        ("ID", [node.node_id]),
+        ("Type", [node.type.value]),
+        ("Approval", [node.approval.value]),
+        *([("Reason", [node.reason])] if node.reason else []),
+        ("Status", [node.health.value]),
+        ("Public key", [key or NONE]),
+        ("Fingerprint", [fingerprint(key) if key else NONE]),
+        ("Labels", join_labels(node_info.labels if node_info else None).split(",")),
+        ("Hostname", [node_info.hostname if node_info else NONE]),
+        ("Arch", [node_info.arch if node_info else NONE]),
+        ("OS", [node_info.os if node_info else NONE]),
+        ("Version", [node_info.version if node_info else NONE]),
+        (
+            "Executors",
+            [", ".join(node_info.executors) if node_info and node_info.executors else NONE],
+        ),
+    ]
+    lines = _field_lines(fields)
+    lines += ["Resources:", *_indent(resource_table(node))]
+    lines += ["GPUs:", *_indent(gpu_table(node))]
+    score = f"{node_info.benchmark_score:g}" if node_info else NONE
+    lines += _field_lines(
+        [
+            ("Benchmark score", [score]),
+            ("Registered", [timestamp(node.registered_at, now)]),
+            ("Updated", [timestamp(node.updated_at, now)]),
+            ("Last heartbeat", [timestamp(node.last_heartbeat, now)]),
+        ]
+    )
+    return lines
+
+
+def resource_table(node: NodeView) -> list[str]:
+    reported = node.resources
+    total = reported.total if reported else node.info.total if node.info else None
+    allocatable = reported.allocatable if reported else node.info.allocatable if node.info else None
+    available = reported.available if reported else None
+    if total is None:
+        return ["<none reported>"]
+    columns = (total, allocatable, available)
+    rows = [["RESOURCE", "TOTAL", "ALLOCATABLE", "AVAILABLE"]]
+    rows.append(["cpu", *(human_cpu(r.cpu) if r else NONE for r in columns)])
+    rows.append(["memory", *(human_bytes(r.memory) if r else NONE for r in columns)])
+    rows.append(["disk", *(human_bytes(r.disk) if r else NONE for r in columns)])
+    rows.append(["gpu", *(str(r.gpu) if r else NONE for r in columns)])
+    note = [] if reported else ["(no resource report yet: totals as the node registered them)"]
+    return plain_lines(rows) + note
+
+
+def gpu_table(node: NodeView) -> list[str]:
+    gpus = node.info.gpus if node.info else []
+    if not gpus:
+        return ["<none>"]
+    rows = [["INDEX", "MODEL", "MEMORY"]]
+    rows += [[str(gpu.index), gpu.model, human_bytes(gpu.memory)] for gpu in gpus]
+    return plain_lines(rows)
+
+
+def _field_lines(fields: list[tuple[str, list[str]]]) -> list[str]:
+    lines = []
+    for name, values in fields:
+        head = f"{name}:".ljust(17)
+        lines.append(head + values[0])
+        lines += [" " * 17 + value for value in values[1:]]
+    return lines
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return ["  " + line for line in lines]
+
+
+# -- approve, reject, delete ---------------------------------------------------------
+
+
+@app.command("approve")
+def approve(ctx: typer.Context, node_id: IdArgument) -> None:
+    """Approve a node (PENDING or REJECTED -> APPROVED) so that it gets work.
+
+    **Example**
+
+    ```
+    hivectl node approve node-1
+    ```
+    """
+    query = make(NodeApproveRequest, id=check_id(node_id))
+    call(ctx, "node", "approve", query, OkReply)
+    print_ok()
+
+
+@app.command("reject")
+def reject(
+    ctx: typer.Context,
+    node_id: IdArgument,
+    message: Annotated[
+        str,
+        typer.Option(
+            "--message",
+            "-m",
+            metavar="REASON",
+            help="Why: kept with the node and shown by `node describe`.",
+        ),
+    ] = "",
+) -> None:
+    """Reject a node (-> REJECTED): it stays known but gets no work until approved.
+
+    **Examples**
+
+    ```
+    hivectl node reject node-3 -m "malicious node?"
+    hivectl node reject node-3               # no reason given
+    hivectl node reject 3f -m "not ours"     # a unique id prefix is enough
+    ```
+    """
+    query = make(NodeRejectRequest, id=check_id(node_id), reason=message)
+    call(ctx, "node", "reject", query, OkReply)
+    print_ok()
+
+
+@app.command("delete")
+def delete(ctx: typer.Context, node_id: IdArgument) -> None:
+    """Delete a node's record. A running agent is ignored from then on; restarted, it
+    registers again and comes back as PENDING.
+
+    **Example**
+
+    ```
+    hivectl node delete node-1
+    ```
+    """
+    query = make(NodeDeleteRequest, id=check_id(node_id))
+    call(ctx, "node", "delete", query, OkReply)
+    print_ok()

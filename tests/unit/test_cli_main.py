@@ -1,0 +1,109 @@
+"""`hivectl` itself: help, version, global options and configuration errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from hivectl import __version__
+from hivectl.cli.main import app
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "hivectl.toml"
+    empty.write_text("")
+    monkeypatch.setenv("HIVE_CONFIG", str(empty))
+    for name in ("HIVE_NATS__URL", "HIVE_TIMEOUT", "HIVE_OUTPUT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert (result.exit_code, result.stdout) == (0, f"hivectl {__version__}\n")
+
+
+def test_root_help_explains_global_options_and_nouns() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for text in ("--config", "--nats-url", "--timeout", "--verbose", "--version", "node"):
+        assert text in result.stdout
+    assert "HIVE_NATS__URL" in result.stdout
+
+
+def test_no_arguments_shows_help() -> None:
+    result = invoke()
+    assert "Usage" in result.stdout + result.stderr
+    assert "node" in result.stdout + result.stderr
+
+
+def test_node_help_lists_every_verb() -> None:
+    result = invoke("node", "--help")
+    assert result.exit_code == 0
+    for verb in ("list", "describe", "approve", "reject", "delete"):
+        assert verb in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("verb", "expected"),
+    [
+        ("list", ["--filter-approval", "--filter-status", "--selector", "--no-headers", "-o"]),
+        ("describe", ["ID", "json"]),
+        ("approve", ["hivectl node approve node-1"]),
+        ("reject", ["--message", 'hivectl node reject node-3 -m "malicious node?"']),
+        ("delete", ["PENDING"]),
+    ],
+)
+def test_verb_help(verb: str, expected: list[str]) -> None:
+    result = invoke("node", verb, "--help")
+    assert result.exit_code == 0
+    for text in expected:
+        assert text in result.stdout, f"{text!r} missing from `node {verb} --help`"
+
+
+def test_list_help_has_examples() -> None:
+    result = invoke("node", "list", "-h")
+    assert "Examples" in result.stdout
+    assert "hivectl node list --filter-approval pending" in result.stdout
+
+
+def one_line_error(result: Result, code: int) -> str:
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    result = invoke("--config", str(tmp_path / "nope.toml"), "node", "list")
+    assert "does not exist" in one_line_error(result, 2)
+
+
+def test_invalid_config_file_is_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('timeout = "soon"\n')
+    result = invoke("--config", str(bad), "node", "list")
+    assert "timeout" in one_line_error(result, 2)
+
+
+def test_bad_timeout_flag_is_exit_2() -> None:
+    result = invoke("--timeout", "later", "node", "approve", "node-1")
+    assert "timeout" in one_line_error(result, 2)
+
+
+def test_help_as_a_process() -> None:
+    exe = Path(sys.executable).parent / "hivectl"
+    for args in (["--help"], ["node", "--help"], ["--version"]):
+        done = subprocess.run(
+            [str(exe), *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout

@@ -1,0 +1,78 @@
+"""The rendering helpers of `hivectl.cli.output`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import yaml
+
+from hivectl.cli.output import (
+    age,
+    dump_json,
+    dump_yaml,
+    human_bytes,
+    human_cpu,
+    join_labels,
+    plain_lines,
+    timestamp,
+)
+from hivectl.core.models import Resources
+
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_human_bytes_uses_iec_units() -> None:
+    assert human_bytes(0) == "0B"
+    assert human_bytes(1023) == "1023B"
+    assert human_bytes(1536) == "1.5KiB"
+    assert human_bytes(int(12.3 * 1024**3)) == "12.3GiB"
+    assert human_bytes(2 * 1024**4) == "2.0TiB"
+    assert human_bytes(None) == "-"
+
+
+def test_human_cpu() -> None:
+    assert [human_cpu(v) for v in (8.0, 7.5, 0.25, 1 / 3, None)] == [
+        "8",
+        "7.5",
+        "0.25",
+        "0.33",
+        "-",
+    ]
+
+
+def test_age_picks_one_unit() -> None:
+    cases = {
+        timedelta(seconds=3): "3s ago",
+        timedelta(seconds=119): "119s ago",
+        timedelta(minutes=5): "5m ago",
+        timedelta(hours=5): "5h ago",
+        timedelta(days=4): "4d ago",
+        timedelta(seconds=-10): "0s ago",  # a clock a little ahead of ours
+    }
+    for delta, expected in cases.items():
+        assert age(NOW - delta, NOW) == expected
+    assert age(None, NOW) == "-"
+
+
+def test_timestamp() -> None:
+    assert timestamp(NOW - timedelta(seconds=3), NOW) == "2025-01-02 03:04:02 UTC (3s ago)"
+    assert timestamp(None, NOW) == "-"
+
+
+def test_labels_sorted_and_joined() -> None:
+    assert join_labels({"zone": "eu-1", "gpu": "true"}) == "gpu=true,zone=eu-1"
+    assert join_labels({}) == "-"
+
+
+def test_plain_lines_align_without_trailing_spaces() -> None:
+    lines = plain_lines([["ID", "STATUS"], ["a-long-id", "HEALTHY"], ["b", "-"]])
+    assert lines == ["ID          STATUS", "a-long-id   HEALTHY", "b           -"]
+    assert plain_lines([]) == []
+
+
+def test_json_and_yaml_of_models_match_model_dump() -> None:
+    models = [Resources(cpu=1.5, memory=2), Resources()]
+    expected = [m.model_dump(mode="json") for m in models]
+    assert json.loads(dump_json(models)) == expected
+    assert yaml.safe_load(dump_yaml(models)) == expected
