@@ -181,6 +181,8 @@ def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
 
 def resource_cells(node: NodeView) -> list[str]:
     """CPU, MEMORY, DISK, GPU as available/total."""
+    if node.type is NodeType.REQUESTER:  # runs no jobs: it has no capacity to show
+        return [NONE] * 4
     if node.resources is not None:
         total: Resources | None = node.resources.total
         free: Resources | None = node.resources.available
@@ -258,6 +260,8 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
 
 
 def resource_table(node: NodeView) -> list[str]:
+    if node.type is NodeType.REQUESTER:
+        return ["<none: the requester runs no jobs>"]
     reported = node.resources
     total = reported.total if reported else node.info.total if node.info else None
     allocatable = reported.allocatable if reported else node.info.allocatable if node.info else None
