@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, ClassVar
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, Strict, StringConstraints
 
 from hivectl.core.models import (
     Approval,
@@ -52,7 +52,7 @@ class NodeListRequest(Message):
     health: Health | None = None
     selector: Selector = ""  # label selector, as in `hivectl node list -l`
     after: ShortText = ""  # paging: ids sort ascending; start after this one
-    limit: Annotated[int, Field(ge=1, le=PAGE_SIZE)] = PAGE_SIZE
+    limit: Annotated[int, Strict(), Field(ge=1, le=PAGE_SIZE)] = PAGE_SIZE
 
 
 class NodeListReply(Message):

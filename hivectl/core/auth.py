@@ -65,8 +65,11 @@ class Identity:
 
     def message_key(self, peer_public_key: str) -> bytes:
         """The MAC key shared with the holder of `peer_public_key`."""
-        theirs = nacl.signing.VerifyKey(decode_public_key(peer_public_key))
-        shared = nacl.public.Box(self._curve, theirs.to_curve25519_public_key()).shared_key()
+        try:
+            theirs = nacl.signing.VerifyKey(decode_public_key(peer_public_key))
+            shared = nacl.public.Box(self._curve, theirs.to_curve25519_public_key()).shared_key()
+        except nacl.exceptions.CryptoError:  # a well-formed key that is no curve point
+            raise AuthError("public key is not a valid Ed25519 key") from None
         # Bind both public keys, in a fixed order, so the key names this pair alone.
         pair = "".join(sorted((self.public_key, peer_public_key))).encode()
         return hashlib.blake2b(shared + pair, digest_size=32, person=_KDF_PERSON).digest()

@@ -112,6 +112,8 @@ async def connect_cli(settings: NatsSettings, name: str = "hivectl") -> Client:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the requester or nats-server running?)"
+    if isinstance(exc, TimeoutError):
+        return "timed out (is it a NATS server?)"
     text = str(exc).strip()
     if "Authorization" in text or "authorization" in text:
         return "authorization failed (check the credentials)"
@@ -132,7 +134,10 @@ async def request(
         raise BusError(f"no requester is answering on {subject}") from None
     except (NatsTimeoutError, TimeoutError):
         raise BusError(f"no answer on {subject} within {timeout:g}s") from None
-    answer: Message = codec.decode(reply.data, (expect, ErrorReply))
+    try:
+        answer: Message = codec.decode(reply.data, (expect, ErrorReply))
+    except codec.CodecError as exc:
+        raise BusError(f"unreadable reply on {subject}: {exc.reason}") from None
     if isinstance(answer, ErrorReply):
         raise RemoteError(answer.code, answer.reason)
     assert isinstance(answer, expect)

@@ -112,7 +112,8 @@ def decode(
         wanted = ", ".join(sorted(m.kind for m in allowed)) if allowed else "a known kind"
         raise CodecError("unknown_kind", f"kind {_show(kind)} is not accepted here ({wanted})")
     version = obj.get("v", PROTOCOL_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool) or version > PROTOCOL_VERSION:
+    bad = not isinstance(version, int) or isinstance(version, bool)
+    if bad or not 1 <= version <= PROTOCOL_VERSION:
         raise CodecError("bad_version", f"protocol version {_show(version)} is not supported")
     return validate(model, obj)  # type: ignore[return-value]
 

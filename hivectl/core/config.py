@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import platformdirs
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -137,6 +137,12 @@ class RequesterConfig(HiveSettings):
     health_check_interval: Duration = 1.0
     max_payload: int = Field(default=1024 * 1024, ge=1024)
 
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> RequesterConfig:
+        if self.disconnected_after < self.unhealthy_after:
+            raise ValueError("disconnected_after must not be shorter than unhealthy_after")
+        return self
+
 
 class DockerExecutorSettings(Section):
     enabled: bool = True
@@ -229,5 +235,6 @@ def _first_line(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         err = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in err["loc"])
-        return f"{where}: {err['msg']}"
+        message = err["msg"].removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
     return str(exc).splitlines()[0]
