@@ -107,7 +107,7 @@ class EmbeddedNats:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C reaches us; we stop it in order
-            preexec_fn=_die_with_parent if _on_main_thread() else None,
+            preexec_fn=die_with_parent if on_main_thread() else None,
         )
         self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
         self._reader.start()
@@ -170,13 +170,13 @@ class EmbeddedNats:
         self.stop()
 
 
-def _on_main_thread() -> bool:
+def on_main_thread() -> bool:
     # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only safe
     # from the main thread, which lives as long as the process.
     return threading.current_thread() is threading.main_thread() and sys.platform == "linux"
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM if the parent dies, even by kill -9."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
