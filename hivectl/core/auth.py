@@ -54,9 +54,20 @@ class Identity:
             return cls(path.read_bytes().strip())
         identity = cls.generate()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Write aside, then link into place: a crash never leaves half a seed, and of
+        # two processes creating it at once, the second adopts the first one's key.
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(identity.seed + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return cls(path.read_bytes().strip())
+        finally:
+            temp.unlink()
         return identity
 
     def sign(self, payload: bytes) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
@@ -20,6 +21,7 @@ from hivectl.core.config import NatsSettings
 from hivectl.core.models import ErrorReply, Message
 
 log = logging.getLogger("hive.bus")
+ERROR_LOG_EVERY = 60.0
 M = TypeVar("M", bound=Message)
 
 
@@ -51,11 +53,19 @@ def _credentials(settings: NatsSettings) -> dict[str, Any]:
 async def connect_daemon(settings: NatsSettings, name: str) -> Client:
     """A connection that reconnects forever and drains on close, for the daemons."""
 
+    last_logged: dict[str, float] = {}
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats: %s", exc or type(exc).__name__)
+        # While NATS is down every retry fails the same way: say so once a minute.
+        text = str(exc) or type(exc).__name__
+        now = time.monotonic()
+        if now - last_logged.get(text, -ERROR_LOG_EVERY) >= ERROR_LOG_EVERY:
+            last_logged[text] = now
+            log.warning("nats: %s", text)
 
     async def on_disconnected() -> None:
-        log.warning("nats: disconnected from %s; reconnecting", settings.url)
+        if not (nc.is_closed or nc.is_draining):  # a deliberate close is no news
+            log.warning("nats: disconnected from %s; reconnecting", settings.url)
 
     async def on_reconnected() -> None:
         log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")

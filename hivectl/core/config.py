@@ -23,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from hivectl.core.models import Labels
+from hivectl.core.models import ID_PATTERN, Labels
 from hivectl.core.subjects import DEFAULT_PREFIX
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -129,7 +129,7 @@ class RequesterConfig(HiveSettings):
     embedded: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     data_dir: Path = Field(default_factory=lambda: _data_dir("requester"))
-    name: str = Field(default="requester", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: str = Field(default="requester", pattern=ID_PATTERN)
     cluster_name: str = Field(default="hive", max_length=64)
     auto_approve: bool = False
     unhealthy_after: Duration = 30.0
@@ -160,7 +160,7 @@ class ExecutorSettings(Section):
 
 class NodeAgentConfig(HiveSettings):
     program: ClassVar[str] = "nodeagent"
-    name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: str | None = Field(default=None, pattern=ID_PATTERN)
     labels: Labels = Field(default_factory=dict)
     state_dir: Path = Field(default_factory=lambda: _data_dir("nodeagent"))
     work_dir: Path | None = None  # default: <state_dir>/work

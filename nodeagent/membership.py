@@ -1,0 +1,209 @@
+"""Whether the requester knows this node, and what to do about it.
+
+One `step()` per info interval: join (re-join with the sentinel's key, else register)
+until the requester has accepted the node, then send an info update, which doubles as
+the "am I still known?" check. The states an operator cares about:
+
+- joined: the requester accepted the node (registration, or a re-join it recognised);
+- removed: after that, an info reply said "unknown" (an operator deleted the node). The
+  agent stays quiet until it is registered again by `hive-nodeagent register` or a
+  restart, as the Bacalhau docs describe; a later "known" reply re-admits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+
+from hivectl.core import auth
+from hivectl.core.config import NodeAgentConfig
+from hivectl.core.models import Approval, ErrorReply, InfoReply, NodeInfo, RegisterReply
+from hivectl.core.subjects import Subjects
+from nodeagent import protocol
+from nodeagent.identity import read_sentinel, write_sentinel
+from nodeagent.protocol import UNAUTHENTICATED, LocalNode
+
+log = logging.getLogger("hive.nodeagent")
+
+
+class Membership:
+    """The join / info state machine of one agent. Exchanges raise protocol.Unreachable."""
+
+    def __init__(
+        self,
+        cfg: NodeAgentConfig,
+        local: LocalNode,
+        on_admitted: Callable[[], Awaitable[None]],
+        request_timeout: float,
+    ) -> None:
+        self.cfg = cfg
+        self.local = local
+        self.node_id = local.node_id
+        self.subjects = Subjects(cfg.nats.prefix)
+        self.request_timeout = request_timeout
+        self.approval: Approval | None = None
+        self.key: bytes | None = None  # the MAC key shared with the requester
+        self.joined = False
+        self.removed = False
+        self.registrations = 0
+        self.register_refusals = 0
+        self.info_updates_sent = 0
+        self._on_admitted = on_admitted  # first heartbeat and resources, at once
+        self._rejoin_key = self._sentinel_key()  # dropped once the requester says no
+        self._extra = {"node_id": self.node_id}
+
+    @property
+    def active(self) -> bool:
+        """Known to the requester now: heartbeats and resource reports should go out."""
+        return self.joined and not self.removed and self.key is not None
+
+    @property
+    def interval(self) -> float:
+        return self.cfg.info_update_interval
+
+    async def step(self, nc: Client, info: NodeInfo) -> float:
+        """One join or info exchange; returns how long to wait before the next."""
+        if self.joined:
+            return await self._refresh(nc, info)
+        return await self._join(nc, info)
+
+    async def _join(self, nc: Client, info: NodeInfo) -> float:
+        """Re-join with the sentinel's key when there is one; else, or if refused, register."""
+        if self._rejoin_key is not None:
+            reply = await self._send_info(nc, info, self._rejoin_key)
+            if isinstance(reply, InfoReply) and reply.known:
+                self.key = self._rejoin_key
+                await self._admitted(reply.approval, "re-joined the cluster")
+                return self.interval
+            why = reply.code if isinstance(reply, ErrorReply) else "unknown to the requester"
+            log.info(
+                "node %s cannot re-join (%s); registering", self.node_id, why, extra=self._extra
+            )
+            self._rejoin_key = None
+        return await self._register(nc, info)
+
+    async def _register(self, nc: Client, info: NodeInfo) -> float:
+        identity = self.local.identity
+        reply = await protocol.register(
+            nc, self.subjects, identity, self.node_id, info, self.request_timeout
+        )
+        if isinstance(reply, ErrorReply) or reply.node_id != self.node_id:
+            self._refused(reply)
+            return self.interval
+        self.registrations += 1
+        self.key = identity.message_key(reply.requester_key)
+        sentinel = protocol.sentinel_for(reply, self.subjects)
+        await asyncio.to_thread(write_sentinel, self.cfg.state_dir, sentinel)
+        await self._admitted(reply.approval, "registered")
+        return self.interval
+
+    def _refused(self, reply: RegisterReply | ErrorReply) -> None:
+        """Log why; the caller retries every info interval (an operator may fix it)."""
+        self.register_refusals += 1
+        if isinstance(reply, RegisterReply):
+            code, reason = "wrong_node", f"the reply is for node {reply.node_id}"
+        else:
+            code, reason = reply.code, reply.reason
+        hint = ""
+        if code == "key_mismatch":
+            hint = f"; an operator must delete the old record (hivectl node delete {self.node_id})"
+        log.warning(
+            "registration of node %s refused (%s): %s%s; retrying every %gs",
+            self.node_id,
+            code,
+            reason,
+            hint,
+            self.interval,
+            extra={**self._extra, "code": code},
+        )
+
+    async def _refresh(self, nc: Client, info: NodeInfo) -> float:
+        """The periodic info update of a node that has joined."""
+        assert self.key is not None
+        reply = await self._send_info(nc, info, self.key)
+        if isinstance(reply, ErrorReply):
+            return await self._info_refused(nc, info, reply)
+        if not reply.known:
+            self._mark_removed()
+        elif self.removed:
+            await self._admitted(reply.approval, "re-admitted")
+        else:
+            self._note_approval(reply.approval)
+        return self.interval
+
+    async def _info_refused(self, nc: Client, info: NodeInfo, reply: ErrorReply) -> float:
+        extra = {**self._extra, "code": reply.code}
+        if reply.code != UNAUTHENTICATED:
+            log.warning(
+                "info update of node %s refused (%s): %s",
+                self.node_id,
+                reply.code,
+                reply.reason,
+                extra=extra,
+            )
+            return self.interval
+        # The requester's own key changed (say, a new data dir): ours is stale.
+        # Registering again is idempotent there and keeps the node's approval.
+        log.warning(
+            "the requester no longer accepts node %s's messages (%s); registering again",
+            self.node_id,
+            reply.reason,
+            extra=extra,
+        )
+        self.joined, self.key = False, None
+        return await self._register(nc, info)
+
+    async def _admitted(self, approval: Approval | None, how: str) -> None:
+        if self.removed:
+            how = "re-admitted"
+        self.joined, self.removed = True, False
+        if approval is not None:
+            self.approval = approval
+        log.info(
+            "node %s %s (approval %s)", self.node_id, how, self.approval or "?", extra=self._extra
+        )
+        await self._on_admitted()
+
+    def _mark_removed(self) -> None:
+        if self.removed:
+            return  # said once; the agent keeps asking quietly
+        self.removed = True
+        log.warning(
+            "node %s was removed by an operator; run `hive-nodeagent register` or restart "
+            "the agent to register again",
+            self.node_id,
+            extra=self._extra,
+        )
+
+    def _note_approval(self, approval: Approval | None) -> None:
+        if approval is None or approval == self.approval:
+            return
+        log.info(
+            "node %s approval changed: %s -> %s",
+            self.node_id,
+            self.approval or "?",
+            approval,
+            extra=self._extra,
+        )
+        self.approval = approval
+
+    async def _send_info(self, nc: Client, info: NodeInfo, key: bytes) -> InfoReply | ErrorReply:
+        reply = await protocol.info(
+            nc, self.subjects, self.node_id, info, key, self.request_timeout
+        )
+        self.info_updates_sent += 1
+        return reply
+
+    def _sentinel_key(self) -> bytes | None:
+        """The key of an earlier registration in this cluster, if the sentinel has one."""
+        sentinel = read_sentinel(self.cfg.state_dir)
+        if sentinel is None or not sentinel.matches(self.node_id, self.subjects.prefix):
+            return None
+        try:
+            return self.local.identity.message_key(sentinel.requester_key)
+        except auth.AuthError as exc:
+            log.warning("ignoring the sentinel: %s", exc, extra=self._extra)
+            return None

@@ -1,0 +1,178 @@
+"""What this machine has: CPU, memory, disk, GPUs, and a CPU benchmark score.
+
+Everything here is cheap enough to call on every info or resource update, except the
+benchmark, which runs once per state dir and is then read back: a score that changed
+on every restart would make the requester rewrite the node's record for nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pynvml
+
+import hivectl
+from hivectl.core.config import NodeAgentConfig
+from hivectl.core.models import GpuInfo, NodeInfo, NodeResources, Resources, utcnow
+
+log = logging.getLogger("hive.nodeagent")
+
+BENCHMARK_FILE = "benchmark.json"
+BENCHMARK_SECONDS = 0.25
+_BENCHMARK_BLOCK = 64 * 1024
+_TEXT_LIMIT = 256  # ShortText in the wire models
+
+_gpu_failure_logged = False
+
+
+def discover_gpus() -> list[GpuInfo]:
+    """The NVIDIA GPUs NVML reports; [] when there is no driver, library or device.
+
+    A machine without GPUs is the normal case, so the failure is logged once, at debug.
+    """
+    global _gpu_failure_logged
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, driver errors, OSError
+        if not _gpu_failure_logged:
+            log.debug("no NVIDIA GPUs: %s", exc or type(exc).__name__)
+            _gpu_failure_logged = True
+        return []
+    try:
+        return [_gpu(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception as exc:
+        if not _gpu_failure_logged:
+            log.debug("cannot read NVIDIA GPUs: %s", exc or type(exc).__name__)
+            _gpu_failure_logged = True
+        return []
+    finally:
+        _nvml_shutdown()
+
+
+def _gpu(position: int) -> GpuInfo:
+    handle = pynvml.nvmlDeviceGetHandleByIndex(position)
+    return GpuInfo(
+        index=int(pynvml.nvmlDeviceGetIndex(handle)),
+        vendor="nvidia",
+        model=_text(pynvml.nvmlDeviceGetName(handle)),
+        memory=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+        uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+    )
+
+
+def _text(value: Any) -> str:
+    # pynvml returns bytes or str depending on its version.
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return text[:_TEXT_LIMIT]
+
+
+def _nvml_shutdown() -> None:
+    try:
+        pynvml.nvmlShutdown()
+    except Exception as exc:  # shutting down must never turn a result into a failure
+        log.debug("nvmlShutdown failed: %s", exc)
+
+
+def measure_cpu_benchmark(seconds: float = BENCHMARK_SECONDS) -> float:
+    """Single-core SHA-256 throughput in MB/s: a rough, comparable CPU score."""
+    block = bytes(range(256)) * (_BENCHMARK_BLOCK // 256)
+    done = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while True:
+        hashlib.sha256(block).digest()
+        done += len(block)
+        now = time.perf_counter()
+        if now >= deadline:
+            return round(done / (now - started) / 1e6, 1)
+
+
+def load_or_measure_benchmark(state_dir: Path) -> float:
+    """The score stored in `state_dir`, measuring and storing it on first use."""
+    path = state_dir / BENCHMARK_FILE
+    try:
+        score = float(json.loads(path.read_text())["score"])
+        if score >= 0:
+            return score
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable %s (%s); measuring again", path, exc)
+    score = measure_cpu_benchmark()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    record = {"score": score, "measured_at": utcnow().isoformat(timespec="seconds")}
+    path.write_text(json.dumps(record) + "\n")
+    log.info("CPU benchmark: %.1f MB/s (stored in %s)", score, path)
+    return score
+
+
+def total_resources(work_dir: Path, gpus: list[GpuInfo]) -> Resources:
+    """What the machine has; disk is the filesystem that holds the work dir."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return Resources(
+        cpu=float(psutil.cpu_count() or 1),
+        memory=int(psutil.virtual_memory().total),
+        disk=int(psutil.disk_usage(str(work_dir)).total),
+        gpu=len(gpus),
+    )
+
+
+def available_resources(allocatable: Resources, work_dir: Path) -> Resources:
+    """What is free now, never more than what is allocatable.
+
+    Memory and disk use the machine's real free figures, which also account for
+    anything else running there. CPU stays at the allocatable figure: load average
+    swings from second to second and would make scheduling flap, and until jobs run
+    here (each with its reservation) there is nothing of Hive's to subtract.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return Resources(
+        cpu=allocatable.cpu,
+        memory=min(allocatable.memory, int(psutil.virtual_memory().available)),
+        disk=min(allocatable.disk, int(psutil.disk_usage(str(work_dir)).free)),
+        gpu=allocatable.gpu,
+    )
+
+
+def executors(cfg: NodeAgentConfig) -> list[str]:
+    enabled = []
+    if cfg.executors.docker.enabled:
+        enabled.append("docker")
+    if cfg.executors.process.enabled:
+        enabled.append("process")
+    return enabled
+
+
+def collect_info(cfg: NodeAgentConfig, benchmark_score: float) -> NodeInfo:
+    """This node's info as it is sent at registration and on every info update."""
+    gpus = discover_gpus()
+    total = total_resources(cfg.resolved_work_dir, gpus)
+    return NodeInfo(
+        hostname=socket.gethostname()[:_TEXT_LIMIT],
+        arch=platform.machine()[:_TEXT_LIMIT],
+        os="linux",
+        version=hivectl.__version__,
+        labels=dict(cfg.labels),
+        executors=executors(cfg),
+        total=total,
+        allocatable=total,  # reservations for the OS and the agent come with capacity.py
+        gpus=gpus,
+        benchmark_score=benchmark_score,
+    )
+
+
+def collect_resources(info: NodeInfo, work_dir: Path) -> NodeResources:
+    """A resource report built on the totals of the latest info."""
+    return NodeResources(
+        total=info.total,
+        allocatable=info.allocatable,
+        available=available_resources(info.allocatable, work_dir),
+    )

@@ -1,0 +1,335 @@
+"""The node agent's lifecycle: start, join the cluster, report periodically, leave.
+
+Shaped like uvicorn's `Server.serve()` and arq's worker: `start()` connects and joins,
+`run_forever()` runs one named loop per periodic report in a TaskGroup until the stop
+event is set, `close()` says goodbye (a `Leave`, so the requester marks the node
+UNKNOWN at once instead of waiting out `disconnected_after`) and drains. Nothing a peer
+sends and no transient NATS trouble ends the daemon: every loop iteration catches,
+logs and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+
+from hivectl.core import auth, bus, codec
+from hivectl.core.config import NodeAgentConfig
+from hivectl.core.daemon import Status, install_signal_handlers
+from hivectl.core.models import Heartbeat, Leave, Message, NodeInfo, ResourceUpdate
+from hivectl.core.subjects import Subjects
+from nodeagent.membership import Membership
+from nodeagent.protocol import LocalNode, Unreachable, sealed
+from nodeagent.resources import collect_info, collect_resources
+
+log = logging.getLogger("hive.nodeagent")
+T = TypeVar("T")
+
+REQUEST_TIMEOUT = 5.0
+FLUSH_TIMEOUT = 2  # seconds; nats-py wants an int
+MIN_INTERVAL = 0.05  # a zero interval in a config must not become a busy loop
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 30.0
+# Transient trouble or bad input from a peer: logged without a traceback (not our bug).
+_EXPECTED = (NatsError, OSError, Unreachable, codec.CodecError, auth.AuthError)
+
+
+class Backoff:
+    """Capped exponential delays with jitter, so many agents do not retry in step."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = max(cap, first)
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay * random.uniform(0.8, 1.0)
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class NodeAgent:
+    """One compute node's daemon: join, then info, resources and heartbeats; leave on close.
+
+    `membership` (set by `start()`) holds the join state and its counters; the plain-int
+    counters here say what was published, for tests now and Prometheus later.
+    """
+
+    def __init__(self, cfg: NodeAgentConfig, *, request_timeout: float = REQUEST_TIMEOUT) -> None:
+        self.cfg = cfg
+        self.subjects = Subjects(cfg.nats.prefix)
+        self.request_timeout = request_timeout
+        self.status = Status.INIT
+        self.stop_event = asyncio.Event()
+        self.node_id = cfg.name or ""  # final once start() has read the identity
+        self.nc: Client | None = None
+        self.membership: Membership | None = None
+        self.local: LocalNode | None = None
+        self._info: NodeInfo | None = None
+        self._first_delay = 0.0
+        self._unreachable_logged = False
+        self._loops_done = asyncio.Event()
+        self._loops_done.set()
+        # One counter for every sealed publish: the requester drops seq <= last seen, so
+        # starting from the clock keeps a restarted agent ahead of its previous run.
+        self._seq = time.time_ns() // 1000
+        interval = max(cfg.info_update_interval, MIN_INTERVAL)
+        self._backoff = Backoff(min(BACKOFF_FIRST, interval), min(BACKOFF_CAP, interval))
+        self._started_at = time.monotonic()
+        self.heartbeats_sent = 0
+        self.resource_updates_sent = 0
+        self.leaves_sent = 0
+        self.errors = 0
+
+    @property
+    def active(self) -> bool:
+        """Known to the requester now: heartbeats and resource reports go out."""
+        return self.membership is not None and self.membership.active
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_at
+
+    def stop(self) -> None:
+        """Ask the agent to shut down; `run_forever()` returns soon after."""
+        self.stop_event.set()
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the identity, connect, and try once to join. Idempotent.
+
+        A requester that is not up yet is not an error: the info loop keeps trying.
+        """
+        if self.status is not Status.INIT:
+            return
+        self.status = Status.STARTING
+        try:
+            self.local = local = await asyncio.to_thread(LocalNode.load, self.cfg)
+            self.node_id = local.node_id
+            self._info = await asyncio.to_thread(collect_info, self.cfg, local.benchmark)
+            self.membership = Membership(self.cfg, local, self._announce, self.request_timeout)
+            name = f"hive-nodeagent:{self.node_id}"
+            self.nc = await self._until_stopped(bus.connect_daemon(self.cfg.nats, name=name))
+            if self.nc is not None:
+                self._first_delay = await self._membership_step()
+        except BaseException:
+            self.status = Status.FAILED
+            raise
+        self.status = Status.RUNNING
+        log.info("node agent %s started", self.node_id, extra={"node_id": self.node_id})
+
+    async def run_forever(self) -> None:
+        """Run the periodic loops until the stop event is set."""
+        await self.start()
+        if self.nc is None:  # stopped while still connecting
+            return
+        self._loops_done.clear()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                loops = [
+                    tg.create_task(self._info_loop(), name=f"{self.node_id}:info"),
+                    tg.create_task(self._resource_loop(), name=f"{self.node_id}:resources"),
+                    tg.create_task(self._heartbeat_loop(), name=f"{self.node_id}:heartbeat"),
+                ]
+                await self.stop_event.wait()
+                # Cut an in-flight request short: everything the loops send is idempotent.
+                for task in loops:
+                    task.cancel()
+        finally:
+            self._loops_done.set()
+
+    async def serve(self) -> None:
+        """Start, run until stopped, close: the whole life of the daemon."""
+        async with self:
+            await self.run_forever()
+
+    async def close(self) -> None:
+        """Publish a Leave, flush and drain. Safe to call twice."""
+        if self.status in (Status.CLOSING, Status.CLOSED):
+            return
+        failed = self.status is Status.FAILED
+        self.status = Status.CLOSING
+        self.stop_event.set()
+        await _wait_event(self._loops_done, self.request_timeout)
+        if self.nc is not None:
+            if self.active:
+                await self._guarded("leave", self._send_leave)
+            await _shutdown_connection(self.nc)
+            self.nc = None
+        self.status = Status.FAILED if failed else Status.CLOSED
+
+    async def __aenter__(self) -> NodeAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- loops -----------------------------------------------------------------------
+    async def _info_loop(self) -> None:
+        """Info updates double as the "am I still known?" check, and drive (re)joining."""
+        delay = self._first_delay
+        while await self._wait(delay):
+            delay = await self._membership_step()
+
+    async def _resource_loop(self) -> None:
+        while await self._wait(self.cfg.resource_update_interval):
+            if self.active:
+                await self._guarded("resource update", self._send_resources)
+
+    async def _heartbeat_loop(self) -> None:
+        while await self._wait(self.cfg.heartbeat_interval):
+            if self.active:
+                await self._guarded("heartbeat", self._send_heartbeat)
+
+    async def _wait(self, seconds: float) -> bool:
+        """Wait `seconds` or until stopped; True while the agent should keep going."""
+        return not await _wait_event(self.stop_event, max(seconds, MIN_INTERVAL))
+
+    async def _membership_step(self) -> float:
+        """Refresh the info, then one join or info exchange; the delay before the next."""
+        assert self.nc is not None and self.membership is not None and self.local is not None
+        try:
+            self._info = await asyncio.to_thread(collect_info, self.cfg, self.local.benchmark)
+            delay = await self.membership.step(self.nc, self._info)
+        except Unreachable as exc:
+            # Expected while the requester is down or restarting: say so once.
+            level = logging.DEBUG if self._unreachable_logged else logging.WARNING
+            log.log(level, "%s; retrying", exc, extra={"node_id": self.node_id})
+            self._unreachable_logged = True
+            return self._backoff.next()
+        except Exception as exc:
+            self._failed("membership", exc)
+            return self._backoff.next()
+        self._unreachable_logged = False
+        self._backoff.reset()
+        return delay
+
+    async def _guarded(self, what: str, action: Callable[[], Awaitable[None]]) -> None:
+        """Run one iteration's work; log a failure and carry on, whatever it was."""
+        try:
+            await action()
+        except Exception as exc:
+            self._failed(what, exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.errors += 1
+        log.warning(
+            "%s of node %s failed: %s",
+            what,
+            self.node_id,
+            exc or type(exc).__name__,
+            exc_info=not isinstance(exc, _EXPECTED),  # a traceback only for the unexpected
+            extra={"node_id": self.node_id},
+        )
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
+        """`work`'s result, or None when the stop event came first (work is cancelled).
+
+        connect_daemon retries an unreachable server forever; SIGTERM must still work.
+        """
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
+
+    # -- sending ---------------------------------------------------------------------
+    async def _announce(self) -> None:
+        """Report at once on (re)joining, not up to an interval later."""
+        await self._guarded("heartbeat", self._send_heartbeat)
+        await self._guarded("resource update", self._send_resources)
+
+    async def _send_heartbeat(self) -> None:
+        message = Heartbeat(node_id=self.node_id, seq=self._next_seq())
+        await self._publish(self.subjects.node_heartbeat(self.node_id), message)
+        self.heartbeats_sent += 1
+
+    async def _send_resources(self) -> None:
+        assert self._info is not None
+        report = await asyncio.to_thread(collect_resources, self._info, self.cfg.resolved_work_dir)
+        message = ResourceUpdate(node_id=self.node_id, seq=self._next_seq(), resources=report)
+        await self._publish(self.subjects.node_resources(self.node_id), message)
+        self.resource_updates_sent += 1
+
+    async def _send_leave(self) -> None:
+        message = Leave(node_id=self.node_id, seq=self._next_seq(), reason="shutdown")
+        await self._publish(self.subjects.node_leave(self.node_id), message)
+        self.leaves_sent += 1
+
+    async def _publish(self, subject: str, message: Message) -> None:
+        assert self.nc is not None and self.membership is not None
+        assert self.membership.key is not None
+        await self.nc.publish(subject, sealed(message, self.membership.key))
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+
+async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """True when `event` was set within `seconds`."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _shutdown_connection(nc: Client) -> None:
+    """Flush what is buffered (the Leave), then drain; never raise on the way out."""
+    try:
+        await nc.flush(timeout=FLUSH_TIMEOUT)
+    except Exception as exc:  # disconnected: nothing more we can do for the Leave
+        log.debug("flush on close failed: %s", exc)
+    try:
+        await nc.drain()
+    except Exception as exc:
+        log.debug("drain on close failed: %s", exc)
+    if not nc.is_closed:
+        await nc.close()
+
+
+async def main(cfg: NodeAgentConfig) -> int:
+    """The daemon: run until SIGTERM/SIGINT (a second one exits at once); the exit code."""
+    agent = NodeAgent(cfg)
+    install_signal_handlers(agent.stop_event, "nodeagent")
+    code = 0
+    try:
+        await agent.serve()
+    except Exception as exc:
+        # A state dir it cannot write is the operator's to fix: no traceback for that.
+        log.error("node agent failed: %s", exc, exc_info=not isinstance(exc, OSError))
+        code = 1
+    log.info(
+        "node agent %s stopped after %.1fs",
+        agent.node_id or "?",
+        agent.uptime,
+        extra={"node_id": agent.node_id or None},
+    )
+    return code
