@@ -29,6 +29,26 @@ from hivectl.core.api import (
 )
 from hivectl.core.auth import Identity
 from hivectl.core.codec import CodecError, Limits
+from hivectl.core.jobs import (
+    Cancel,
+    Engine,
+    ExecState,
+    ExecUpdate,
+    Execution,
+    Job,
+    JobGetReply,
+    JobGetRequest,
+    JobListReply,
+    JobListRequest,
+    JobSpec,
+    JobState,
+    JobStopRequest,
+    JobSubmitReply,
+    JobSubmitRequest,
+    Offer,
+    OfferReply,
+    ResourceRequest,
+)
 from hivectl.core.models import (
     MESSAGES,
     PROTOCOL_VERSION,
@@ -104,6 +124,45 @@ def _view() -> NodeView:
     )
 
 
+JOB_ID = "j-5f0c2a9e41b7d388"
+EXEC_ID = "e-0a1b2c3d4e5f6071"
+
+
+def _spec() -> JobSpec:
+    return JobSpec(
+        name="train-resnet",
+        engine=Engine.DOCKER,
+        image="pytorch/pytorch:2.3.0-cuda12.1-cudnn8-runtime",
+        command=["python", "train.py", "--epochs", "3"],
+        env={"PYTHONUNBUFFERED": "1"},
+        resources=ResourceRequest(cpu=0.5, memory=512 * 1024**2, gpu=1),
+        constraints=["zone in (eu-west-1a,eu-west-1b)", "gpu"],
+        timeout=1800.0,
+        retries=2,
+        outputs=["/outputs"],
+    )
+
+
+def _job() -> Job:
+    execution = Execution(
+        exec_id=EXEC_ID,
+        job_id=JOB_ID,
+        node_id="gpu-worker-07",
+        state=ExecState.RUNNING,
+        created_at=T0,
+        updated_at=T0,
+        started_at=T0,
+    )
+    return Job(
+        job_id=JOB_ID,
+        spec=_spec(),
+        state=JobState.RUNNING,
+        executions=[execution],
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
 # One valid, realistic instance per message kind.
 SAMPLES: dict[str, Message] = {
     "register": RegisterRequest(node_id="gpu-worker-07", public_key=NODE_KEY, info=_info()),
@@ -152,6 +211,27 @@ SAMPLES: dict[str, Message] = {
     "node_approve": NodeApproveRequest(id="gpu-worker-07"),
     "node_reject": NodeRejectRequest(id="gpu-worker-07", reason="unknown hardware vendor"),
     "node_delete": NodeDeleteRequest(id="gpu-worker-07"),
+    "offer": Offer(
+        node_id="gpu-worker-07", exec_id=EXEC_ID, job_id=JOB_ID, attempt=1, spec=_spec()
+    ),
+    "offer_reply": OfferReply(exec_id=EXEC_ID, accepted=False, reason="needs 2 GPUs, 1 free"),
+    "cancel": Cancel(node_id="gpu-worker-07", exec_id=EXEC_ID, reason="job stopped"),
+    "exec_update": ExecUpdate(
+        node_id="gpu-worker-07",
+        seq=99,
+        exec_id=EXEC_ID,
+        job_id=JOB_ID,
+        state=ExecState.FAILED,
+        exit_code=137,
+        error="killed after its 30s timeout",
+    ),
+    "job_submit": JobSubmitRequest(spec=_spec()),
+    "job_submit_reply": JobSubmitReply(job_id=JOB_ID),
+    "job_list": JobListRequest(state=JobState.RUNNING, after=JOB_ID, limit=20),
+    "job_list_reply": JobListReply(jobs=[_job()], next=""),
+    "job_get": JobGetRequest(id="j-5f"),
+    "job_get_reply": JobGetReply(job=_job()),
+    "job_stop": JobStopRequest(id=JOB_ID, reason="operator asked"),
 }
 
 
