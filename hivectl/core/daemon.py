@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from enum import StrEnum
 
 log = logging.getLogger("hive.daemon")
@@ -18,6 +19,26 @@ class Status(StrEnum):
     CLOSING = "closing"
     CLOSED = "closed"
     FAILED = "failed"
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about our state: READY=1, STOPPING=1, STATUS=...
+
+    A no-op outside systemd. Written out rather than pulled in: it is one datagram.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd at %s: %s", address, exc)
+        return False
+    return True
 
 
 def install_signal_handlers(stop: asyncio.Event, name: str) -> None:
