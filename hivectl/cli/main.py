@@ -37,6 +37,7 @@ and 2 for a bad command line or configuration.
 NOUNS = {
     "node": "hivectl.cli.nodes",
     "devstack": "hivectl.cli.devstack",
+    "config": "hivectl.cli.config",
 }
 
 app = typer.Typer(name="hivectl", help=HELP, **APP_SETTINGS)
