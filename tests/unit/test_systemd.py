@@ -52,3 +52,18 @@ def test_sd_notify_sends_a_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_sd_notify_outside_systemd_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert sd_notify("READY=1") is False
+
+
+def test_nats_cluster_example_is_a_valid_server_config() -> None:
+    from hivectl.core.embedded import nats_server_binary
+
+    env = {"REQUESTER_PASSWORD": "a", "OPERATOR_PASSWORD": "b", "COMPUTE_PASSWORD": "c"}
+    result = subprocess.run(
+        [str(nats_server_binary()), "-c", str(CONFIGS / "nats-cluster.conf"), "-t"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout + result.stderr
