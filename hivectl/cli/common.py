@@ -28,7 +28,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from nats.aio.client import Client
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -42,6 +42,7 @@ from hivectl.core.subjects import Subjects
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
+B = TypeVar("B", bound=BaseModel)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # bad configuration or arguments, as click uses for usage errors
@@ -154,6 +155,17 @@ def spinner(text: str) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def status_line(text: str) -> Iterator[Callable[[str], None]]:
+    """Like `spinner`, yielding a function that changes the text while it spins."""
+    console = stderr_console()
+    if not console.is_terminal:
+        yield lambda _text: None
+        return
+    with console.status(escape(text)) as status:
+        yield lambda new: status.update(escape(new))
+
+
 # -- validation ------------------------------------------------------------------------
 
 
@@ -171,6 +183,24 @@ def make(model: type[M], **fields: object) -> M:
         return model.model_validate(fields)
     except ValidationError as exc:
         fail(f"invalid {model.kind} request: {describe_validation_error(exc)}")
+
+
+def build(model: type[B], data: object, what: str) -> B:
+    """Any model (a job spec, say) from user data; a refusal is `invalid <what>: ...`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fail(f"invalid {what}: {describe_problem(exc)}")
+
+
+def describe_problem(exc: ValidationError) -> str:
+    """The first problem as `field.path: what is wrong` (no path for whole-model checks)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    text = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {text}{more}" if where else f"{text}{more}"
 
 
 def check_id(value: str, what: str = "node") -> str:

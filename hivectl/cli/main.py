@@ -36,6 +36,7 @@ and 2 for a bad command line or configuration.
 # noun -> the module whose `app` (a typer.Typer, see common.noun_app) serves it
 NOUNS = {
     "node": "hivectl.cli.nodes",
+    "job": "hivectl.cli.jobs",
     "devstack": "hivectl.cli.devstack",
     "config": "hivectl.cli.config",
 }
