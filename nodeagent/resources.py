@@ -125,20 +125,22 @@ def total_resources(work_dir: Path, gpus: list[GpuInfo]) -> Resources:
     )
 
 
-def available_resources(allocatable: Resources, work_dir: Path) -> Resources:
-    """What is free now, never more than what is allocatable.
+def available_resources(
+    allocatable: Resources, work_dir: Path, locked: Resources | None = None
+) -> Resources:
+    """What is free now: allocatable minus what running executions hold (`locked`).
 
-    Memory and disk use the machine's real free figures, which also account for
-    anything else running there. CPU stays at the allocatable figure: load average
-    swings from second to second and would make scheduling flap, and until jobs run
-    here (each with its reservation) there is nothing of Hive's to subtract.
+    Memory and disk are also capped by the machine's real free figures, which account
+    for anything else running there. CPU and GPUs are only what the locks leave: load
+    average swings from second to second and would make scheduling flap.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
+    unlocked = allocatable.minus(locked or Resources())
     return Resources(
-        cpu=allocatable.cpu,
-        memory=min(allocatable.memory, int(psutil.virtual_memory().available)),
-        disk=min(allocatable.disk, int(psutil.disk_usage(str(work_dir)).free)),
-        gpu=allocatable.gpu,
+        cpu=unlocked.cpu,
+        memory=min(unlocked.memory, int(psutil.virtual_memory().available)),
+        disk=min(unlocked.disk, int(psutil.disk_usage(str(work_dir)).free)),
+        gpu=unlocked.gpu,
     )
 
 
@@ -169,10 +171,12 @@ def collect_info(cfg: NodeAgentConfig, benchmark_score: float) -> NodeInfo:
     )
 
 
-def collect_resources(info: NodeInfo, work_dir: Path) -> NodeResources:
-    """A resource report built on the totals of the latest info."""
+def collect_resources(
+    info: NodeInfo, work_dir: Path, locked: Resources | None = None
+) -> NodeResources:
+    """A resource report built on the totals of the latest info and the ledger's locks."""
     return NodeResources(
         total=info.total,
         allocatable=info.allocatable,
-        available=available_resources(info.allocatable, work_dir),
+        available=available_resources(info.allocatable, work_dir, locked),
     )

@@ -26,6 +26,8 @@ from hivectl.core.config import NodeAgentConfig
 from hivectl.core.daemon import Status, install_signal_handlers
 from hivectl.core.models import Heartbeat, Leave, Message, NodeInfo, ResourceUpdate
 from hivectl.core.subjects import Subjects
+from nodeagent.capacity import Ledger
+from nodeagent.executions import Executions
 from nodeagent.membership import Membership
 from nodeagent.protocol import LocalNode, Unreachable, sealed
 from nodeagent.resources import collect_info, collect_resources
@@ -76,6 +78,8 @@ class NodeAgent:
         self.nc: Client | None = None
         self.membership: Membership | None = None
         self.local: LocalNode | None = None
+        self.ledger: Ledger | None = None
+        self.executions: Executions | None = None
         self._info: NodeInfo | None = None
         self._first_delay = 0.0
         self._unreachable_logged = False
@@ -119,9 +123,16 @@ class NodeAgent:
             self.node_id = local.node_id
             self._info = await asyncio.to_thread(collect_info, self.cfg, local.benchmark)
             self.membership = Membership(self.cfg, local, self._announce, self.request_timeout)
+            self.ledger = await asyncio.to_thread(
+                Ledger.load, self.cfg.state_dir, self._info.allocatable
+            )
+            self.executions = Executions(
+                self.cfg, self.node_id, self.ledger, self._message_key, self._next_seq
+            )
             name = f"hive-nodeagent:{self.node_id}"
             self.nc = await self._until_stopped(bus.connect_daemon(self.cfg.nats, name=name))
             if self.nc is not None:
+                await self.executions.start(self.nc)
                 self._first_delay = await self._membership_step()
         except BaseException:
             self.status = Status.FAILED
@@ -162,6 +173,8 @@ class NodeAgent:
         self.status = Status.CLOSING
         self.stop_event.set()
         await _wait_event(self._loops_done, self.request_timeout)
+        if self.nc is not None and self.executions is not None:
+            await self._guarded("closing executions", self._close_executions)
         if self.nc is not None:
             if self.active:
                 await self._guarded("leave", self._send_leave)
@@ -208,6 +221,9 @@ class NodeAgent:
         try:
             self._info = await asyncio.to_thread(collect_info, self.cfg, self.local.benchmark)
             delay = await self.membership.step(self.nc, self._info)
+            if self.ledger is not None:
+                self.ledger.allocatable = self._info.allocatable
+            await self._sync_executions()
         except Unreachable as exc:
             # Expected while the requester is down or restarting: say so once.
             level = logging.DEBUG if self._unreachable_logged else logging.WARNING
@@ -262,6 +278,9 @@ class NodeAgent:
     # -- sending ---------------------------------------------------------------------
     async def _announce(self) -> None:
         """Report at once on (re)joining, not up to an interval later."""
+        if self.executions is not None and self.nc is not None:
+            # Take offers before the first heartbeat makes the node schedulable.
+            await self._guarded("offer subscription", self._sync_executions)
         await self._guarded("heartbeat", self._send_heartbeat)
         await self._guarded("resource update", self._send_resources)
 
@@ -272,7 +291,10 @@ class NodeAgent:
 
     async def _send_resources(self) -> None:
         assert self._info is not None
-        report = await asyncio.to_thread(collect_resources, self._info, self.cfg.resolved_work_dir)
+        locked = self.ledger.locked if self.ledger is not None else None
+        report = await asyncio.to_thread(
+            collect_resources, self._info, self.cfg.resolved_work_dir, locked
+        )
         message = ResourceUpdate(node_id=self.node_id, seq=self._next_seq(), resources=report)
         await self._publish(self.subjects.node_resources(self.node_id), message)
         self.resource_updates_sent += 1
@@ -286,6 +308,17 @@ class NodeAgent:
         assert self.nc is not None and self.membership is not None
         assert self.membership.key is not None
         await self.nc.publish(subject, sealed(message, self.membership.key))
+
+    async def _sync_executions(self) -> None:
+        if self.executions is not None and self.nc is not None:
+            await self.executions.sync(self.nc, self.active)
+
+    async def _close_executions(self) -> None:
+        assert self.executions is not None
+        await self.executions.close(self.cfg.job_grace_period)
+
+    def _message_key(self) -> bytes | None:
+        return self.membership.key if self.membership is not None else None
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -135,6 +135,8 @@ class RequesterConfig(HiveSettings):
     unhealthy_after: Duration = 30.0
     disconnected_after: Duration = 60.0
     health_check_interval: Duration = 1.0
+    scheduler_interval: Duration = 1.0
+    offer_timeout: Duration = 2.0
     max_payload: int = Field(default=1024 * 1024, ge=1024)
 
     @model_validator(mode="after")
@@ -147,6 +149,9 @@ class RequesterConfig(HiveSettings):
 class DockerExecutorSettings(Section):
     enabled: bool = True
     host: str | None = None  # default: DOCKER_HOST or the local socket
+    # Limits for a job whose spec asks for 0 CPU / 0 memory: a container always gets one.
+    default_cpu: float = Field(default=1.0, gt=0, le=1024)
+    default_memory: int = Field(default=512 * 1024 * 1024, ge=4 * 1024 * 1024)  # bytes
 
 
 class ProcessExecutorSettings(Section):
@@ -167,6 +172,8 @@ class NodeAgentConfig(HiveSettings):
     heartbeat_interval: Duration = 15.0
     resource_update_interval: Duration = 30.0
     info_update_interval: Duration = 60.0
+    # On shutdown, running jobs get this long to finish before they are killed (CANCELLED).
+    job_grace_period: Duration = 10.0
     executors: ExecutorSettings = Field(default_factory=ExecutorSettings)
     metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings(port=9465))
 

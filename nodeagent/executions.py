@@ -1,0 +1,313 @@
+"""The node's executions: offers and cancels from the requester, one task per execution.
+
+An offer (sealed with the node's message key) is accepted when its engine is enabled
+here, the executor has nothing against the spec, and the capacity ledger admits its
+resources (locking them). A repeated offer for a known execution is answered
+"accepted" again and starts nothing. Each execution then publishes ACCEPTED, STARTING,
+RUNNING and one of COMPLETED / FAILED / CANCELLED to HIVE_EXEC, its output to
+HIVE_LOGS (ending with an EOF marker) and its outputs to the results store; the lock
+is released before the final update, so the requester can place the next job at once.
+
+On close the agent stops taking offers, gives running executions `job_grace_period`
+to finish, then kills them and reports them CANCELLED ("agent shutting down"). On
+start it finishes what an earlier run left in the ledger: Docker containers are
+followed to their end; process jobs, which do not outlive the agent, are reported lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from hivectl.core import auth, codec
+from hivectl.core.config import NodeAgentConfig
+from hivectl.core.jobs import Cancel, Engine, ExecState, JobSpec, Offer, OfferReply
+from hivectl.core.models import ErrorReply, Message, OkReply
+from hivectl.core.subjects import Subjects
+from nodeagent.capacity import Held, Ledger
+from nodeagent.executors import Executor, ExecutorError, JobRun, Outcome, failure_text
+from nodeagent.executors.docker import DockerExecutor
+from nodeagent.executors.process import ProcessExecutor
+from nodeagent.publish import LogBatcher, Publisher
+
+log = logging.getLogger("hive.nodeagent")
+M = TypeVar("M", bound=Message)
+
+SHUTDOWN_PUBLISH = 10.0  # after the kill, how long final updates may take on close
+REMEMBER_FINISHED = 10_000  # exec ids kept so a repeated offer is not run twice
+NEVER_RAN = -1  # the EOF marker's exit code for a job that never started
+
+
+@dataclass
+class Run:
+    job: JobRun
+    logs: LogBatcher
+    task: asyncio.Task[None] | None = None
+    cancel_reason: str = ""
+
+
+class Executions:
+    """Offer and cancel handlers, the running executions, and their reports."""
+
+    def __init__(
+        self,
+        cfg: NodeAgentConfig,
+        node_id: str,
+        ledger: Ledger,
+        key: Callable[[], bytes | None],
+        next_seq: Callable[[], int],
+    ) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.ledger = ledger
+        self.key = key
+        self.subjects = Subjects(cfg.nats.prefix)
+        self.publisher = Publisher(self.subjects, node_id, key, next_seq)
+        self.executors: dict[str, Executor] = {}
+        if cfg.executors.docker.enabled:
+            self.executors["docker"] = DockerExecutor(cfg.executors.docker, node_id)
+        if cfg.executors.process.enabled:
+            self.executors["process"] = ProcessExecutor(cfg.resolved_work_dir)
+        self.runs: dict[str, Run] = {}
+        self.finished: OrderedDict[str, None] = OrderedDict()
+        self.accepted = 0
+        self.rejected = 0
+        self._subs: list[Subscription] = []
+        self._closing = False
+        self._sync_lock = asyncio.Lock()
+        self._reports: set[asyncio.Task[None]] = set()  # lost executions being reported
+
+    @property
+    def taking_offers(self) -> bool:
+        return bool(self._subs)
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self, nc: Client) -> None:
+        """Connect the publisher and finish what an earlier run of the agent left behind."""
+        self.publisher.nc = nc
+        await self._recover()
+
+    async def sync(self, nc: Client, active: bool) -> None:
+        """Take offers while the node is joined and active; stop when it is not."""
+        async with self._sync_lock:
+            if active and not self._subs and not self._closing:
+                subject = self.subjects.compute
+                subs = [
+                    await nc.subscribe(subject(self.node_id, "offer"), cb=self._on_offer),
+                    await nc.subscribe(subject(self.node_id, "cancel"), cb=self._on_cancel),
+                ]
+                try:
+                    await nc.flush()  # the server has the interest before anyone is told
+                finally:
+                    self._subs = subs
+            elif not active and self._subs:
+                await self._unsubscribe()
+
+    async def close(self, grace: float) -> None:
+        """Stop taking offers; let executions finish within `grace`, then kill them."""
+        self._closing = True
+        await self._unsubscribe()
+        pending = {run.task for run in self.runs.values() if run.task is not None}
+        pending |= self._reports
+        if pending:
+            log.info("waiting up to %gs for %d executions", grace, len(pending))
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for run in list(self.runs.values()):
+            self.cancel(run.job.exec_id, "agent shutting down")
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=SHUTDOWN_PUBLISH)
+        self.publisher.gave_up.set()  # NATS gone: stop retrying, let the tasks end
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def cancel(self, exec_id: str, reason: str) -> bool:
+        run = self.runs.get(exec_id)
+        if run is None:
+            return False
+        if not run.job.cancel.is_set():
+            run.cancel_reason = reason
+            run.job.cancel.set()
+        return True
+
+    async def _unsubscribe(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection closing: the subscription is gone anyway
+                log.debug("unsubscribe failed: %s", exc)
+
+    # -- requests ----------------------------------------------------------------------
+    async def _on_offer(self, msg: Msg) -> None:
+        offer = self._open(msg.data, Offer)
+        if isinstance(offer, ErrorReply):
+            self.rejected += 1
+            log.warning("refused an offer (%s): %s", offer.code, offer.reason)
+            await _respond(msg, offer)
+            return
+        reason = self._admit(offer)
+        accepted = reason is None
+        reply = OfferReply(exec_id=offer.exec_id, accepted=accepted, reason=reason or "")
+        await _respond(msg, reply)
+        if not accepted:
+            self.rejected += 1
+            log.info("rejected execution %s: %s", offer.exec_id, reason)
+
+    def _admit(self, offer: Offer) -> str | None:
+        """None when the execution runs (or already did); else why not."""
+        exec_id = offer.exec_id
+        if exec_id in self.runs or exec_id in self.finished:
+            return None  # a repeated offer: accepted again, not started twice
+        if self._closing:
+            return "agent shutting down"
+        executor = self.executors.get(offer.spec.engine)
+        if executor is None:
+            return f"{offer.spec.engine} executor is disabled on this node"
+        reason = executor.refusal(offer.spec) or self.ledger.admit(
+            exec_id,
+            offer.spec.resources.as_resources(),
+            job_id=offer.job_id,
+            engine=executor.engine,
+            spec=offer.spec.model_dump(mode="json"),
+        )
+        if reason is None:
+            self.accepted += 1
+            self._launch(executor, exec_id, offer.job_id, offer.spec, handle=None)
+        return reason
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        cancel = self._open(msg.data, Cancel)
+        if isinstance(cancel, ErrorReply):
+            await _respond(msg, cancel)
+            return
+        if self.cancel(cancel.exec_id, cancel.reason or "cancelled by the requester"):
+            log.info("cancelling execution %s: %s", cancel.exec_id, cancel.reason)
+        await _respond(msg, OkReply(id=cancel.exec_id))
+
+    def _open(self, data: bytes, expect: type[M]) -> M | ErrorReply:
+        """The sealed request as `expect`, addressed to this node; else the error to reply."""
+        key = self.key()
+        if key is None:
+            return ErrorReply(code="not_joined", reason="the node has not joined the cluster")
+        try:
+            message = codec.decode(auth.open_sealed(data, key), expect)
+        except auth.AuthError as exc:
+            return ErrorReply(code="unauthenticated", reason=str(exc))
+        except codec.CodecError as exc:
+            return exc.reply()
+        if getattr(message, "node_id", None) != self.node_id:
+            return ErrorReply(code="wrong_node", reason=f"this is node {self.node_id}")
+        return message
+
+    # -- executions ----------------------------------------------------------------------
+    def _launch(
+        self, executor: Executor, exec_id: str, job_id: str, spec: JobSpec, handle: str | None
+    ) -> None:
+        async def state(value: ExecState) -> None:
+            await self.publisher.update(exec_id, job_id, value, None, "")
+
+        async def publish_log(stream: str, data: bytes) -> None:
+            await self.publisher.log(job_id, exec_id, stream, data)
+
+        logs = LogBatcher(publish_log)
+        job = JobRun(
+            exec_id, job_id, spec, state, logs.write, lambda h: self.ledger.set_handle(exec_id, h)
+        )
+        run = Run(job, logs)
+        self.runs[exec_id] = run
+        run.task = asyncio.create_task(self._execute(executor, run, handle), name=exec_id)
+
+    async def _execute(self, executor: Executor, run: Run, handle: str | None) -> None:
+        job = run.job
+        try:
+            if handle is None:
+                await job.state(ExecState.ACCEPTED)
+                outcome = await executor.run(job)
+            else:
+                assert isinstance(executor, DockerExecutor)
+                outcome = await executor.adopt(job, handle)
+        except ExecutorError as exc:
+            outcome = Outcome(exit_code=None, error=str(exc), cancelled=job.cancel.is_set())
+        except Exception as exc:
+            log.exception("execution %s failed", job.exec_id)
+            outcome = Outcome(exit_code=None, error=f"internal error: {exc}")
+        await self._finish(run, outcome)
+
+    async def _finish(self, run: Run, outcome: Outcome) -> None:
+        job, publisher = run.job, self.publisher
+        await run.logs.close()
+        code = NEVER_RAN if outcome.exit_code is None else outcome.exit_code
+        await publisher.eof(job.job_id, job.exec_id, code)
+        if outcome.results is not None:
+            await publisher.results(job.exec_id, outcome.results)
+        if outcome.cancelled:
+            state, error = ExecState.CANCELLED, run.cancel_reason
+        elif outcome.exit_code == 0 and not outcome.error:
+            state, error = ExecState.COMPLETED, ""
+        else:
+            state, error = ExecState.FAILED, failure_text(outcome)
+        self.ledger.release(job.exec_id)
+        self._forget(job.exec_id)
+        await publisher.update(job.exec_id, job.job_id, state, outcome.exit_code, error)
+        log.info("execution %s %s %s", job.exec_id, state, error)
+
+    def _forget(self, exec_id: str) -> None:
+        self.runs.pop(exec_id, None)
+        self.finished[exec_id] = None
+        while len(self.finished) > REMEMBER_FINISHED:
+            self.finished.popitem(last=False)
+
+    # -- after a restart -----------------------------------------------------------------
+    async def _recover(self) -> None:
+        docker = self.executors.get("docker")
+        containers: dict[str, str] = {}
+        if isinstance(docker, DockerExecutor):
+            try:
+                containers = await docker.containers()
+            except ExecutorError as exc:
+                log.warning("cannot look for this node's containers: %s", exc)
+        for held in list(self.ledger.held.values()):
+            container = containers.pop(held.exec_id, None)
+            if held.engine == "docker" and docker is not None and container is not None:
+                log.info("re-attaching to execution %s", held.exec_id)
+                self._launch(docker, held.exec_id, held.job_id, _spec(held), handle=container)
+            else:
+                task = asyncio.create_task(self._lost(held))
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
+        if isinstance(docker, DockerExecutor):
+            for exec_id, container in containers.items():
+                log.info("removing container %s of unknown execution %s", container, exec_id)
+                await docker.remove(container)
+
+    async def _lost(self, held: Held) -> None:
+        self.ledger.release(held.exec_id)
+        self._forget(held.exec_id)
+        await self.publisher.eof(held.job_id, held.exec_id, NEVER_RAN)
+        error = "lost while the agent was down"
+        await self.publisher.update(held.exec_id, held.job_id, ExecState.FAILED, None, error)
+
+
+def _spec(held: Held) -> JobSpec:
+    try:
+        return JobSpec.model_validate(held.spec)
+    except ValueError:
+        return JobSpec(engine=Engine.DOCKER, image="unknown")
+
+
+async def _respond(msg: Msg, message: Any) -> None:
+    if not msg.reply:
+        return  # published, not requested: nobody to answer
+    try:
+        await msg.respond(codec.encode(message))
+    except Exception as exc:
+        log.debug("cannot reply on %s: %s", msg.subject, exc)

@@ -1,0 +1,165 @@
+"""Jobs as local processes: own session and work dir, a cleaned environment, rlimits.
+
+Off unless the node's config turns it on (`executors.process.enabled`): a process job
+runs with the agent's own user and sees the host's file system, so it is for machines
+whose operator trusts every job submitter. What it does give:
+
+- its own session (`start_new_session`), so the whole process group is killed on a
+  timeout or cancel (SIGTERM, then SIGKILL after 2 s) and at its end (stragglers);
+- a fresh work dir `<work_dir>/<exec_id>`, its cwd and HOME, removed once outputs
+  are collected; a spec workdir is taken relative to it and may not escape it;
+- an environment with nothing of the agent's: PATH, HOME, LANG, and the spec's env;
+- rlimits: RLIMIT_AS from the memory request, RLIMIT_NOFILE 1024, no core dumps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from hivectl.core.jobs import ExecState, JobSpec
+from nodeagent.executors import KILL_GRACE, ExecutorError, JobRun, Outcome, TarBuilder, watch
+
+log = logging.getLogger("hive.nodeagent")
+
+CHUNK = 64 * 1024
+NOFILE = 1024
+PATH = "/usr/local/bin:/usr/bin:/bin"
+READ_DRAIN = 2.0  # how long to drain output after the group is gone (a setsid'ed child)
+
+
+class ProcessExecutor:
+    engine = "process"
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+
+    def refusal(self, spec: JobSpec) -> str | None:
+        if spec.resources.gpu:
+            return "the process executor does not hand out GPUs"
+        if spec.workdir and not _inside(Path("/w"), spec.workdir):
+            return f"workdir {spec.workdir!r} must be a relative path inside the job's work dir"
+        for path in spec.outputs:
+            if not _inside(Path("/w"), path):
+                return f"output {path!r} must be a relative path inside the job's work dir"
+        return None
+
+    async def run(self, job: JobRun) -> Outcome:
+        await job.state(ExecState.STARTING)
+        root = self.work_dir / job.exec_id
+        try:
+            cwd = await asyncio.to_thread(_make_dirs, root, job.spec.workdir)
+            if job.cancel.is_set():
+                return Outcome(exit_code=None, cancelled=True)
+            proc = await self._spawn(job, root, cwd)
+            job.set_handle(str(proc.pid))
+            await job.state(ExecState.RUNNING)
+            outcome = await self._supervise(job, proc)
+            if job.spec.outputs:
+                outcome.results = await asyncio.to_thread(_archive, root, job.spec.outputs)
+            return outcome
+        finally:
+            await asyncio.to_thread(shutil.rmtree, root, True)
+
+    async def _spawn(self, job: JobRun, root: Path, cwd: Path) -> asyncio.subprocess.Process:
+        env = {"PATH": PATH, "HOME": str(root), "LANG": "C.UTF-8", **job.spec.env}
+        try:
+            return await asyncio.create_subprocess_exec(
+                *job.spec.command,
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_limits(job.spec.resources.memory),
+            )
+        except OSError as exc:  # not found, not executable, rlimit refused
+            raise ExecutorError(f"cannot start {job.spec.command[0]!r}: {exc.strerror}") from None
+
+    async def _supervise(self, job: JobRun, proc: asyncio.subprocess.Process) -> Outcome:
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [
+            asyncio.create_task(_pump(proc.stdout, "stdout", job)),
+            asyncio.create_task(_pump(proc.stderr, "stderr", job)),
+        ]
+        done: asyncio.Future[int] = asyncio.ensure_future(proc.wait())
+        try:
+            outcome = await watch(done, job, lambda: _terminate(proc))
+        finally:
+            _killpg(proc.pid, signal.SIGKILL)  # whatever the job left behind
+            _, pending = await asyncio.wait(readers, timeout=READ_DRAIN)
+            for task in pending:
+                task.cancel()
+        if outcome.exit_code is not None and outcome.exit_code < 0:
+            outcome.exit_code = 128 - outcome.exit_code  # killed by a signal, as a shell says
+        return outcome
+
+
+def _inside(root: Path, relative: str) -> bool:
+    if os.path.isabs(relative):
+        return False
+    resolved = os.path.normpath(root / relative)
+    return resolved == str(root) or resolved.startswith(f"{root}/")
+
+
+def _make_dirs(root: Path, workdir: str) -> Path:
+    root.mkdir(parents=True, exist_ok=False, mode=0o700)
+    cwd = root / workdir if workdir else root
+    cwd.mkdir(parents=True, exist_ok=True)
+    return cwd
+
+
+def _limits(memory: int) -> Callable[[], None]:
+    """rlimits applied in the child between fork and exec.
+
+    No RLIMIT_CPU: it counts CPU seconds per process, not a share of a core, so it
+    would kill a long job that uses little CPU and not limit one that forks; a share
+    needs cgroups. RLIMIT_AS limits address space, not resident memory: runtimes that
+    reserve much more than they use (Go, the JVM) need a generous memory request.
+    """
+
+    def apply() -> None:
+        if memory > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+async def _pump(stream: asyncio.StreamReader, name: str, job: JobRun) -> None:
+    while chunk := await stream.read(CHUNK):
+        await job.log(name, chunk)
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the process group, SIGKILL after KILL_GRACE if the leader lives on."""
+    _killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_GRACE)
+    _killpg(proc.pid, signal.SIGKILL)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _archive(root: Path, outputs: list[str]) -> bytes:
+    tar = TarBuilder()
+    for path in outputs:
+        source = root / path
+        # A job may plant symlinks: archive only what really lies inside its work dir.
+        if source.exists() and source.resolve().is_relative_to(root.resolve()):
+            tar.add_path(str(source), arcname=os.path.normpath(path))
+        else:
+            log.info("output %s of the job does not exist; not archived", path)
+    return tar.finish()
