@@ -9,6 +9,7 @@ never a dict the event loop may resize under it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hivectl.core.config import MetricsSettings
+from hivectl.core.jobs import JobState
 from hivectl.core.models import Approval, Health
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ class RequesterCollector(Collector):
         yield from self._nodes()
         yield from self._messages()
         yield from self._api()
+        yield from self._jobs()
 
     def _nodes(self) -> Iterator[Metric]:
         req = self._requester
@@ -84,8 +87,33 @@ class RequesterCollector(Collector):
         if node_api is not None:
             served.add_metric(["node"], node_api.served)
             errors.add_metric(["node"], node_api.errors)
+        job_api = self._requester.job_api
+        if job_api is not None:
+            served.add_metric(["job"], job_api.served)
+            errors.add_metric(["job"], job_api.errors)
         yield served
         yield errors
+
+    def _jobs(self) -> Iterator[Metric]:
+        req = self._requester
+        jobs = GaugeMetricFamily("hive_jobs", "Jobs by state.", labels=["state"])
+        states = Counter(job.state for job in req.jobs.jobs()) if req.jobs else Counter()
+        for state in JobState:
+            jobs.add_metric([state.value], states[state])
+        yield jobs
+        updates = CounterMetricFamily("hive_exec_updates", "Applied execution updates.")
+        dropped = CounterMetricFamily(
+            "hive_exec_updates_rejected", "Dropped execution updates by reason.", labels=["reason"]
+        )
+        consumer = req.exec_consumer
+        updates.add_metric([], consumer.received if consumer else 0)
+        for reason, count in sorted(consumer.rejected.items()) if consumer else []:
+            dropped.add_metric([reason], count)
+        yield updates
+        yield dropped
+        offers = CounterMetricFamily("hive_job_offers", "Offers sent to compute nodes.")
+        offers.add_metric([], req.link.offers if req.link else 0)
+        yield offers
 
 
 def serve_metrics(requester: Requester, settings: MetricsSettings) -> int:

@@ -11,6 +11,7 @@ from types import TracebackType
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 from hivectl.core import codec
 from hivectl.core.auth import Identity
@@ -18,14 +19,18 @@ from hivectl.core.bus import connect_daemon
 from hivectl.core.config import RequesterConfig
 from hivectl.core.daemon import Status
 from hivectl.core.embedded import EmbeddedNats
-from hivectl.core.models import NodeEvent
+from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
 from requester.api import NodeApi
 from requester.events import Events
+from requester.executions import ExecConsumer
+from requester.jobs import JobApi, JobStore
 from requester.liveness import Liveness
 from requester.membership import Membership
 from requester.metrics import serve_metrics
 from requester.registry import Registry
+from requester.scheduler import NodeLink, Scheduler
+from requester.streams import ensure_job_streams
 
 log = logging.getLogger("hive.requester")
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
@@ -52,6 +57,11 @@ class Requester:
         self.membership: Membership | None = None
         self.node_api: NodeApi | None = None
         self.metrics_port: int | None = None
+        self.link: NodeLink | None = None
+        self.jobs: JobStore | None = None
+        self.scheduler: Scheduler | None = None
+        self.job_api: JobApi | None = None
+        self.exec_consumer: ExecConsumer | None = None
 
     @property
     def nats_url(self) -> str:
@@ -75,7 +85,10 @@ class Requester:
         self.registry = Registry(self.subjects.nodes_bucket, self.identity, self._node_event)
         await self.registry.start(js)
         self._build_handlers()
+        await self._start_jobs(js)
         await self._subscribe()
+        assert self.scheduler is not None
+        self.scheduler.start()
         if cfg.metrics.enabled:
             self.metrics_port = serve_metrics(self, cfg.metrics)
         self.status = Status.RUNNING
@@ -120,6 +133,37 @@ class Requester:
             limits=limits,
         )
 
+    async def _start_jobs(self, js: JetStreamContext) -> None:
+        """Streams, the job store, the scheduler and the exec consumer, in that order:
+        each needs the one before it, and the consumer may kick the scheduler at once."""
+        assert self.nc is not None and self.registry is not None
+        cfg = self.config
+        await ensure_job_streams(js, self.subjects)
+        self.link = NodeLink(self.nc, self.subjects, self.registry, cfg.offer_timeout)
+        self.jobs = JobStore(self.nc, self.subjects, on_cancel=self.link.cancel)
+        await self.jobs.start(js)
+        self.scheduler = Scheduler(
+            self.jobs,
+            self.registry,
+            self.liveness,
+            self.link,
+            interval=cfg.scheduler_interval,
+            offer_timeout=cfg.offer_timeout,
+        )
+        limits = codec.Limits(max_bytes=cfg.max_payload)
+        self.job_api = JobApi(
+            self.jobs, kick=self.scheduler.kick, max_payload=self._max_payload(), limits=limits
+        )
+        self.exec_consumer = ExecConsumer(
+            self.subjects,
+            self.registry,
+            self.jobs,
+            kick=self.scheduler.kick,
+            cancel=self.link.cancel,
+            limits=limits,
+        )
+        await self.exec_consumer.start(js)
+
     def _max_payload(self) -> int:
         assert self.nc is not None
         return min(self.config.max_payload, self.nc.max_payload)
@@ -146,6 +190,10 @@ class Requester:
             await self.nc.subscribe(s.node_wildcard("leave"), cb=m.on_leave),
             await self.nc.subscribe(s.api("node", "*"), queue=queue, cb=self.node_api.on_request),
         ]
+        if self.job_api is not None:
+            subs.append(
+                await self.nc.subscribe(s.api("job", "*"), queue=queue, cb=self.job_api.on_request)
+            )
         self._subs.extend(subs)
         await self.nc.flush()
 
@@ -175,8 +223,11 @@ class Requester:
         if self.status in (Status.CLOSING, Status.CLOSED):
             return
         self.status = Status.CLOSING
-        if self.registry is not None:
-            await self.registry.close()
+        # Stop making decisions before the connection goes: nothing half-placed is left
+        # that the store does not already record.
+        for part in (self.scheduler, self.exec_consumer, self.jobs, self.link, self.registry):
+            if part is not None:
+                await part.close()
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -200,6 +251,23 @@ class Requester:
     async def _node_event(self, event: NodeEvent) -> None:
         if self.events is not None:
             await self.events.node(event)
+        if self.scheduler is not None:
+            self._jobs_follow(self.scheduler, event)
+
+    @staticmethod
+    def _jobs_follow(scheduler: Scheduler, event: NodeEvent) -> None:
+        """Lost nodes lose their executions; a lost node heard from again cancels them.
+
+        Only a move away from HEALTHY/UNHEALTHY counts as lost: after a restart every
+        node is UNKNOWN without any move, and its executions carry on.
+        """
+        seen = (Health.HEALTHY, Health.UNHEALTHY)
+        if event.event == "deleted" or (
+            event.event == "health" and event.new == Health.UNKNOWN and event.old in seen
+        ):
+            scheduler.node_lost(event.node_id)
+        elif event.event == "health" and event.old == Health.UNKNOWN and event.new in seen:
+            scheduler.node_back(event.node_id)
 
     async def __aenter__(self) -> Requester:
         await self.start()

@@ -280,6 +280,17 @@ class JobStopRequest(Message):
     reason: Reason = ""
 
 
+class JobEvent(Message):
+    """Published on `hive.events.job.<id>` (and kept in HIVE_EVENTS) when a job's state changes."""
+
+    kind: ClassVar[str] = "job_event"
+    job_id: JobId
+    old: ShortText = ""
+    new: ShortText = ""
+    reason: Reason = ""
+    at: datetime = Field(default_factory=utcnow)
+
+
 register_messages(
     Offer,
     OfferReply,
@@ -292,6 +303,7 @@ register_messages(
     JobGetRequest,
     JobGetReply,
     JobStopRequest,
+    JobEvent,
 )
 
 # Logs: each chunk of output is one message on `hive.logs.<job>.<exec>` (stream

@@ -53,6 +53,16 @@ from hivectl.core.jobs import (
 from hivectl.core.models import ErrorReply, Message, OkReply
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """Ages print relative to the wall clock: take NOW when each test starts, not at
+    import, or a test running minutes into the suite sees "4m ago" for "3m ago"."""
+    global NOW
+    NOW = datetime.now(UTC)
+
+
 JOB = "j-00000000000000aa"
 EXEC = "e-00000000000000e1"
 RETRY = "e-00000000000000e2"

@@ -36,6 +36,7 @@ from hivectl.core.jobs import (
     ExecUpdate,
     Execution,
     Job,
+    JobEvent,
     JobGetReply,
     JobGetRequest,
     JobListReply,
@@ -232,6 +233,9 @@ SAMPLES: dict[str, Message] = {
     "job_get": JobGetRequest(id="j-5f"),
     "job_get_reply": JobGetReply(job=_job()),
     "job_stop": JobStopRequest(id=JOB_ID, reason="operator asked"),
+    "job_event": JobEvent(
+        job_id=JOB_ID, old="QUEUED", new="RUNNING", reason="placed on gpu-worker-07", at=T0
+    ),
 }
 
 

@@ -1,0 +1,305 @@
+"""Execution updates from nodes, and the rules that turn executions into a job state.
+
+Updates arrive through the HIVE_EXEC stream on a durable consumer, so what a node sent
+while no requester ran is applied when one starts. Every rule below is a pure function
+of the job record: applying an update twice, or after a crash and a redelivery, writes
+nothing the second time, and since what to place is derived from the record (never
+from the update that caused it), a redelivered failure cannot place a second retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from hivectl.core import auth, codec
+from hivectl.core.jobs import (
+    JOB_TERMINAL,
+    ExecState,
+    ExecUpdate,
+    Execution,
+    Job,
+    JobState,
+    JobType,
+)
+from hivectl.core.models import utcnow
+from hivectl.core.subjects import Subjects
+from requester.membership import Dropped
+from requester.registry import Registry
+from requester.streams import EXEC_CONSUMER
+
+if TYPE_CHECKING:
+    from requester.jobs import JobStore
+
+log = logging.getLogger("hive.requester.executions")
+ES = ExecState
+ACTIVE = frozenset({ES.OFFERED, ES.ACCEPTED, ES.STARTING, ES.RUNNING})
+_RANK = {ES.OFFERED: 0, ES.ACCEPTED: 1, ES.STARTING: 2, ES.RUNNING: 3}
+# What a node may report. ACCEPTED repeats what its offer reply said (harmless: states
+# only move forward); OFFERED, LOST and REJECTED are the requester's words alone.
+FROM_NODE = frozenset({ES.ACCEPTED, ES.STARTING, ES.RUNNING, ES.COMPLETED, ES.FAILED, ES.CANCELLED})
+EVERY_NODE = -1  # an ops job not placed yet: one execution on every matching node
+LOG_EVERY = 60.0
+
+
+# -- rules ------------------------------------------------------------------------------
+def advance(
+    execution: Execution,
+    state: ExecState,
+    at: datetime,
+    exit_code: int | None = None,
+    error: str = "",
+) -> Execution | None:
+    """`execution` moved to `state`; None unless that is a move forward (states never regress)."""
+    if execution.state not in ACTIVE:
+        return None
+    if state in ACTIVE and _RANK[state] <= _RANK[execution.state]:
+        return None
+    update: dict[str, object] = {"state": state, "updated_at": at}
+    if state is ES.RUNNING and execution.started_at is None:
+        update["started_at"] = at
+    if state not in ACTIVE:
+        update.update(ended_at=at, exit_code=exit_code, error=error[:1024])
+    return execution.model_copy(update=update)
+
+
+def with_exec(job: Job, execution: Execution) -> Job:
+    executions = [execution if e.exec_id == execution.exec_id else e for e in job.executions]
+    return job.model_copy(update={"executions": executions})
+
+
+def failures(job: Job) -> list[Execution]:
+    """Executions that count against `retries`: the work failed or its node was lost."""
+    return [e for e in job.executions if e.state in (ES.FAILED, ES.LOST)]
+
+
+def live(job: Job) -> list[Execution]:
+    return [e for e in job.executions if e.state in ACTIVE or e.state is ES.COMPLETED]
+
+
+def missing(job: Job) -> tuple[int, frozenset[str] | None]:
+    """How many executions to place now and, for an ops job, on which nodes."""
+    if job.state in JOB_TERMINAL or len(failures(job)) > job.spec.retries:
+        return 0, None
+    if job.spec.type is JobType.BATCH:
+        return max(0, job.spec.count - len(live(job))), None
+    targets = {e.node_id for e in job.executions if e.state not in (ES.REJECTED, ES.CANCELLED)}
+    if not targets:
+        return EVERY_NODE, None
+    need = frozenset(targets - {e.node_id for e in live(job)})
+    return len(need), need
+
+
+def waiting_since(job: Job) -> datetime:
+    """Since when the job has wanted a node: its queue timeout counts from here."""
+    ended = [e.ended_at for e in failures(job) if e.ended_at is not None]
+    return max([job.created_at, *ended])
+
+
+def failure_reason(execution: Execution) -> str:
+    if execution.state is ES.LOST:
+        return f"node {execution.node_id} was lost"
+    error, code = execution.error or "no error given", execution.exit_code
+    # Agents often say "exit code N" themselves; the code is then not repeated.
+    exit_text = "" if code is None or f"exit code {code}" in error else f" (exit {code})"
+    return f"execution {execution.exec_id} on {execution.node_id} failed: {error}{exit_text}"
+
+
+def finish(job: Job, state: JobState, reason: str) -> Job:
+    """The job ended: its active executions are CANCELLED (the store sends the cancels)."""
+    now = utcnow()
+    executions = [
+        (advance(e, ES.CANCELLED, now, error=reason) or e) if e.state in ACTIVE else e
+        for e in job.executions
+    ]
+    return job.model_copy(update={"state": state, "reason": reason, "executions": executions})
+
+
+def settle(job: Job) -> Job:
+    """The job's state as its executions now say (QUEUED reasons are the scheduler's)."""
+    if job.state in JOB_TERMINAL:
+        return job
+    failed = failures(job)
+    if len(failed) > job.spec.retries:
+        last = max(failed, key=lambda e: e.ended_at or e.updated_at)
+        return finish(job, JobState.FAILED, failure_reason(last))
+    done = [e for e in job.executions if e.state is ES.COMPLETED]
+    need, _ = missing(job)
+    if done and need == 0 and not any(e.state in ACTIVE for e in job.executions):
+        return finish(job, JobState.COMPLETED, "")
+    if done or any(e.state is ES.RUNNING for e in job.executions):
+        reason = "" if need == 0 else job.reason
+        return job.model_copy(update={"state": JobState.RUNNING, "reason": reason})
+    if job.state is JobState.QUEUED and need == 0:
+        return job.model_copy(update={"state": JobState.PENDING, "reason": ""})
+    return job
+
+
+def apply_update(job: Job, update: ExecUpdate, at: datetime) -> Job | None:
+    """The job after a node's update; None when it changes nothing."""
+    current = next((e for e in job.executions if e.exec_id == update.exec_id), None)
+    if job.state in JOB_TERMINAL or current is None:
+        return None
+    state, error = update.state, update.error
+    if state is ES.CANCELLED:  # the node gave up on work nobody asked it to stop
+        state, error = ES.FAILED, f"cancelled on the node: {error or 'no reason given'}"
+    moved = advance(current, state, at, update.exit_code, error)
+    return None if moved is None else settle(with_exec(job, moved))
+
+
+def mark_lost(job: Job, node_id: str) -> Job | None:
+    """Every active execution on `node_id` is LOST; None when there are none."""
+    now = utcnow()
+    lost = [e for e in job.executions if e.node_id == node_id and e.state in ACTIVE]
+    if not lost or job.state in JOB_TERMINAL:
+        return None
+    for execution in lost:
+        gone = advance(execution, ES.LOST, now, error=f"node {node_id} was lost")
+        job = with_exec(job, gone or execution)
+    return settle(job)
+
+
+# -- the consumer -----------------------------------------------------------------------
+CancelSink = Callable[[list[Execution], str], None]
+
+
+class ExecConsumer:
+    """Applies HIVE_EXEC updates in stream order, acking each once it is stored."""
+
+    def __init__(
+        self,
+        subjects: Subjects,
+        registry: Registry,
+        store: JobStore,
+        *,
+        kick: Callable[[str], None],
+        cancel: CancelSink,
+        limits: codec.Limits,
+    ) -> None:
+        self._subjects = subjects
+        self._registry = registry
+        self._store = store
+        self._kick = kick
+        self._cancel = cancel
+        self._limits = limits
+        self._task: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._logged: dict[tuple[str, str], float] = {}
+        self.received = 0
+        self.rejected: Counter[str] = Counter()
+
+    async def start(self, js: JetStreamContext) -> None:
+        config = ConsumerConfig(
+            durable_name=EXEC_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30.0,
+            max_deliver=-1,
+        )
+        sub = await js.pull_subscribe(
+            self._subjects.node_wildcard("exec"),
+            durable=EXEC_CONSUMER,
+            stream=self._subjects.exec_stream,
+            config=config,
+        )
+        self._sub = sub
+        self._task = asyncio.create_task(self._run(sub), name="exec-consumer")
+
+    async def close(self) -> None:
+        """Stop fetching; the durable consumer (server side) keeps our place for next time."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):  # the connection may already be gone
+                await self._sub.unsubscribe()
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
+                batch = await sub.fetch(batch=256, timeout=1.0)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away: the durable consumer keeps our place
+                log.warning("exec updates: fetch failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in batch:
+                await self.handle(msg)
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            update = self._open(msg)
+            before = self._owned(update)
+        except Dropped as drop:
+            self._drop(msg.subject, drop)
+            await msg.ack()
+            return
+        try:
+            after = await self._store.change(
+                update.job_id, lambda job: apply_update(job, update, msg.metadata.timestamp)
+            )
+        except Exception:  # KV unavailable: leave it unacked, it comes back
+            log.exception("exec update for %s not applied; will retry", update.exec_id)
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
+        self.received += 1
+        self._follow_up(before, update, after)
+
+    def _follow_up(self, before: Execution, update: ExecUpdate, after: Job | None) -> None:
+        if before.state not in ACTIVE and update.state in (ES.STARTING, ES.RUNNING):
+            # The node runs work this requester wrote off (lost, cancelled): stop it.
+            self._cancel([before], f"execution is {before.state.lower()} at the requester")
+        if after is not None and after.state not in JOB_TERMINAL and missing(after)[0]:
+            self._kick(after.job_id)
+
+    def _open(self, msg: Msg) -> ExecUpdate:
+        node_id = self._subjects.node_id_from(msg.subject)
+        key = self._registry.message_key(node_id)
+        if key is None:
+            raise Dropped("unknown_node", f"no record for node {node_id!r}")
+        try:
+            payload = auth.open_sealed(msg.data, key)
+            update = codec.decode(payload, ExecUpdate, self._limits)
+        except auth.AuthError as exc:
+            raise Dropped("unauthenticated", str(exc)) from None
+        except codec.CodecError as exc:
+            raise Dropped(exc.code, exc.reason) from None
+        if update.node_id != node_id:
+            raise Dropped("id_mismatch", f"body speaks for another node than subject {node_id!r}")
+        if update.state not in FROM_NODE:
+            raise Dropped("bad_state", f"a node cannot report {update.state}")
+        return update
+
+    def _owned(self, update: ExecUpdate) -> Execution:
+        """The execution the update is about, when it was placed on the sending node."""
+        job = self._store.get(update.job_id)
+        if job is None:
+            raise Dropped("unknown_job", f"no job {update.job_id}")
+        for execution in job.executions:
+            if execution.exec_id == update.exec_id and execution.node_id == update.node_id:
+                return execution
+        raise Dropped("not_your_exec", f"{update.exec_id} is not {update.node_id}'s execution")
+
+    def _drop(self, subject: str, drop: Dropped) -> None:
+        self.rejected[drop.code] += 1
+        node_id = self._subjects.node_id_from(subject) or subject[:80]
+        now, key = time.monotonic(), (node_id, drop.code)
+        if now - self._logged.get(key, -LOG_EVERY) >= LOG_EVERY:
+            self._logged[key] = now
+            self._logged = {k: t for k, t in self._logged.items() if now - t < LOG_EVERY}
+            log.warning("dropped exec update on %s: %s", subject[:120], drop.reason)

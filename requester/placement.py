@@ -1,0 +1,157 @@
+"""Where a job may run: filter the nodes, rank them, and say why when none fits.
+
+Pure functions over the registry's view, liveness and the requester's own reservations,
+so a scheduling decision can be tested without NATS. The node remains the truth for its
+capacity (it admits or rejects an offer from its own ledger); this only avoids offers
+that cannot succeed and spreads work across the cluster.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from hivectl.core.jobs import JOB_TERMINAL, ExecState, Job
+from hivectl.core.models import Approval, Health, NodeRecord, Resources
+from hivectl.core.selectors import parse_selector
+from requester.executions import ACTIVE, EVERY_NODE, live
+from requester.liveness import Liveness
+
+
+@dataclass(slots=True)
+class Candidate:
+    node_id: str
+    free: Resources
+    allocatable: Resources
+
+    def score(self) -> float:
+        """Free CPU and memory, as fractions of what the node offers: emptiest first."""
+        cpu = self.free.cpu / self.allocatable.cpu if self.allocatable.cpu else 0.0
+        memory = self.free.memory / self.allocatable.memory if self.allocatable.memory else 0.0
+        return cpu + memory
+
+
+def reservations(jobs: Iterable[Job]) -> dict[str, Resources]:
+    """What this requester has placed and not yet seen finish, per node."""
+    reserved: dict[str, Resources] = {}
+    for job in jobs:
+        if job.state in JOB_TERMINAL:  # finishing a job cancels its active executions
+            continue
+        want = job.spec.resources.as_resources()
+        for execution in job.executions:
+            if execution.state in ACTIVE:
+                reserved[execution.node_id] = add(reserved.get(execution.node_id), want)
+    return reserved
+
+
+def add(a: Resources | None, b: Resources) -> Resources:
+    if a is None:
+        return b
+    return Resources(
+        cpu=round(a.cpu + b.cpu, 6),
+        memory=a.memory + b.memory,
+        disk=a.disk + b.disk,
+        gpu=a.gpu + b.gpu,
+    )
+
+
+def free_on(record: NodeRecord, liveness: Liveness, reserved: Resources | None) -> Resources:
+    """What a node can still take.
+
+    Allocatable minus our reservations, capped by the node's own latest report: a report
+    that already counts our executions is not subtracted twice, and one from before they
+    were placed cannot hide them.
+    """
+    allocatable = record.info.allocatable
+    ours = allocatable.minus(reserved) if reserved else allocatable
+    report = liveness.resources(record.node_id)
+    if report is None:
+        return ours
+    seen = report.available
+    return Resources(
+        cpu=min(ours.cpu, seen.cpu),
+        memory=min(ours.memory, seen.memory),
+        disk=min(ours.disk, seen.disk),
+        gpu=min(ours.gpu, seen.gpu),
+    )
+
+
+def candidates(
+    job: Job, records: list[NodeRecord], liveness: Liveness, reserved: dict[str, Resources]
+) -> tuple[list[Candidate], str]:
+    """Nodes the job fits on now; when there are none, a sentence saying why."""
+    spec = job.spec
+    approved = [r for r in records if r.approval is Approval.APPROVED]
+    if not approved:
+        return [], f"no node fits: none of the {len(records)} known nodes is APPROVED"
+    healthy = [r for r in approved if liveness.health(r.node_id) is Health.HEALTHY]
+    if not healthy:
+        return [], f"no node fits: {len(approved)} nodes APPROVED, none HEALTHY"
+    base = f"{len(healthy)} nodes APPROVED and HEALTHY"
+    able = [r for r in healthy if spec.engine.value in r.info.executors]
+    if not able:
+        return [], f"no node fits: {base}; none has the {spec.engine.value} executor enabled"
+    selector = parse_selector(spec.selector)
+    matching = [r for r in able if selector.matches(r.info.labels)]
+    if not matching:
+        return [], f"constraint {spec.selector} matches no node ({base})"
+    want = spec.resources.as_resources()
+    free = [(r, free_on(r, liveness, reserved.get(r.node_id))) for r in matching]
+    fitting = [Candidate(r.node_id, f, r.info.allocatable) for r, f in free if f.fits(want)]
+    if not fitting:
+        return [], f"no node fits: {base}; {shortfall(want, [f for _, f in free])}"
+    return fitting, ""
+
+
+def shortfall(want: Resources, free: list[Resources]) -> str:
+    """The first resource no node has enough of, with the most any node has."""
+    for name, unit in (("cpu", "CPU"), ("memory", "memory"), ("disk", "disk"), ("gpu", "GPU")):
+        needed = getattr(want, name)
+        largest = max(getattr(f, name) for f in free)
+        if needed > largest + (1e-9 if name == "cpu" else 0):
+            shown = _size if name in ("memory", "disk") else _count
+            return f"none has {shown(needed)} {unit} free (largest: {shown(largest)})"
+    return "none has all the requested resources free at once"
+
+
+def _count(value: float) -> str:
+    return f"{value:g}"
+
+
+def _size(value: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{int(value)}B"
+
+
+def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candidate]) -> list[str]:
+    """Nodes to offer the missing executions to, best first.
+
+    Ops jobs: each wanted node once. Batch jobs: distinct nodes where possible, then
+    doubling up where capacity allows; nodes where this job failed or was declined last.
+    """
+    if need == EVERY_NODE:
+        return sorted(c.node_id for c in fitting)
+    if nodes is not None:
+        return sorted(c.node_id for c in fitting if c.node_id in nodes)
+    want = job.spec.resources.as_resources()
+    used = Counter(e.node_id for e in live(job))
+    avoid = {
+        e.node_id
+        for e in job.executions
+        if e.state in (ExecState.FAILED, ExecState.LOST, ExecState.REJECTED)
+    }
+    chosen: list[str] = []
+    for _ in range(need):
+        options = [c for c in fitting if c.free.fits(want)]
+        if not options:
+            break
+        best = min(
+            options, key=lambda c: (used[c.node_id], c.node_id in avoid, -c.score(), c.node_id)
+        )
+        chosen.append(best.node_id)
+        used[best.node_id] += 1
+        best.free = best.free.minus(want)
+    return chosen

@@ -1,0 +1,385 @@
+"""The scheduler: places jobs on nodes by offer, retries queued work, handles lost nodes.
+
+One worker task does all placing, so two decisions never count the same free capacity
+twice. It wakes when kicked (a job was submitted, an execution failed, a node was lost)
+and on every tick, when it looks at every unfinished job afresh: what a kick announced
+is also found by the tick, so a kick lost to a crash only delays the work. Before an
+offer is sent the execution is stored as OFFERED, so a requester that dies mid-offer
+finds it after a restart instead of placing the work a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from hivectl.core import auth, codec
+from hivectl.core.jobs import (
+    JOB_TERMINAL,
+    Cancel,
+    ExecState,
+    Execution,
+    Job,
+    JobSpec,
+    JobState,
+    Offer,
+    OfferReply,
+    new_exec_id,
+)
+from hivectl.core.models import ErrorReply, Message, OkReply, Resources, utcnow
+from hivectl.core.subjects import Subjects
+from requester import placement
+from requester.executions import (
+    ACTIVE,
+    advance,
+    failures,
+    finish,
+    mark_lost,
+    missing,
+    settle,
+    waiting_since,
+    with_exec,
+)
+from requester.jobs import JobStore
+from requester.liveness import Liveness
+from requester.registry import Registry
+
+log = logging.getLogger("hive.requester.scheduler")
+KEEP_REJECTED = 32  # declined offers kept in a job's history; older ones are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    exec_id: str
+    accepted: bool
+    reason: str = ""
+    unanswered: bool = False  # timed out: the node may still have taken it
+
+
+class NodeLink:
+    """Requests to compute nodes, sealed with the key the node shares with the requester."""
+
+    def __init__(self, nc: Client, subjects: Subjects, registry: Registry, timeout: float) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._registry = registry
+        self._timeout = timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.offers = 0
+        self.cancels = 0
+
+    async def offer(self, execution: Execution, spec: JobSpec) -> Answer:
+        node, exec_id = execution.node_id, execution.exec_id
+        offer = Offer(
+            node_id=node,
+            exec_id=exec_id,
+            job_id=execution.job_id,
+            attempt=execution.attempt,
+            spec=spec,
+        )
+        self.offers += 1
+        answer, unanswered = await self._request(node, "offer", offer, OfferReply)
+        if isinstance(answer, str):
+            return Answer(exec_id, False, answer, unanswered)
+        assert isinstance(answer, OfferReply)
+        if answer.exec_id != exec_id:
+            return Answer(exec_id, False, "the node answered for another execution")
+        return Answer(exec_id, answer.accepted, answer.reason)
+
+    def cancel(self, executions: list[Execution], reason: str) -> None:
+        """Tell each execution's node to stop it, in the background; failures are logged."""
+        for execution in executions:
+            task = asyncio.create_task(self._cancel(execution, reason))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _cancel(self, execution: Execution, reason: str) -> None:
+        node = execution.node_id
+        message = Cancel(node_id=node, exec_id=execution.exec_id, reason=reason[:1024])
+        self.cancels += 1
+        answer, _ = await self._request(node, "cancel", message, OkReply)
+        if isinstance(answer, str):
+            log.info("cancel of %s on %s not confirmed: %s", execution.exec_id, node, answer)
+
+    async def _request(
+        self, node: str, verb: str, message: Message, expect: type[Message]
+    ) -> tuple[Message | str, bool]:
+        """The node's reply, or a reason it gave none (and whether it timed out)."""
+        key = self._registry.message_key(node)
+        if key is None:
+            return f"node {node} has no record", False
+        subject = self._subjects.compute(node, verb)
+        try:
+            reply = await self._nc.request(
+                subject, auth.seal(codec.encode(message), key), timeout=self._timeout
+            )
+            answer: Message = codec.decode(reply.data, (expect, ErrorReply))
+        except NoRespondersError:
+            return "no agent is listening", False
+        except (NatsTimeoutError, TimeoutError):
+            return f"no answer within {self._timeout:g}s", True
+        except codec.CodecError as exc:
+            return f"unreadable reply: {exc.reason}", False
+        if isinstance(answer, ErrorReply):
+            return f"{answer.code}: {answer.reason}", False
+        return answer, False
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self._timeout + 1)
+
+
+@dataclass(slots=True)
+class Pass:
+    """What one scheduling pass of a job has tried, to move on and to explain."""
+
+    tried: set[str] = field(default_factory=set)
+    declined: list[str] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: JobStore,
+        registry: Registry,
+        liveness: Liveness,
+        link: NodeLink,
+        *,
+        interval: float,
+        offer_timeout: float,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._liveness = liveness
+        self._link = link
+        self._interval = interval
+        self._offer_timeout = offer_timeout
+        self._wanted: dict[str, None] = {}  # ordered set: first kicked, first placed
+        self._node_changes: list[tuple[str, bool]] = []  # (node, lost?)
+        self._cancelled_lost: set[str] = set()
+        self._inflight: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.placed = 0
+
+    # -- inputs ---------------------------------------------------------------------
+    def kick(self, job_id: str) -> None:
+        self._wanted[job_id] = None
+        self._wake.set()
+
+    def node_lost(self, node_id: str) -> None:
+        self._node_changes.append((node_id, True))
+        self._wake.set()
+
+    def node_back(self, node_id: str) -> None:
+        self._node_changes.append((node_id, False))
+        self._wake.set()
+
+    # -- the worker -----------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_tick - loop.time()))
+            self._wake.clear()
+            try:
+                if loop.time() >= next_tick:
+                    next_tick = loop.time() + self._interval
+                    await self._tick()
+                await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad pass must not stop scheduling for good
+                log.exception("scheduler pass failed")
+
+    async def _tick(self) -> None:
+        """Every unfinished job that lacks executions is looked at again."""
+        await self._expire_offers()
+        for job in self._store.jobs():
+            if job.state not in JOB_TERMINAL and missing(job)[0]:
+                self._wanted.setdefault(job.job_id, None)
+
+    async def _drain(self) -> None:
+        while self._node_changes:
+            node_id, lost = self._node_changes.pop(0)
+            await (self._lose(node_id) if lost else self._welcome(node_id))
+        reserved = placement.reservations(self._store.jobs())
+        while self._wanted:
+            job_id = next(iter(self._wanted))
+            del self._wanted[job_id]
+            try:
+                await self._schedule(job_id, reserved)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduling job %s failed", job_id)
+
+    # -- placing ----------------------------------------------------------------------
+    async def _schedule(self, job_id: str, reserved: dict[str, Resources]) -> None:
+        """Offer the job's missing executions until all are placed or no node is left."""
+        attempt = Pass()
+        while (job := self._store.get(job_id)) is not None and job.state not in JOB_TERMINAL:
+            need, nodes = missing(job)
+            if need == 0:
+                return
+            fitting, why = placement.candidates(
+                job, self._registry.snapshot(), self._liveness, reserved
+            )
+            fitting = [c for c in fitting if c.node_id not in attempt.tried]
+            chosen = placement.plan(job, need, nodes, fitting)
+            if not chosen:
+                await self._wait(job_id, why or _declined(attempt))
+                return
+            attempt.tried.update(chosen)
+            await self._offer(job, chosen, attempt, reserved)
+
+    async def _offer(
+        self, job: Job, chosen: list[str], attempt: Pass, reserved: dict[str, Resources]
+    ) -> None:
+        try_no = len(failures(job))
+        new = [
+            Execution(exec_id=new_exec_id(), job_id=job.job_id, node_id=n, attempt=try_no)
+            for n in chosen
+        ]
+        before = missing(job)
+
+        def add_offers(current: Job) -> Job | None:
+            if missing(current) != before:  # changed under us: decide again
+                return None
+            return current.model_copy(update={"executions": [*current.executions, *new]})
+
+        stored = await self._store.change(job.job_id, add_offers)
+        ids = {e.exec_id for e in new}
+        if stored is None or not ids <= {e.exec_id for e in stored.executions}:
+            return
+        self._inflight |= ids
+        try:
+            answers = await asyncio.gather(*(self._link.offer(e, job.spec) for e in new))
+            await self._store.change(job.job_id, lambda current: _answered(current, answers))
+        finally:
+            self._inflight -= ids
+        want = job.spec.resources.as_resources()
+        for execution, answer in zip(new, answers, strict=True):
+            if answer.accepted:
+                self.placed += 1
+                reserved[execution.node_id] = placement.add(reserved.get(execution.node_id), want)
+            else:
+                attempt.declined.append(f"{execution.node_id}: {answer.reason or 'declined'}")
+        self._link.cancel(
+            [e for e, a in zip(new, answers, strict=True) if a.unanswered], "offer timed out"
+        )
+
+    async def _wait(self, job_id: str, why: str) -> None:
+        """Nothing placeable now: the job waits (QUEUED), or fails once its queue time is up."""
+        now = utcnow()
+
+        def queue(job: Job) -> Job | None:
+            if job.state in JOB_TERMINAL or missing(job)[0] == 0:
+                return None
+            limit = job.spec.queue_timeout
+            if now - waiting_since(job) >= timedelta(seconds=limit):
+                return finish(job, JobState.FAILED, f"queue timeout ({limit:g}s): {why}")
+            running = any(
+                e.state in (ExecState.RUNNING, ExecState.COMPLETED) for e in job.executions
+            )
+            state = JobState.RUNNING if running else JobState.QUEUED
+            if (job.state, job.reason) == (state, why):
+                return None
+            return job.model_copy(update={"state": state, "reason": why})
+
+        await self._store.change(job_id, queue)
+
+    async def _expire_offers(self) -> None:
+        """OFFERED executions nobody is waiting on (the requester died mid-offer) are
+        written off, and their nodes told to cancel in case they did accept."""
+        cutoff = utcnow() - timedelta(seconds=2 * self._offer_timeout)
+        for job in self._store.jobs():
+            if job.state in JOB_TERMINAL:
+                continue
+            stale = {
+                e.exec_id
+                for e in job.executions
+                if e.state is ExecState.OFFERED
+                and e.exec_id not in self._inflight
+                and e.created_at < cutoff
+            }
+            if stale:
+                answers = [Answer(x, False, "no answer to the offer", True) for x in stale]
+                await self._store.change(job.job_id, functools.partial(_answered, answers=answers))
+                self._link.cancel(
+                    [e for e in job.executions if e.exec_id in stale], "offer expired"
+                )
+
+    # -- lost nodes -------------------------------------------------------------------
+    async def _lose(self, node_id: str) -> None:
+        for job in self._store.jobs():
+            if any(e.node_id == node_id and e.state in ACTIVE for e in job.executions):
+                log.warning("node %s lost: job %s loses its executions there", node_id, job.job_id)
+                after = await self._store.change(job.job_id, lambda j: mark_lost(j, node_id))
+                if after is not None and missing(after)[0]:
+                    self._wanted.setdefault(job.job_id, None)
+
+    async def _welcome(self, node_id: str) -> None:
+        """A lost node is back: it must stop what was re-placed elsewhere."""
+        stale = [
+            e
+            for job in self._store.jobs()
+            for e in job.executions
+            if e.node_id == node_id
+            and e.state is ExecState.LOST
+            and e.exec_id not in self._cancelled_lost
+        ]
+        self._cancelled_lost.update(e.exec_id for e in stale)
+        if stale:
+            self._link.cancel(stale, f"node {node_id} was lost; the execution was written off")
+
+
+def _answered(job: Job, answers: list[Answer]) -> Job | None:
+    """The job with the nodes' answers to its offers applied; None when nothing moves."""
+    now, changed = utcnow(), False
+    by_id = {a.exec_id: a for a in answers}
+    for execution in job.executions:
+        answer = by_id.get(execution.exec_id)
+        if answer is None:
+            continue
+        state = ExecState.ACCEPTED if answer.accepted else ExecState.REJECTED
+        moved = advance(execution, state, now, error="" if answer.accepted else answer.reason)
+        if moved is not None:
+            job, changed = with_exec(job, moved), True
+    if not changed:
+        return None
+    return settle(_trim_rejected(job))
+
+
+def _trim_rejected(job: Job) -> Job:
+    rejected = [e.exec_id for e in job.executions if e.state is ExecState.REJECTED]
+    drop = set(rejected[:-KEEP_REJECTED])
+    if not drop:
+        return job
+    return job.model_copy(
+        update={"executions": [e for e in job.executions if e.exec_id not in drop]}
+    )
+
+
+def _declined(attempt: Pass) -> str:
+    if not attempt.declined:
+        return "no node fits"
+    shown = "; ".join(attempt.declined[:5]) + ("; ..." if len(attempt.declined) > 5 else "")
+    return f"every fitting node declined ({shown})"
