@@ -60,31 +60,29 @@ class Cluster:
         self.env["HIVE_CONFIG"] = str(empty)
         self.env["HIVE_LOG__FORMAT"] = "json"
 
-    def start_requester(self) -> None:
-        self._spawn(
-            "requester",
-            ["requester", "run", "--port", str(self.port), "--data-dir", str(self.base / "req")],
-            REQUESTER_ENV,
-        )
+    def start_requester(self, *, auto_approve: bool = False) -> None:
+        approve = "--auto-approve" if auto_approve else "--no-auto-approve"
+        args = ["requester", "run", "--port", str(self.port), "--data-dir",
+                str(self.base / "req"), approve]  # fmt: skip
+        self._spawn("requester", args, REQUESTER_ENV)
         poll(
             lambda: self.hivectl("node", "list", check=False).returncode == 0,
             what="the requester to answer",
         )
 
-    def start_agent(self, name: str, *labels: str) -> None:
-        args = [
-            "nodeagent",
-            "run",
-            "--nats-url",
-            self.url,
-            "--name",
-            name,
-            "--state-dir",
-            str(self.base / name),
-        ]
+    def start_agent(self, name: str, *labels: str, docker_host: str | None = None) -> None:
+        args = ["nodeagent", "run", "--nats-url", self.url, "--name", name,
+                "--state-dir", str(self.base / name)]  # fmt: skip
         for label in labels:
             args += ["--label", label]
-        self._spawn(name, args, AGENT_ENV)
+        engines = {
+            "HIVE_EXECUTORS__PROCESS__ENABLED": "true",
+            "HIVE_EXECUTORS__DOCKER__ENABLED": "true" if docker_host else "false",
+            "HIVE_JOB_GRACE_PERIOD": "2s",
+        }
+        if docker_host:
+            engines["HIVE_EXECUTORS__DOCKER__HOST"] = docker_host
+        self._spawn(name, args, AGENT_ENV | engines)
 
     def _spawn(self, name: str, args: list[str], extra: dict[str, str]) -> None:
         log = (self.base / f"{name}.log").open("ab")
@@ -123,6 +121,21 @@ class Cluster:
     def nodes(self) -> dict[str, dict[str, Any]]:
         listed = json.loads(self.hivectl("node", "list", "-o", "json").stdout)
         return {node["node_id"]: node for node in listed}
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(json.loads(self.hivectl("job", "describe", job_id, "-o", "json").stdout))
+
+    def submit(self, *args: str) -> str:
+        """Submit without waiting; the job id."""
+        return self.hivectl("job", "submit", "--id-only", *args).stdout.strip()
+
+    def wait_job(self, job_id: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
+        found = poll(
+            lambda: (job := self.job(job_id))["state"] in states and job,
+            timeout=timeout,
+            what=f"{job_id} to be {'/'.join(states)}",
+        )
+        return dict(found)
 
     def states(self) -> dict[str, tuple[str, str]]:
         return {i: (n["approval"], n["health"]) for i, n in self.nodes().items()}
