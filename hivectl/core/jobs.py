@@ -133,8 +133,37 @@ class ResourceRequest(Model):
         return Resources(cpu=self.cpu, memory=self.memory, disk=self.disk, gpu=self.gpu)
 
 
+# Fields of other schedulers' specs (Docker, Compose, Kubernetes) that would reach
+# outside the container. Hive has no such fields; a spec that asks is refused by name
+# rather than having them silently dropped.
+_REFUSED_FIELDS = {
+    "privileged": "privileged mode is not allowed",
+    "cap_add": "extra capabilities are not allowed",
+    "capabilities": "extra capabilities are not allowed",
+    "devices": "device access is not allowed (ask for GPUs with resources.gpu)",
+    "mounts": "host mounts are not allowed (collect results with outputs)",
+    "volumes": "host mounts are not allowed (collect results with outputs)",
+    "binds": "host mounts are not allowed (collect results with outputs)",
+    "host_path": "host paths are not allowed",
+    "pid_mode": "sharing the host's PID namespace is not allowed",
+    "ipc_mode": "sharing the host's IPC namespace is not allowed",
+    "user_ns_mode": "leaving the user namespace is not allowed",
+    "security_opt": "changing security options is not allowed",
+}
+_DOCKER_SOCKET = "docker.sock"
+
+
 class JobSpec(Model):
     """What an operator asks for; validated whole before anything is stored."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_escapes(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, why in _REFUSED_FIELDS.items():
+                if data.get(name) not in (None, False, "", [], {}):
+                    raise ValueError(f"{name}: {why}")
+        return data
 
     name: Annotated[str, StringConstraints(strict=True, max_length=128)] = ""
     type: JobType = JobType.BATCH
@@ -160,6 +189,8 @@ class JobSpec(Model):
             raise ValueError("a process job needs a command")
         if self.engine is Engine.PROCESS and self.network != "none":
             raise ValueError("network applies to docker jobs only")
+        if any(_DOCKER_SOCKET in arg for arg in (*self.outputs, self.workdir)):
+            raise ValueError("the Docker socket is not available to jobs")
         try:
             parse_selector(",".join(self.constraints))
         except SelectorError as exc:
