@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from hivectl.core import codec
 from hivectl.core.config import NatsSettings
+from hivectl.core.credentials import read_credentials_file
 from hivectl.core.models import ErrorReply, Message
 
 log = logging.getLogger("hive.bus")
@@ -47,6 +48,12 @@ def _credentials(settings: NatsSettings) -> dict[str, Any]:
         options["password"] = settings.password.get_secret_value() if settings.password else ""
     if settings.creds_file is not None:
         options["user_credentials"] = str(settings.creds_file)
+    if settings.credentials_file is not None:
+        try:
+            user, password = read_credentials_file(settings.credentials_file)
+        except ValueError as exc:
+            raise BusError(str(exc)) from None
+        options["user"], options["password"] = user, password
     return options
 
 

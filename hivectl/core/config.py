@@ -54,6 +54,8 @@ class NatsSettings(Section):
     user: str | None = None
     password: SecretStr | None = None
     creds_file: Path | None = None  # a NATS .creds file (JWT + nkey seed)
+    # A Hive role credentials file ([nats] user/password), as the embedded server writes
+    credentials_file: Path | None = None
     connect_timeout: Duration = 2.0
     prefix: str = Field(default=DEFAULT_PREFIX, pattern=r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$")
 

@@ -1,0 +1,119 @@
+"""NATS credentials by role for the embedded server: requester, operator, compute.
+
+Generated once (random passwords, files mode 0600) and turned into the server's
+`authorization` block with subject permissions, so a compute node cannot call the
+operator API or approve itself, and anonymous connections are refused. Each role's
+file is a small TOML document that `[nats] credentials_file` (or
+HIVE_NATS__CREDENTIALS_FILE) points at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from hivectl.core.subjects import Subjects
+
+ROLES = ("requester", "operator", "compute")
+
+
+@dataclass(frozen=True)
+class RoleCredentials:
+    role: str
+    user: str
+    password: str
+    path: Path
+
+
+def ensure_credentials(directory: Path) -> dict[str, RoleCredentials]:
+    """Each role's credentials, created on first use; existing ones are kept."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return {role: _ensure_role(directory, role) for role in ROLES}
+
+
+def _ensure_role(directory: Path, role: str) -> RoleCredentials:
+    path = directory / f"{role}.toml"
+    if not path.exists():
+        password = secrets.token_urlsafe(32)
+        text = (
+            f"# Hive NATS credentials for the {role} role. Keep this file private.\n"
+            f'[nats]\nuser = "{role}"\npassword = "{password}"\n'
+        )
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        try:
+            os.link(temp, path)  # a concurrent creator wins; we read theirs below
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink()
+    user, password = read_credentials_file(path)
+    return RoleCredentials(role, user, password, path)
+
+
+def read_credentials_file(path: Path) -> tuple[str, str]:
+    """(user, password) from a credentials file; ValueError with the reason otherwise."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read credentials file {path}: {exc}") from None
+    section = data.get("nats", data)
+    user, password = section.get("user"), section.get("password")
+    if not isinstance(user, str) or not isinstance(password, str):
+        raise ValueError(f"credentials file {path} needs [nats] user and password")
+    return user, password
+
+
+def permissions(subjects: Subjects) -> dict[str, dict[str, object]]:
+    """What each role may publish and subscribe to."""
+    p = subjects.prefix
+    results = subjects.results_store
+    return {
+        "requester": {"publish": [">"], "subscribe": [">"]},
+        "operator": {
+            "publish": [f"{p}.api.>", "$JS.API.>", "_INBOX.>"],
+            "subscribe": ["_INBOX.>", f"{p}.events.>"],
+        },
+        "compute": {
+            # Its own messages (the MAC says which node), logs, result archives, and
+            # the JetStream calls an object-store upload makes.
+            "publish": [
+                f"{p}.node.>",
+                f"{p}.logs.>",
+                f"$O.{results}.>",
+                f"$JS.API.STREAM.INFO.OBJ_{results}",
+                f"$JS.API.STREAM.MSG.GET.OBJ_{results}",
+                f"$JS.API.DIRECT.GET.OBJ_{results}.>",
+                f"$JS.API.STREAM.PURGE.OBJ_{results}",
+            ],
+            "subscribe": [f"{p}.compute.*.>", "_INBOX.>"],
+            "allow_responses": True,
+        },
+    }
+
+
+def authorization_block(creds: dict[str, RoleCredentials], subjects: Subjects) -> str:
+    """The nats-server config text that admits these users, and no one else."""
+    rules = permissions(subjects)
+    users = []
+    for role, cred in creds.items():
+        perms = {k: v for k, v in rules[role].items()}
+        users.append(
+            f"    {{ user: {json.dumps(cred.user)}, password: {json.dumps(cred.password)},"
+            f" permissions: {_render(perms)} }}"
+        )
+    return "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}\n"
+
+
+def _render(value: object) -> str:
+    """nats-server config accepts JSON-like maps and lists."""
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k}: {_render(v)}" for k, v in value.items())
+        return "{ " + inner + " }"
+    return json.dumps(value)
