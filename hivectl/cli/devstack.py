@@ -26,6 +26,7 @@ from hivectl.cli.common import APP_SETTINGS, info
 from hivectl.core.api import NodeListReply, NodeListRequest
 from hivectl.core.bus import BusError, RemoteError, connect_cli, request
 from hivectl.core.config import ClientConfig, NatsSettings
+from hivectl.core.credentials import authorization_block, ensure_credentials
 from hivectl.core.embedded import EmbeddedNats, EmbeddedNatsError, die_with_parent, on_main_thread
 from hivectl.core.models import Health, NodeType
 from hivectl.core.subjects import Subjects
@@ -81,12 +82,20 @@ class DevStack:
         self.auto_approve = auto_approve
         self.nats: EmbeddedNats | None = None
         self.children: list[Child] = []
+        # One credential per role, as a production requester's embedded server has them.
+        self.creds = ensure_credentials(base / "credentials")
+
+    @property
+    def operator(self) -> Path:
+        return self.creds["operator"].path
 
     def start(self, port: int) -> str:
-        self.nats = EmbeddedNats(self.base / "nats", port=port).start()
+        auth = authorization_block(self.creds, Subjects())
+        self.nats = EmbeddedNats(self.base / "nats", port=port, extra_config=auth).start()
         empty = self.base / "empty.toml"  # keeps a user's /etc/hive files out of the stack
         empty.write_text("")
         env = {**_clean_env(), "HIVE_CONFIG": str(empty)}
+        requester_env = {"HIVE_NATS__CREDENTIALS_FILE": str(self.creds["requester"].path)}
         approve = "--auto-approve" if self.auto_approve else "--no-auto-approve"
         self._spawn(
             "requester",
@@ -99,12 +108,13 @@ class DevStack:
                 str(self.base / "requester"),
                 approve,
             ],
-            env | REQUESTER_ENV,
+            env | REQUESTER_ENV | requester_env,
         )
         agent_env = (
             env
             | AGENT_ENV
             | {
+                "HIVE_NATS__CREDENTIALS_FILE": str(self.creds["compute"].path),
                 "HIVE_EXECUTORS__PROCESS__ENABLED": str(self.executor is Executor.PROCESS).lower(),
                 "HIVE_EXECUTORS__DOCKER__ENABLED": str(self.executor is Executor.DOCKER).lower(),
             }
@@ -148,7 +158,7 @@ class DevStack:
 
     async def _ready(self, url: str) -> bool:
         try:
-            nc = await connect_cli(NatsSettings(url=url))
+            nc = await connect_cli(NatsSettings(url=url, credentials_file=self.operator))
         except BusError:
             return False
         try:
@@ -186,13 +196,14 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
 
 
-def write_context(url: str) -> Path | None:
+def write_context(url: str, credentials: Path) -> Path | None:
     """Point `hivectl` in other shells at the stack, unless the user has a config file."""
     path = ClientConfig.usual_file()
     if path.exists() and not path.read_text().startswith(CONTEXT_MARK):
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'{CONTEXT_MARK}[nats]\nurl = "{url}"\n')
+    nats = f'[nats]\nurl = "{url}"\ncredentials_file = "{credentials}"\n'
+    path.write_text(CONTEXT_MARK + nats)
     return path
 
 
@@ -244,7 +255,7 @@ def devstack(
     try:
         url = stack.start(port)
         asyncio.run(stack.wait_ready(url, ready_timeout))
-        context = write_context(url)
+        context = write_context(url, stack.operator)
         _announce(stack, url, context)
         _run_until(stop, stack)
     except (EmbeddedNatsError, RuntimeError) as exc:
@@ -259,16 +270,17 @@ def devstack(
 
 
 def _announce(stack: DevStack, url: str, context: Path | None) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "hivectl.cli.main", "--nats-url", url, "node", "list"], check=False
-    )
+    env = {**os.environ, "HIVE_NATS__CREDENTIALS_FILE": str(stack.operator)}
+    argv = [sys.executable, "-m", "hivectl.cli.main", "--nats-url", url, "node", "list"]
+    subprocess.run(argv, check=False, env=env)
     lines = [
         "",
         f"Hive devstack is up: a requester and {stack.computes} node agents "
         f"({stack.executor} executor), NATS at {url}.",
         f"hivectl in another shell uses it ({context} points there)."
         if context
-        else f"Point hivectl at it:  export HIVE_NATS__URL={url}",
+        else f"Point hivectl at it:  export HIVE_NATS__URL={url} "
+        f"HIVE_NATS__CREDENTIALS_FILE={stack.operator}",
         f"State and logs: {stack.base}",
         "Press Ctrl-C to stop.",
     ]

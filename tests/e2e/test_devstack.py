@@ -56,6 +56,17 @@ def test_devstack_up_listed_and_gone_after_ctrl_c(tmp_path: Path) -> None:
             "node-1": ("APPROVED", "HEALTHY"),
             "node-2": ("APPROVED", "HEALTHY"),
         }
+        # Without the operator credentials the stack's NATS refuses the connection.
+        context = (tmp_path / "cfg" / "hive" / "hivectl.toml").read_text()
+        url = context.split('url = "')[1].split('"')[0]
+        empty = tmp_path / "empty.toml"
+        empty.write_text("")
+        anonymous = subprocess.run(
+            [sys.executable, "-m", "hivectl.cli.main", "--config", str(empty),
+             "--nats-url", url, "node", "list"],
+            env={**env, "HOME": "/nonexistent"}, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert anonymous.returncode == 1 and "authorization" in anonymous.stderr
         stack.send_signal(signal.SIGINT)
         assert stack.wait(60) == 0
         _, alive = psutil.wait_procs(children, timeout=10)
