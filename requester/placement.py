@@ -8,6 +8,7 @@ that cannot succeed and spreads work across the cluster.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def reservations(jobs: Iterable[Job]) -> dict[str, Resources]:
 def add(a: Resources | None, b: Resources) -> Resources:
     if a is None:
         return b
-    return Resources(
+    return Resources.model_construct(
         cpu=round(a.cpu + b.cpu, 6),
         memory=a.memory + b.memory,
         disk=a.disk + b.disk,
@@ -69,7 +70,7 @@ def free_on(record: NodeRecord, liveness: Liveness, reserved: Resources | None) 
     if report is None:
         return ours
     seen = report.available
-    return Resources(
+    return Resources.model_construct(  # derived from validated values: no re-validation
         cpu=min(ours.cpu, seen.cpu),
         memory=min(ours.memory, seen.memory),
         disk=min(ours.disk, seen.disk),
@@ -143,15 +144,23 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
         for e in job.executions
         if e.state in (ExecState.FAILED, ExecState.LOST, ExecState.REJECTED)
     }
+    # A heap of (executions of this job already there, failed there before, -score, id):
+    # each pick pops the best node and pushes it back with its new key while the job
+    # still fits, so a pick costs log(n) instead of re-scoring every node.
+    heap = [_key(c, used, avoid) for c in fitting if c.free.fits(want)]
+    heapq.heapify(heap)
     chosen: list[str] = []
-    for _ in range(need):
-        options = [c for c in fitting if c.free.fits(want)]
-        if not options:
-            break
-        best = min(
-            options, key=lambda c: (used[c.node_id], c.node_id in avoid, -c.score(), c.node_id)
-        )
-        chosen.append(best.node_id)
-        used[best.node_id] += 1
-        best.free = best.free.minus(want)
+    while heap and len(chosen) < need:
+        *_, candidate = heapq.heappop(heap)
+        chosen.append(candidate.node_id)
+        used[candidate.node_id] += 1
+        candidate.free = candidate.free.minus(want)
+        if candidate.free.fits(want):
+            heapq.heappush(heap, _key(candidate, used, avoid))
     return chosen
+
+
+def _key(
+    c: Candidate, used: Counter[str], avoid: set[str]
+) -> tuple[int, bool, float, str, Candidate]:
+    return (used[c.node_id], c.node_id in avoid, -c.score(), c.node_id, c)

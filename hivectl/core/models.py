@@ -78,7 +78,9 @@ class Resources(Model):
         )
 
     def minus(self, other: Resources) -> Resources:
-        return Resources(
+        # Built from two validated values and clamped at zero: nothing to re-validate
+        # (the scheduler does this for every node of every placement).
+        return Resources.model_construct(
             cpu=max(0.0, round(self.cpu - other.cpu, 6)),
             memory=max(0, self.memory - other.memory),
             disk=max(0, self.disk - other.disk),
