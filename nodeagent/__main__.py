@@ -50,6 +50,12 @@ LabelOpt = Annotated[
 LogLevelOpt = Annotated[
     str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
 ]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port", help="Serve Prometheus metrics on this port (0: any free port)."
+    ),
+]
 
 
 def _load(
@@ -59,6 +65,7 @@ def _load(
     state_dir: Path | None,
     labels: list[str] | None,
     log_level: str | None,
+    metrics_port: int | None = None,
 ) -> NodeAgentConfig:
     """The layered config, or exit 2 with one line on stderr."""
     try:
@@ -68,6 +75,10 @@ def _load(
             "labels": _parse_labels(labels) if labels else None,
             "nats": {"url": nats_url},
             "log": {"level": log_level.upper() if log_level else None},
+            "metrics": {
+                "enabled": True if metrics_port is not None else None,
+                "port": metrics_port,
+            },
         }
         return load_config(NodeAgentConfig, config, **flags)
     except ConfigError as exc:
@@ -93,9 +104,10 @@ def run_command(
     state_dir: StateDirOpt = None,
     label: LabelOpt = None,
     log_level: LogLevelOpt = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Start the node agent daemon (SIGTERM or Ctrl-C stops it; a second one forces exit)."""
-    cfg = _load(config, name, nats_url, state_dir, label, log_level)
+    cfg = _load(config, name, nats_url, state_dir, label, log_level, metrics_port)
     setup_logging(cfg.log.level, cfg.log.format)
     raise typer.Exit(asyncio.run(main(cfg)))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -80,6 +80,7 @@ class Executions:
         self.finished: OrderedDict[str, None] = OrderedDict()
         self.accepted = 0
         self.rejected = 0
+        self.ended: Counter[str] = Counter()  # finished executions by final state
         self._subs: list[Subscription] = []
         self._closing = False
         self._sync_lock = asyncio.Lock()
@@ -160,7 +161,12 @@ class Executions:
         await _respond(msg, reply)
         if not accepted:
             self.rejected += 1
-            log.info("rejected execution %s: %s", offer.exec_id, reason)
+            log.info(
+                "rejected execution %s: %s",
+                offer.exec_id,
+                reason,
+                extra=self._fields(offer.job_id, offer.exec_id),
+            )
 
     def _admit(self, offer: Offer) -> str | None:
         """None when the execution runs (or already did); else why not."""
@@ -181,6 +187,12 @@ class Executions:
         )
         if reason is None:
             self.accepted += 1
+            log.info(
+                "accepted execution %s of job %s",
+                exec_id,
+                offer.job_id,
+                extra=self._fields(offer.job_id, exec_id),
+            )
             self._launch(executor, exec_id, offer.job_id, offer.spec, handle=None)
         return reason
 
@@ -190,7 +202,13 @@ class Executions:
             await _respond(msg, cancel)
             return
         if self.cancel(cancel.exec_id, cancel.reason or "cancelled by the requester"):
-            log.info("cancelling execution %s: %s", cancel.exec_id, cancel.reason)
+            job_id = self.runs[cancel.exec_id].job.job_id if cancel.exec_id in self.runs else None
+            log.info(
+                "cancelling execution %s: %s",
+                cancel.exec_id,
+                cancel.reason,
+                extra=self._fields(job_id, cancel.exec_id),
+            )
         await _respond(msg, OkReply(id=cancel.exec_id))
 
     def _open(self, data: bytes, expect: type[M]) -> M | ErrorReply:
@@ -238,7 +256,9 @@ class Executions:
         except ExecutorError as exc:
             outcome = Outcome(exit_code=None, error=str(exc), cancelled=job.cancel.is_set())
         except Exception as exc:
-            log.exception("execution %s failed", job.exec_id)
+            log.exception(
+                "execution %s failed", job.exec_id, extra=self._fields(job.job_id, job.exec_id)
+            )
             outcome = Outcome(exit_code=None, error=f"internal error: {exc}")
         await self._finish(run, outcome)
 
@@ -257,8 +277,19 @@ class Executions:
             state, error = ExecState.FAILED, failure_text(outcome)
         self.ledger.release(job.exec_id)
         self._forget(job.exec_id)
+        self.ended[state.value] += 1
         await publisher.update(job.exec_id, job.job_id, state, outcome.exit_code, error)
-        log.info("execution %s %s %s", job.exec_id, state, error)
+        log.info(
+            "execution %s %s %s",
+            job.exec_id,
+            state,
+            error,
+            extra=self._fields(job.job_id, job.exec_id),
+        )
+
+    def _fields(self, job_id: str | None, exec_id: str) -> dict[str, str | None]:
+        """The fields a log line about one execution carries (JSON keys)."""
+        return {"node_id": self.node_id, "job_id": job_id, "exec_id": exec_id}
 
     def _forget(self, exec_id: str) -> None:
         self.runs.pop(exec_id, None)
@@ -278,7 +309,11 @@ class Executions:
         for held in list(self.ledger.held.values()):
             container = containers.pop(held.exec_id, None)
             if held.engine == "docker" and docker is not None and container is not None:
-                log.info("re-attaching to execution %s", held.exec_id)
+                log.info(
+                    "re-attaching to execution %s",
+                    held.exec_id,
+                    extra=self._fields(held.job_id, held.exec_id),
+                )
                 self._launch(docker, held.exec_id, held.job_id, _spec(held), handle=container)
             else:
                 task = asyncio.create_task(self._lost(held))
@@ -294,6 +329,14 @@ class Executions:
         self._forget(held.exec_id)
         await self.publisher.eof(held.job_id, held.exec_id, NEVER_RAN)
         error = "lost while the agent was down"
+        self.ended[ExecState.FAILED.value] += 1
+        log.info(
+            "execution %s %s %s",
+            held.exec_id,
+            ExecState.FAILED,
+            error,
+            extra=self._fields(held.job_id, held.exec_id),
+        )
         await self.publisher.update(held.exec_id, held.job_id, ExecState.FAILED, None, error)
 
 

@@ -23,12 +23,13 @@ from nats.errors import Error as NatsError
 
 from hivectl.core import auth, bus, codec
 from hivectl.core.config import NodeAgentConfig
-from hivectl.core.daemon import Status, install_signal_handlers
+from hivectl.core.daemon import Status, install_signal_handlers, sd_notify
 from hivectl.core.models import Heartbeat, Leave, Message, NodeInfo, ResourceUpdate
 from hivectl.core.subjects import Subjects
 from nodeagent.capacity import Ledger
 from nodeagent.executions import Executions
 from nodeagent.membership import Membership
+from nodeagent.metrics import MetricsServer, serve_metrics
 from nodeagent.protocol import LocalNode, Unreachable, sealed
 from nodeagent.resources import collect_info, collect_resources
 
@@ -81,6 +82,8 @@ class NodeAgent:
         self.local: LocalNode | None = None
         self.ledger: Ledger | None = None
         self.executions: Executions | None = None
+        self.metrics_port: int | None = None
+        self._metrics: MetricsServer | None = None
         self._info: NodeInfo | None = None
         self._first_delay = 0.0
         self._unreachable_logged = False
@@ -130,6 +133,9 @@ class NodeAgent:
             self.executions = Executions(
                 self.cfg, self.node_id, self.ledger, self._message_key, self._next_seq
             )
+            if self.cfg.metrics.enabled:
+                self._metrics = await asyncio.to_thread(serve_metrics, self, self.cfg.metrics)
+                self.metrics_port = self._metrics.port
             name = f"hive-nodeagent:{self.node_id}"
             self.nc = await self._until_stopped(bus.connect_daemon(self.cfg.nats, name=name))
             if self.nc is not None:
@@ -140,6 +146,8 @@ class NodeAgent:
             raise
         self.status = Status.RUNNING
         log.info("node agent %s started", self.node_id, extra={"node_id": self.node_id})
+        # Harmless under Type=simple (systemd ignores it there); right under Type=notify.
+        sd_notify(f"READY=1\nSTATUS=node {self.node_id} started")
 
     async def run_forever(self) -> None:
         """Run the periodic loops until the stop event is set."""
@@ -173,6 +181,8 @@ class NodeAgent:
         failed = self.status is Status.FAILED
         self.status = Status.CLOSING
         self.stop_event.set()
+        sd_notify(f"STOPPING=1\nSTATUS=stopping; jobs get {self.cfg.job_grace_period:g}s")
+        log.info("node agent %s shutting down", self.node_id, extra={"node_id": self.node_id})
         await _wait_event(self._loops_done, self.request_timeout)
         if self.nc is not None and self.executions is not None:
             await self._guarded("closing executions", self._close_executions)
@@ -181,6 +191,9 @@ class NodeAgent:
                 await self._guarded("leave", self._send_leave)
             await _shutdown_connection(self.nc)
             self.nc = None
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.close)
+            self._metrics = None
         self.status = Status.FAILED if failed else Status.CLOSED
 
     async def __aenter__(self) -> NodeAgent:

@@ -9,16 +9,19 @@ never a dict the event loop may resize under it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hivectl.core.config import MetricsSettings
-from hivectl.core.jobs import JobState
+from hivectl.core.jobs import ExecState, JobState
 from hivectl.core.models import Approval, Health
 
 if TYPE_CHECKING:
@@ -101,6 +104,17 @@ class RequesterCollector(Collector):
         for state in JobState:
             jobs.add_metric([state.value], states[state])
         yield jobs
+        executions = GaugeMetricFamily(
+            "hive_executions", "Executions of known jobs by state.", labels=["state"]
+        )
+        by_state = (
+            Counter(e.state for job in req.jobs.jobs() for e in job.executions)
+            if req.jobs
+            else Counter()
+        )
+        for exec_state in ExecState:
+            executions.add_metric([exec_state.value], by_state[exec_state])
+        yield executions
         updates = CounterMetricFamily("hive_exec_updates", "Applied execution updates.")
         dropped = CounterMetricFamily(
             "hive_exec_updates_rejected", "Dropped execution updates by reason.", labels=["reason"]
@@ -116,11 +130,29 @@ class RequesterCollector(Collector):
         yield offers
 
 
-def serve_metrics(requester: Requester, settings: MetricsSettings) -> int:
-    """Start the HTTP endpoint in a thread; returns the bound port."""
+@dataclass
+class MetricsServer:
+    """The running endpoint: its bound port, and how to stop it."""
+
+    server: WSGIServer
+    thread: threading.Thread
+    port: int
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def serve_metrics(requester: Requester, settings: MetricsSettings) -> MetricsServer:
+    """Start the HTTP endpoint in a thread: live state, plus the scheduler's histograms."""
     registry = CollectorRegistry()
     registry.register(RequesterCollector(requester))
-    server, _ = start_http_server(settings.port, addr=settings.host, registry=registry)
+    if requester.scheduler is not None:
+        registry.register(requester.scheduler.placement_seconds)
+    if requester.link is not None:
+        registry.register(requester.link.offer_seconds)
+    server, thread = start_http_server(settings.port, addr=settings.host, registry=registry)
     port = int(server.server_port)
     log.info("metrics on http://%s:%d/metrics", settings.host, port)
-    return port
+    return MetricsServer(server, thread, port)

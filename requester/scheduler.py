@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from prometheus_client import Histogram
 
 from hivectl.core import auth, codec
 from hivectl.core.jobs import (
@@ -54,6 +56,8 @@ from requester.registry import Registry
 
 log = logging.getLogger("hive.requester.scheduler")
 KEEP_REJECTED = 32  # declined offers kept in a job's history; older ones are dropped
+# Seconds; from a local offer round trip to a queue of nodes declining in turn.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,13 @@ class NodeLink:
         self._tasks: set[asyncio.Task[None]] = set()
         self.offers = 0
         self.cancels = 0
+        # Not in the global registry: each requester's metrics endpoint registers its own.
+        self.offer_seconds = Histogram(
+            "hive_offer_seconds",
+            "Offer round trips to compute nodes (answered or not).",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
 
     async def offer(self, execution: Execution, spec: JobSpec) -> Answer:
         node, exec_id = execution.node_id, execution.exec_id
@@ -86,7 +97,9 @@ class NodeLink:
             spec=spec,
         )
         self.offers += 1
+        started = time.perf_counter()
         answer, unanswered = await self._request(node, "offer", offer, OfferReply)
+        self.offer_seconds.observe(time.perf_counter() - started)
         if isinstance(answer, str):
             return Answer(exec_id, False, answer, unanswered)
         assert isinstance(answer, OfferReply)
@@ -169,6 +182,12 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.placed = 0
+        self.placement_seconds = Histogram(
+            "hive_scheduler_placement_seconds",
+            "One scheduling decision for a job: filter, rank and its offers.",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
 
     # -- inputs ---------------------------------------------------------------------
     def kick(self, job_id: str) -> None:
@@ -224,12 +243,14 @@ class Scheduler:
         while self._wanted:
             job_id = next(iter(self._wanted))
             del self._wanted[job_id]
+            started = time.perf_counter()
             try:
                 await self._schedule(job_id, reserved)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("scheduling job %s failed", job_id)
+                log.exception("scheduling job %s failed", job_id, extra={"job_id": job_id})
+            self.placement_seconds.observe(time.perf_counter() - started)
 
     # -- placing ----------------------------------------------------------------------
     async def _schedule(self, job_id: str, reserved: dict[str, Resources]) -> None:

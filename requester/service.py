@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 from types import TracebackType
 
 from nats.aio.client import Client
@@ -17,7 +18,8 @@ from hivectl.core import codec
 from hivectl.core.auth import Identity
 from hivectl.core.bus import connect_daemon
 from hivectl.core.config import RequesterConfig
-from hivectl.core.daemon import Status
+from hivectl.core.credentials import authorization_block, ensure_credentials
+from hivectl.core.daemon import Status, sd_notify
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
@@ -27,7 +29,7 @@ from requester.executions import ExecConsumer
 from requester.jobs import JobApi, JobStore
 from requester.liveness import Liveness
 from requester.membership import Membership
-from requester.metrics import serve_metrics
+from requester.metrics import MetricsServer, serve_metrics
 from requester.registry import Registry
 from requester.scheduler import NodeLink, Scheduler
 from requester.streams import ensure_job_streams
@@ -57,6 +59,7 @@ class Requester:
         self.membership: Membership | None = None
         self.node_api: NodeApi | None = None
         self.metrics_port: int | None = None
+        self._metrics: MetricsServer | None = None
         self.link: NodeLink | None = None
         self.jobs: JobStore | None = None
         self.scheduler: Scheduler | None = None
@@ -78,6 +81,8 @@ class Requester:
         if cfg.embedded.enabled:
             self.embedded = self._start_embedded()
         nats_settings = cfg.nats.model_copy(update={"url": self.nats_url})
+        if self.embedded is not None:  # it admits role credentials only: use ours
+            nats_settings.credentials_file = self.credentials_dir / "requester.toml"
         self.nc = await connect_daemon(nats_settings, name=f"hive-requester:{cfg.name}")
         js = self.nc.jetstream()
         self.events = Events(self.nc, self.subjects)
@@ -90,7 +95,8 @@ class Requester:
         assert self.scheduler is not None
         self.scheduler.start()
         if cfg.metrics.enabled:
-            self.metrics_port = serve_metrics(self, cfg.metrics)
+            self._metrics = serve_metrics(self, cfg.metrics)
+            self.metrics_port = self._metrics.port
         self.status = Status.RUNNING
         log.info(
             "requester %s serving on %s (%d nodes known)",
@@ -98,14 +104,24 @@ class Requester:
             self.nats_url,
             len(self.registry),
         )
+        # Only now: NATS is connected, streams and buckets exist, every subscription is
+        # live (flushed in _subscribe), so a unit ordered After= this one can use the API.
+        sd_notify(f"READY=1\nSTATUS=serving on {self.nats_url}, {len(self.registry)} nodes known")
+
+    @property
+    def credentials_dir(self) -> Path:
+        """Where the embedded server's role credentials live (one TOML file per role)."""
+        return self.config.data_dir / "credentials"
 
     def _start_embedded(self) -> EmbeddedNats:
         emb = self.config.embedded
+        creds = ensure_credentials(self.credentials_dir)
         server = EmbeddedNats(
             emb.store_dir or self.config.data_dir / "nats",
             host=emb.host,
             port=emb.port,
             max_payload=emb.max_payload,
+            extra_config=authorization_block(creds, self.subjects),
         )
         return server.start()
 
@@ -223,6 +239,7 @@ class Requester:
         if self.status in (Status.CLOSING, Status.CLOSED):
             return
         self.status = Status.CLOSING
+        sd_notify("STOPPING=1\nSTATUS=draining")
         # Stop making decisions before the connection goes: nothing half-placed is left
         # that the store does not already record.
         for part in (self.scheduler, self.exec_consumer, self.jobs, self.link, self.registry):
@@ -235,6 +252,9 @@ class Requester:
                 log.debug("drain failed: %s", exc)
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.close)
+            self._metrics = None
         self.status = Status.CLOSED
         log.info(
             "requester %s stopped after %.1fs (pid %d)",

@@ -54,6 +54,7 @@ class Cluster:
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.operator = self.compute = base / "no-credentials-yet"
         empty = base / "empty.toml"
         empty.write_text("")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
@@ -65,6 +66,11 @@ class Cluster:
         args = ["requester", "run", "--port", str(self.port), "--data-dir",
                 str(self.base / "req"), approve]  # fmt: skip
         self._spawn("requester", args, REQUESTER_ENV)
+        # The embedded server admits role credentials only; the requester writes them.
+        creds = self.base / "req" / "credentials"
+        poll(lambda: (creds / "operator.toml").exists(), what="the role credentials")
+        self.operator = creds / "operator.toml"
+        self.compute = creds / "compute.toml"
         poll(
             lambda: self.hivectl("node", "list", check=False).returncode == 0,
             what="the requester to answer",
@@ -82,6 +88,7 @@ class Cluster:
         }
         if docker_host:
             engines["HIVE_EXECUTORS__DOCKER__HOST"] = docker_host
+        engines["HIVE_NATS__CREDENTIALS_FILE"] = str(self.compute)
         self._spawn(name, args, AGENT_ENV | engines)
 
     def _spawn(self, name: str, args: list[str], extra: dict[str, str]) -> None:
@@ -109,7 +116,7 @@ class Cluster:
     def hivectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "hivectl.cli.main", "--nats-url", self.url, *args],
-            env=self.env,
+            env=self.env | {"HIVE_NATS__CREDENTIALS_FILE": str(self.operator)},
             capture_output=True,
             text=True,
             timeout=30,

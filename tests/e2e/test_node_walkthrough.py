@@ -10,6 +10,8 @@ import nats
 import pytest
 
 from hivectl.core import codec
+from hivectl.core.bus import connect_cli
+from hivectl.core.config import NatsSettings
 from hivectl.core.models import NodeEvent
 from hivectl.core.subjects import Subjects
 from tests.e2e.conftest import Cluster, poll
@@ -100,7 +102,7 @@ def test_an_agent_stopped_without_notice_goes_unhealthy_then_unknown(cluster: Cl
     # the kill, and each check costs one hivectl process (about half a second).
     assert 1.1 <= unhealthy < 3.0
     assert 2.6 <= unknown < 4.5
-    events = asyncio.run(node_events(cluster.url, "node-3"))
+    events = asyncio.run(node_events(cluster, "node-3"))
     health = [(e.old, e.new) for e in events if e.event == "health"]
     assert health[-2:] == [("HEALTHY", "UNHEALTHY"), ("UNHEALTHY", "UNKNOWN")]
     assert cluster.states()["node-1"] == ("PENDING", "HEALTHY")
@@ -130,7 +132,7 @@ def test_requester_kill9_keeps_approvals_and_never_shows_unhealthy(cluster: Clus
     }
     poll(lambda: cluster.states() == expected, what="every node HEALTHY again")
     for node_id in ("node-1", "node-2", "node-3"):
-        events = asyncio.run(node_events(cluster.url, node_id))
+        events = asyncio.run(node_events(cluster, node_id))
         health = [(e.old, e.new) for e in events if e.event == "health"]
         assert ("UNKNOWN", "HEALTHY") in health
         assert all(new != "UNHEALTHY" for _, new in health), health
@@ -138,9 +140,10 @@ def test_requester_kill9_keeps_approvals_and_never_shows_unhealthy(cluster: Clus
         assert health[-1] == ("UNKNOWN", "HEALTHY")
 
 
-async def node_events(url: str, node_id: str) -> list[NodeEvent]:
+async def node_events(cluster: Cluster, node_id: str) -> list[NodeEvent]:
     """Every event the HIVE_EVENTS stream holds for one node, oldest first."""
-    nc = await nats.connect(url)
+    settings = NatsSettings(url=cluster.url, credentials_file=cluster.operator)
+    nc = await connect_cli(settings)
     js = nc.jetstream()
     sub = await js.subscribe(Subjects().node_events(node_id), ordered_consumer=True)
     events: list[NodeEvent] = []

@@ -1,0 +1,136 @@
+"""Operating the daemons as processes: graceful and forced shutdown, and their logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from tests.e2e.conftest import Cluster, free_port, poll
+from tests.e2e.test_jobs import approved, sleeping
+
+pytestmark = pytest.mark.e2e
+
+GRACE = 2.0  # HIVE_JOB_GRACE_PERIOD the Cluster gives its agents
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of a daemon's log, each one JSON object (one line per event)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_sigterm_to_an_agent_stops_its_job_within_the_grace_period(cluster: Cluster) -> None:
+    approved(cluster, "node-1")
+    job_id = cluster.submit("--engine", "process", "--", "sleep", "60")
+    running = cluster.wait_job(job_id, "RUNNING")["executions"][-1]
+    poll(lambda: sleeping("60"), what="the job's process")
+
+    agent = cluster.procs.pop("node-1")
+    started = time.monotonic()
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(GRACE + 5) == 0
+    took = time.monotonic() - started
+    assert GRACE <= took < GRACE + 5  # the job had its grace period, and no more
+    assert not sleeping("60")
+
+    # The agent reports the execution CANCELLED, saying why. The requester did not ask
+    # for that stop, so by its rules the node gave up on the work: the execution counts
+    # as FAILED ("cancelled on the node: ...") and, with no retries left, so does the job,
+    # with that reason; a job with retries would be placed again.
+    job = cluster.wait_job(job_id, "FAILED")
+    first = next(e for e in job["executions"] if e["exec_id"] == running["exec_id"])
+    assert first["state"] == "FAILED", first
+    assert first["error"] == "cancelled on the node: agent shutting down"
+    assert first["exit_code"] == 143  # SIGTERM to the job's process group
+    assert "agent shutting down" in job["reason"]
+    assert len(job["executions"]) == 1
+
+    # The agent's log: JSON lines, node_id bound throughout, job_id on the job's events.
+    lines = json_lines(cluster.log("node-1"))
+    assert any(line.get("node_id") == "node-1" for line in lines)
+    about_job = [line for line in lines if line.get("job_id") == job_id]
+    assert about_job and all(line["exec_id"] == running["exec_id"] for line in about_job)
+    assert any("CANCELLED" in line["msg"] for line in about_job)
+
+
+def test_requester_sigterm_drains_and_exits_while_agents_keep_running(cluster: Cluster) -> None:
+    approved(cluster, "node-1")
+    requester = cluster.procs.pop("requester")
+    started = time.monotonic()
+    requester.send_signal(signal.SIGTERM)
+    assert requester.wait(10) == 0
+    assert time.monotonic() - started < 5
+    assert cluster.procs["node-1"].poll() is None
+    lines = json_lines(cluster.log("requester"))
+    assert any("stopped after" in line["msg"] for line in lines)
+    # The agent rides it out and is back as soon as a requester is.
+    poll(cluster.port_is_free, what="the embedded NATS to stop")
+    cluster.start_requester(auto_approve=True)
+    poll(lambda: cluster.states().get("node-1") == ("APPROVED", "HEALTHY"),
+         what="node-1 to rejoin")  # fmt: skip
+    assert cluster.procs["node-1"].poll() is None
+
+
+def _read_until(stream: IO[str], text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} not logged; got:\n{''.join(seen)}")
+
+
+def test_a_second_sigint_forces_the_requester_out(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
+    env |= {"HIVE_CONFIG": str(tmp_path / "none.toml"), "HIVE_LOG__FORMAT": "json"}
+    (tmp_path / "none.toml").write_text("")
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "hive-requester"),
+            "run",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "req"),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        _read_until(proc.stderr, "serving on")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _read_until(proc.stderr, "SIGINT received", timeout=5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(5) == 130
+        assert time.monotonic() - started < 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    # Its embedded nats-server dies with it rather than lingering on the port.
+    poll(lambda: port_is_free(port), what="the embedded NATS to go with the requester")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
