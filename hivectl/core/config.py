@@ -154,6 +154,8 @@ class DockerExecutorSettings(Section):
     # Limits for a job whose spec asks for 0 CPU / 0 memory: a container always gets one.
     default_cpu: float = Field(default=1.0, gt=0, le=1024)
     default_memory: int = Field(default=512 * 1024 * 1024, ge=4 * 1024 * 1024)  # bytes
+    # Jobs may ask for the host's network only where the operator allows it.
+    allow_host_network: bool = False
 
 
 class ProcessExecutorSettings(Section):

@@ -49,7 +49,7 @@ class DockerExecutor:
         self._client: Any = None
 
     def refusal(self, spec: JobSpec) -> str | None:
-        if spec.network == "host":
+        if spec.network == "host" and not self.settings.allow_host_network:
             return "host networking is not allowed on this node"
         return None
 

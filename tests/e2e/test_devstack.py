@@ -56,6 +56,13 @@ def test_devstack_up_listed_and_gone_after_ctrl_c(tmp_path: Path) -> None:
             "node-1": ("APPROVED", "HEALTHY"),
             "node-2": ("APPROVED", "HEALTHY"),
         }
+        job = subprocess.run(
+            [sys.executable, "-m", "hivectl.cli.main", "job", "submit", "--engine", "process",
+             "--", "echo", "hello-from-devstack"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert job.returncode == 0, job.stderr
+        assert job.stdout == "hello-from-devstack\n"
         # Without the operator credentials the stack's NATS refuses the connection.
         context = (tmp_path / "cfg" / "hive" / "hivectl.toml").read_text()
         url = context.split('url = "')[1].split('"')[0]

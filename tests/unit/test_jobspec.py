@@ -69,3 +69,14 @@ def test_a_hostile_submit_is_refused_by_the_codec_naming_the_field() -> None:
         codec.decode(data, JobSubmitRequest)
     assert info.value.code == "invalid"
     assert "privileged mode is not allowed" in info.value.reason
+
+
+def test_host_network_only_where_the_node_allows_it() -> None:
+    from hivectl.core.config import DockerExecutorSettings
+    from nodeagent.executors.docker import DockerExecutor
+
+    spec = JobSpec(image="busybox", network="host")
+    refusal = DockerExecutor(DockerExecutorSettings(), "node-1").refusal(spec)
+    assert refusal == "host networking is not allowed on this node"
+    allowed = DockerExecutor(DockerExecutorSettings(allow_host_network=True), "node-1")
+    assert allowed.refusal(spec) is None
