@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -146,18 +147,27 @@ def list_nodes(
 
 
 async def fetch_all(api: Api, query: NodeListRequest) -> list[NodeView]:
-    """Every page of a node list, following `next` until the requester says done."""
+    """Every page of a node list, following `next` until the requester says done.
+
+    Cyclic garbage collection is paused meanwhile: decoding 10,000 nodes allocates
+    hundreds of thousands of objects and none of them are garbage yet, so every
+    collection the allocations trigger is wasted work (it doubled the decode time).
+    """
     nodes: list[NodeView] = []
     after = ""
-    while True:
-        page = query.model_copy(update={"after": after})
-        reply = await api.call("node", "list", page, NodeListReply)
-        nodes.extend(reply.nodes)
-        if not reply.next:
-            return nodes
-        if reply.next == after:
-            raise CliError(f"the requester sent the page after {after!r} twice; giving up")
-        after = reply.next
+    gc.disable()
+    try:
+        while True:
+            page = query.model_copy(update={"after": after})
+            reply = await api.call("node", "list", page, NodeListReply)
+            nodes.extend(reply.nodes)
+            if not reply.next:
+                return nodes
+            if reply.next == after:
+                raise CliError(f"the requester sent the page after {after!r} twice; giving up")
+            after = reply.next
+    finally:
+        gc.enable()
 
 
 def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
