@@ -11,10 +11,8 @@ import itertools
 import logging
 import platform
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-
-from nats.aio.msg import Msg
 
 import hivectl
 from hivectl.core import codec
@@ -30,7 +28,6 @@ from hivectl.core.api import (
 )
 from hivectl.core.models import (
     Approval,
-    ErrorReply,
     Health,
     Message,
     NodeInfo,
@@ -41,15 +38,16 @@ from hivectl.core.models import (
 from hivectl.core.selectors import Selector, SelectorError, parse_selector
 from requester.liveness import Liveness
 from requester.registry import Registry, RegistryError
+from requester.routing import ApiRouter
 
 log = logging.getLogger("hive.requester.api")
-# A handler answers with a message, or with one it already encoded (a list page is
-# encoded to check its size; encoding 1,000 nodes a second time would double its cost).
-Handler = Callable[[bytes], Awaitable[Message | bytes]]
+
 REPLY_HEADROOM = 4096  # bytes kept free under max_payload for the envelope
 
 
-class NodeApi:
+class NodeApi(ApiRouter):
+    noun = "node"
+
     def __init__(
         self,
         registry: Registry,
@@ -67,35 +65,14 @@ class NodeApi:
         self._on_delete = on_delete
         self._limits = limits
         self._self_view = _requester_view(requester_id, requester_key)
-        self.handlers: dict[str, Handler] = {
-            "list": self.list_nodes,
-            "get": self.get_node,
-            "approve": self.approve_node,
-            "reject": self.reject_node,
-            "delete": self.delete_node,
-        }
-        self.served = 0
-        self.errors = 0
-
-    async def on_request(self, msg: Msg) -> None:
-        """Dispatch `hive.api.node.<verb>`; every request gets a reply, errors included."""
-        verb = msg.subject.rsplit(".", 1)[-1]
-        handler = self.handlers.get(verb)
-        try:
-            if handler is None:
-                raise RegistryError("unknown_verb", f"no such node operation {verb!r}")
-            reply: Message | bytes = await handler(msg.data)
-        except codec.CodecError as exc:
-            reply = exc.reply()
-        except RegistryError as exc:
-            reply = ErrorReply(code=exc.code, reason=exc.reason)
-        except Exception:  # never let one request take the daemon down
-            log.exception("node api %s failed", verb)
-            reply = ErrorReply(code="internal", reason="internal error in the requester")
-        self.served += 1
-        self.errors += isinstance(reply, ErrorReply)
-        if msg.reply:
-            await msg.respond(reply if isinstance(reply, bytes) else codec.encode(reply))
+        super().__init__()
+        self.handlers.update(
+            list=self.list_nodes,
+            get=self.get_node,
+            approve=self.approve_node,
+            reject=self.reject_node,
+            delete=self.delete_node,
+        )
 
     # -- verbs ----------------------------------------------------------------------
     async def list_nodes(self, data: bytes) -> bytes:

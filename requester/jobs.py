@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
@@ -39,10 +38,11 @@ from hivectl.core.jobs import (
     JobSubmitRequest,
     new_job_id,
 )
-from hivectl.core.models import ErrorReply, Message, OkReply, utcnow
+from hivectl.core.models import Message, OkReply, utcnow
 from hivectl.core.subjects import Subjects
 from requester.api import REPLY_HEADROOM
 from requester.executions import ACTIVE, finish
+from requester.routing import ApiRouter, Refusal
 
 log = logging.getLogger("hive.requester.jobs")
 CAS_ATTEMPTS = 16
@@ -52,13 +52,8 @@ Change = Callable[[Job], Job | None]  # None: nothing to change
 CancelSink = Callable[[list[Execution], str], None]
 
 
-class JobError(Exception):
+class JobError(Refusal):
     """A request about jobs that is refused: `code` for counters and error replies."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -216,7 +211,9 @@ class JobStore:
 Kick = Callable[[str], None]
 
 
-class JobApi:
+class JobApi(ApiRouter):
+    noun = "job"
+
     """`hive.api.job.{submit,list,get,stop}`: reads from memory, writes through the store."""
 
     def __init__(
@@ -226,34 +223,10 @@ class JobApi:
         self._kick = kick
         self._max_reply = max_payload - REPLY_HEADROOM
         self._limits = limits
-        self.handlers: dict[str, Callable[[bytes], Awaitable[Message]]] = {
-            "submit": self.submit,
-            "list": self.list_jobs,
-            "get": self.get_job,
-            "stop": self.stop_job,
-        }
-        self.served = 0
-        self.errors = 0
-
-    async def on_request(self, msg: Msg) -> None:
-        """Dispatch `hive.api.job.<verb>`; every request gets a reply, errors included."""
-        verb = msg.subject.rsplit(".", 1)[-1]
-        handler = self.handlers.get(verb)
-        try:
-            if handler is None:
-                raise JobError("unknown_verb", f"no such job operation {verb!r}")
-            reply = await handler(msg.data)
-        except codec.CodecError as exc:
-            reply = exc.reply()
-        except JobError as exc:
-            reply = ErrorReply(code=exc.code, reason=exc.reason)
-        except Exception:  # never let one request take the daemon down
-            log.exception("job api %s failed", verb)
-            reply = ErrorReply(code="internal", reason="internal error in the requester")
-        self.served += 1
-        self.errors += isinstance(reply, ErrorReply)
-        if msg.reply:
-            await msg.respond(codec.encode(reply))
+        super().__init__()
+        self.handlers.update(
+            submit=self.submit, list=self.list_jobs, get=self.get_job, stop=self.stop_job
+        )
 
     async def submit(self, data: bytes) -> Message:
         # decode validates the whole spec: a bad one is an "invalid" reply naming the field.

@@ -20,19 +20,15 @@ from nats.js.kv import KeyValue
 from hivectl.core import codec
 from hivectl.core.auth import AuthError, Identity
 from hivectl.core.models import Approval, NodeEvent, NodeInfo, NodeRecord, utcnow
+from requester.routing import Refusal
 
 log = logging.getLogger("hive.requester.registry")
 CAS_ATTEMPTS = 8
 _DELETE_OPS = ("DEL", "PURGE")
 
 
-class RegistryError(Exception):
+class RegistryError(Refusal):
     """A request the registry refuses: `code` for counters and replies."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 @dataclass(slots=True)
