@@ -67,3 +67,14 @@ def test_nats_cluster_example_is_a_valid_server_config() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stdout + result.stderr
+
+
+def test_nats_cluster_example_grants_what_the_embedded_server_grants() -> None:
+    from hivectl.core.credentials import permissions
+    from hivectl.core.subjects import Subjects
+
+    text = (CONFIGS / "nats-cluster.conf").read_text()
+    for role, rules in permissions(Subjects()).items():
+        assert f"user: {role}" in text
+        for subject in [*rules["publish"], *rules["subscribe"]]:  # type: ignore[misc]
+            assert f'"{subject}"' in text, (role, subject)
