@@ -10,16 +10,11 @@ no caller can forget either.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
 from hivectl.core import codec
 from hivectl.core.jobs import (
@@ -42,11 +37,13 @@ from hivectl.core.models import Message, OkReply, utcnow
 from hivectl.core.subjects import Subjects
 from requester.api import REPLY_HEADROOM
 from requester.executions import ACTIVE, finish
+from requester.kvview import KvView
 from requester.routing import ApiRouter, Refusal
 
 log = logging.getLogger("hive.requester.jobs")
+# The scheduler and the execution-update consumer both write job records; give their
+# races more rounds than the node registry needs.
 CAS_ATTEMPTS = 16
-_DELETE_OPS = ("DEL", "PURGE")
 
 Change = Callable[[Job], Job | None]  # None: nothing to change
 CancelSink = Callable[[list[Execution], str], None]
@@ -56,87 +53,42 @@ class JobError(Refusal):
     """A request about jobs that is refused: `code` for counters and error replies."""
 
 
-@dataclass(slots=True)
-class Entry:
-    job: Job
-    revision: int
-
-
 class JobStore:
     def __init__(self, nc: Client, subjects: Subjects, on_cancel: CancelSink) -> None:
         self._nc = nc
         self._subjects = subjects
         self._on_cancel = on_cancel
-        self._entries: dict[str, Entry] = {}
-        self._kv: KeyValue | None = None
-        self._watch_task: asyncio.Task[None] | None = None
+        self._view: KvView[Job] = KvView(
+            subjects.jobs_bucket, Job, noun="job", error=JobError, attempts=CAS_ATTEMPTS
+        )
 
     async def start(self, js: JetStreamContext) -> None:
         """Open (or create) the bucket and load every job before serving."""
-        bucket = self._subjects.jobs_bucket
-        try:
-            self._kv = await js.key_value(bucket)
-        except BucketNotFoundError:
-            config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
-            self._kv = await js.create_key_value(config=config)
-        watcher = await self._kv.watchall()
-        while (entry := await watcher.updates(timeout=30)) is not None:  # type: ignore[no-untyped-call]
-            self._apply(entry)
-        self._watch_task = asyncio.create_task(self._follow(watcher), name="jobs-watch")
-        log.info("loaded %d jobs from %s", len(self._entries), bucket)
+        await self._view.start(js)
 
     async def close(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is not None:
-                self._apply(entry)
-
-    def _apply(self, entry: KeyValue.Entry) -> None:
-        """Take a bucket change into memory, unless memory already has it (our own write)."""
-        known = self._entries.get(entry.key)
-        revision = entry.revision or 0
-        if known is not None and known.revision >= revision:
-            return
-        if entry.operation in _DELETE_OPS or entry.value is None:
-            self._entries.pop(entry.key, None)
-            return
-        try:
-            job = codec.unpack_model(entry.value, Job)
-        except codec.CodecError as exc:
-            log.error("unreadable job %s: %s", entry.key, exc)
-            return
-        self._entries[entry.key] = Entry(job, revision)
+        await self._view.close()
 
     # -- reads ------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
-        entry = self._entries.get(job_id)
-        return entry.job if entry else None
+        return self._view.get(job_id)
 
     def jobs(self) -> Iterable[Job]:
-        return [entry.job for entry in list(self._entries.values())]
+        return self._view.values()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._view)
 
     def resolve(self, prefix: str) -> Job:
         """The one job whose id equals, or else starts with, `prefix`."""
-        if (job := self.get(prefix)) is not None:
-            return job
-        matches = sorted(job_id for job_id in self._entries if job_id.startswith(prefix))
-        if not matches:
+        job = self._view.get(self._view.resolve(prefix))
+        if job is None:  # deleted between the two lookups
             raise JobError("not_found", f"job {prefix!r} not found")
-        if len(matches) > 1:
-            shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-            raise JobError("ambiguous", f"job prefix {prefix!r} matches {shown}")
-        return self._entries[matches[0]].job
+        return job
 
     # -- writes -----------------------------------------------------------------------
     async def create(self, job: Job) -> Job:
-        revision = await self._kv_or_fail().create(job.job_id, codec.pack_model(job))
-        self._entries[job.job_id] = Entry(job, revision)
+        await self._view.create(job.job_id, job)  # ids are random: never taken already
         await self._publish_event(JobEvent(job_id=job.job_id, new=job.state, reason="submitted"))
         return job
 
@@ -145,25 +97,18 @@ class JobStore:
 
         None when the job does not exist. A change that returns None writes nothing.
         """
-        for _ in range(CAS_ATTEMPTS):
-            entry = self._entries.get(job_id)
-            if entry is None:
-                return None
-            job = change(entry.job)
-            if job is None:
-                return entry.job
-            job = job.model_copy(update={"updated_at": utcnow()})
-            try:
-                revision = await self._kv_or_fail().update(
-                    job_id, codec.pack_model(job), last=entry.revision
-                )
-            except KeyWrongLastSequenceError:
-                await self._reload(job_id)
-                continue
-            self._entries[job_id] = Entry(job, revision)
-            await self._after_write(entry.job, job)
-            return job
-        raise JobError("conflict", f"job {job_id} kept changing; try again")
+
+        def apply(job: Job) -> Job | None:
+            after = change(job)
+            return None if after is None else after.model_copy(update={"updated_at": utcnow()})
+
+        changed = await self._view.change(job_id, apply)
+        if changed is None:
+            return None
+        before, after = changed
+        if after is not before:
+            await self._after_write(before, after)
+        return after
 
     async def _after_write(self, before: Job, after: Job) -> None:
         if before.state != after.state:
@@ -191,21 +136,6 @@ class JobStore:
             await self._nc.publish(self._subjects.job_events(event.job_id), codec.encode(event))
         except Exception as exc:  # an event lost to a closing connection is no reason to fail
             log.debug("job event not published: %s", exc)
-
-    async def _reload(self, job_id: str) -> None:
-        """Re-read one job after a lost compare-and-set."""
-        try:
-            entry = await self._kv_or_fail().get(job_id)
-        except Exception:  # deleted or missing: forget it
-            self._entries.pop(job_id, None)
-            return
-        self._entries.pop(job_id, None)
-        self._apply(entry)
-
-    def _kv_or_fail(self) -> KeyValue:
-        if self._kv is None:
-            raise RuntimeError("job store used before start()")
-        return self._kv
 
 
 Kick = Callable[[str], None]

@@ -1,0 +1,188 @@
+"""A JetStream KV bucket of pydantic models, mirrored in memory and changed by CAS.
+
+The requester's node registry and job store are both this: every read comes from
+memory, kept current by a KV watch (so a second requester's writes show up too), and
+every write is a compare-and-set that re-reads and retries when another writer won.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel
+
+from hivectl.core import codec
+from requester.routing import Refusal
+
+log = logging.getLogger("hive.requester.kv")
+M = TypeVar("M", bound=BaseModel)
+CAS_ATTEMPTS = 8
+_DELETE_OPS = ("DEL", "PURGE")
+
+
+@dataclass(slots=True)
+class Entry(Generic[M]):
+    value: M
+    revision: int
+
+
+class KvView(Generic[M]):
+    """`noun` names the values in errors ("node", "job"); `error` is the Refusal raised.
+
+    `on_drop(key)` runs when a value leaves memory or is replaced by someone else's
+    write, so an owner can drop what it derived from the old value.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        model: type[M],
+        *,
+        noun: str,
+        error: type[Refusal] = Refusal,
+        on_drop: Callable[[str], None] | None = None,
+        attempts: int = CAS_ATTEMPTS,
+    ) -> None:
+        self.bucket = bucket
+        self._model = model
+        self._noun = noun
+        self._error = error
+        self._on_drop = on_drop or (lambda key: None)
+        self._attempts = attempts
+        self._entries: dict[str, Entry[M]] = {}
+        self._kv: KeyValue | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # -- start / stop -------------------------------------------------------------------
+    async def start(self, js: JetStreamContext) -> None:
+        """Open (or create) the bucket and load every value before serving."""
+        try:
+            self._kv = await js.key_value(self.bucket)
+        except BucketNotFoundError:
+            config = KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE)
+            self._kv = await js.create_key_value(config=config)
+        watcher = await self._kv.watchall()
+        while (entry := await watcher.updates(timeout=30)) is not None:  # type: ignore[no-untyped-call]
+            self._apply(entry)
+        self._watch_task = asyncio.create_task(self._follow(watcher), name=f"{self.bucket}-watch")
+        log.info("loaded %d %ss from %s", len(self._entries), self._noun, self.bucket)
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is not None:
+                self._apply(entry)
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        """Take a bucket change into memory, unless memory already has it (our own write)."""
+        known = self._entries.get(entry.key)
+        revision = entry.revision or 0
+        if known is not None and known.revision >= revision:
+            return
+        if entry.operation in _DELETE_OPS or entry.value is None:
+            self.forget(entry.key)
+            return
+        try:
+            value = codec.unpack_model(entry.value, self._model)
+        except codec.CodecError as exc:
+            log.error("unreadable %s %s in %s: %s", self._noun, entry.key, self.bucket, exc)
+            return
+        if known is not None:
+            self._on_drop(entry.key)
+        self._entries[entry.key] = Entry(value, revision)
+
+    def forget(self, key: str) -> None:
+        self._entries.pop(key, None)
+        self._on_drop(key)
+
+    # -- reads --------------------------------------------------------------------------
+    def get(self, key: str) -> M | None:
+        entry = self._entries.get(key)
+        return entry.value if entry else None
+
+    def values(self) -> list[M]:
+        """All values, copied at once (safe to call from another thread)."""
+        return [entry.value for entry in list(self._entries.values())]
+
+    def keys(self) -> Iterable[str]:
+        return self._entries.keys()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def resolve(self, prefix: str) -> str:
+        """The one key equal to, or else starting with, `prefix`."""
+        if prefix in self._entries:
+            return prefix
+        matches = sorted(key for key in self._entries if key.startswith(prefix))
+        if not matches:
+            raise self._error("not_found", f"{self._noun} {prefix!r} not found")
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+            raise self._error("ambiguous", f"{self._noun} prefix {prefix!r} matches {shown}")
+        return matches[0]
+
+    # -- writes -------------------------------------------------------------------------
+    async def create(self, key: str, value: M) -> bool:
+        """Store a new value; False when the key exists already (memory then has it)."""
+        try:
+            revision = await self._kv_or_fail().create(key, codec.pack_model(value))
+        except KeyWrongLastSequenceError:  # another requester created it first
+            await self._reload(key)
+            return False
+        self._entries[key] = Entry(value, revision)
+        return True
+
+    async def change(self, key: str, change: Callable[[M], M | None]) -> tuple[M, M] | None:
+        """(before, after) of `change` applied by compare-and-set; None if the key is gone.
+
+        `change` returning None writes nothing (after is before). A lost race re-reads
+        the value and applies `change` again to what is stored now.
+        """
+        for _ in range(self._attempts):
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            value = change(entry.value)
+            if value is None:
+                return entry.value, entry.value
+            try:
+                revision = await self._kv_or_fail().update(
+                    key, codec.pack_model(value), last=entry.revision
+                )
+            except KeyWrongLastSequenceError:
+                await self._reload(key)
+                continue
+            self._entries[key] = Entry(value, revision)
+            return entry.value, value
+        raise self._error("conflict", f"{self._noun} {key!r} kept changing; try again")
+
+    async def purge(self, key: str) -> None:
+        await self._kv_or_fail().purge(key)
+        self.forget(key)
+
+    async def _reload(self, key: str) -> None:
+        """Re-read one value after a lost compare-and-set."""
+        try:
+            entry = await self._kv_or_fail().get(key)
+        except Exception:  # deleted or missing: forget it
+            self.forget(key)
+            return
+        self._entries.pop(key, None)
+        self._apply(entry)
+
+    def _kv_or_fail(self) -> KeyValue:
+        if self._kv is None:
+            raise RuntimeError(f"{self.bucket} used before start()")
+        return self._kv
