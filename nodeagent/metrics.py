@@ -7,24 +7,20 @@ thread, so it reads only snapshots taken in one C-level copy (`list(...)`, `dict
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hivectl.core.config import MetricsSettings
 from hivectl.core.jobs import ExecState
+from hivectl.core.metrics import MetricsServer, start_metrics
 
 if TYPE_CHECKING:
     from nodeagent.service import NodeAgent
 
-log = logging.getLogger("hive.nodeagent.metrics")
 
 RESOURCES = ("cpu", "memory", "disk", "gpu")  # cpu in cores, memory and disk in bytes
 FINAL_STATES = (ExecState.COMPLETED, ExecState.FAILED, ExecState.CANCELLED)
@@ -97,27 +93,8 @@ class AgentCollector(Collector):
         yield up
 
 
-@dataclass
-class MetricsServer:
-    """The running endpoint: its bound port, and how to stop it."""
-
-    server: WSGIServer
-    thread: threading.Thread
-    port: int
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
 def serve_metrics(agent: NodeAgent, settings: MetricsSettings) -> MetricsServer:
     """Start the HTTP endpoint in a thread."""
     registry = CollectorRegistry()
     registry.register(AgentCollector(agent))
-    server, thread = start_http_server(settings.port, addr=settings.host, registry=registry)
-    port = int(server.server_port)
-    log.info(
-        "metrics on http://%s:%d/metrics", settings.host, port, extra={"node_id": agent.node_id}
-    )
-    return MetricsServer(server, thread, port)
+    return start_metrics(registry, settings, node_id=agent.node_id)

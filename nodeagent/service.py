@@ -24,12 +24,13 @@ from nats.errors import Error as NatsError
 from hivectl.core import auth, bus, codec
 from hivectl.core.config import NodeAgentConfig
 from hivectl.core.daemon import Status, install_signal_handlers, sd_notify
+from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import Heartbeat, Leave, Message, NodeInfo, ResourceUpdate
 from hivectl.core.subjects import Subjects
 from nodeagent.capacity import Ledger
 from nodeagent.executions import Executions
 from nodeagent.membership import Membership
-from nodeagent.metrics import MetricsServer, serve_metrics
+from nodeagent.metrics import serve_metrics
 from nodeagent.protocol import LocalNode, Unreachable, sealed
 from nodeagent.resources import collect_info, collect_resources
 

@@ -8,26 +8,21 @@ never a dict the event loop may resize under it.
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hivectl.core.config import MetricsSettings
 from hivectl.core.jobs import ExecState, JobState
+from hivectl.core.metrics import MetricsServer, start_metrics
 from hivectl.core.models import Approval, Health
 
 if TYPE_CHECKING:
     from requester.service import Requester
-
-log = logging.getLogger("hive.requester.metrics")
 
 
 class RequesterCollector(Collector):
@@ -45,9 +40,10 @@ class RequesterCollector(Collector):
         approval = GaugeMetricFamily(
             "hive_nodes", "Compute nodes by approval.", labels=["approval"]
         )
-        records = list(req.registry.records()) if req.registry else []
+        records = req.registry.snapshot() if req.registry else []
+        by_approval = Counter(r.approval for r in records)  # one pass: 50k records take ms
         for state in Approval:
-            approval.add_metric([state.value], sum(1 for r in records if r.approval is state))
+            approval.add_metric([state.value], by_approval[state])
         yield approval
         health = GaugeMetricFamily(
             "hive_nodes_health", "Compute nodes by health status.", labels=["status"]
@@ -130,20 +126,6 @@ class RequesterCollector(Collector):
         yield offers
 
 
-@dataclass
-class MetricsServer:
-    """The running endpoint: its bound port, and how to stop it."""
-
-    server: WSGIServer
-    thread: threading.Thread
-    port: int
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
 def serve_metrics(requester: Requester, settings: MetricsSettings) -> MetricsServer:
     """Start the HTTP endpoint in a thread: live state, plus the scheduler's histograms."""
     registry = CollectorRegistry()
@@ -152,7 +134,4 @@ def serve_metrics(requester: Requester, settings: MetricsSettings) -> MetricsSer
         registry.register(requester.scheduler.placement_seconds)
     if requester.link is not None:
         registry.register(requester.link.offer_seconds)
-    server, thread = start_http_server(settings.port, addr=settings.host, registry=registry)
-    port = int(server.server_port)
-    log.info("metrics on http://%s:%d/metrics", settings.host, port)
-    return MetricsServer(server, thread, port)
+    return start_metrics(registry, settings)

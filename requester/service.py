@@ -22,6 +22,7 @@ from hivectl.core.config import RequesterConfig
 from hivectl.core.credentials import authorization_block, ensure_credentials
 from hivectl.core.daemon import Status, sd_notify
 from hivectl.core.embedded import EmbeddedNats
+from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
 from requester.api import NodeApi
@@ -30,7 +31,7 @@ from requester.executions import ExecConsumer
 from requester.jobs import JobApi, JobStore
 from requester.liveness import Liveness
 from requester.membership import Membership
-from requester.metrics import MetricsServer, serve_metrics
+from requester.metrics import serve_metrics
 from requester.registry import Registry
 from requester.scheduler import NodeLink, Scheduler
 from requester.streams import ensure_job_streams
