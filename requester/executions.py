@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -35,7 +33,7 @@ from hivectl.core.jobs import (
 )
 from hivectl.core.models import utcnow
 from hivectl.core.subjects import Subjects
-from requester.membership import Dropped
+from requester.drops import Dropped, Drops
 from requester.registry import Registry
 from requester.streams import EXEC_CONSUMER
 
@@ -50,7 +48,6 @@ _RANK = {ES.OFFERED: 0, ES.ACCEPTED: 1, ES.STARTING: 2, ES.RUNNING: 3}
 # only move forward); OFFERED, LOST and REJECTED are the requester's words alone.
 FROM_NODE = frozenset({ES.ACCEPTED, ES.STARTING, ES.RUNNING, ES.COMPLETED, ES.FAILED, ES.CANCELLED})
 EVERY_NODE = -1  # an ops job not placed yet: one execution on every matching node
-LOG_EVERY = 60.0
 
 
 # -- rules ------------------------------------------------------------------------------
@@ -195,9 +192,9 @@ class ExecConsumer:
         self._limits = limits
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
-        self._logged: dict[tuple[str, str], float] = {}
+        self._drops = Drops(subjects, log, "exec update")
         self.received = 0
-        self.rejected: Counter[str] = Counter()
+        self.rejected = self._drops.counts
 
     async def start(self, js: JetStreamContext) -> None:
         config = ConsumerConfig(
@@ -296,10 +293,4 @@ class ExecConsumer:
         raise Dropped("not_your_exec", f"{update.exec_id} is not {update.node_id}'s execution")
 
     def _drop(self, subject: str, drop: Dropped) -> None:
-        self.rejected[drop.code] += 1
-        node_id = self._subjects.node_id_from(subject) or subject[:80]
-        now, key = time.monotonic(), (node_id, drop.code)
-        if now - self._logged.get(key, -LOG_EVERY) >= LOG_EVERY:
-            self._logged[key] = now
-            self._logged = {k: t for k, t in self._logged.items() if now - t < LOG_EVERY}
-            log.warning("dropped exec update on %s: %s", subject[:120], drop.reason)
+        self._drops.record(subject, drop)

@@ -30,19 +30,12 @@ from hivectl.core.models import (
     ResourceUpdate,
 )
 from hivectl.core.subjects import Subjects
+from requester.drops import Dropped, Drops
 from requester.liveness import Liveness
 from requester.registry import Registry, RegistryError
 
 log = logging.getLogger("hive.requester.membership")
 M = TypeVar("M", bound=Message)
-LOG_EVERY = 60.0
-
-
-class Dropped(Exception):
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class Membership:
@@ -67,9 +60,9 @@ class Membership:
         self._auto_approve = auto_approve
         self._limits = limits
         self._seq: dict[tuple[str, str], int] = {}
-        self._logged: dict[tuple[str, str], float] = {}
+        self._drops = Drops(subjects, log, "message")
         self.received: Counter[str] = Counter()
-        self.rejected: Counter[str] = Counter()
+        self.rejected = self._drops.counts
 
     # -- publish handlers -----------------------------------------------------------
     async def on_heartbeat(self, msg: Msg) -> None:
@@ -184,27 +177,12 @@ class Membership:
         self._seq[key] = seq
 
     def _drop(self, subject: str, drop: Dropped) -> None:
-        self.rejected[drop.code] += 1
-        node_id = self._subjects.node_id_from(subject) or subject[:80]
-        now = time.monotonic()
-        key = (node_id, drop.code)
-        if now - self._logged.get(key, -LOG_EVERY) >= LOG_EVERY:
-            self._logged[key] = now
-            log.warning(
-                "dropped message on %s: %s",
-                subject[:120],
-                drop.reason,
-                extra={"node_id": node_id, "code": drop.code},
-            )
+        self._drops.record(subject, drop)
 
     def forget(self, node_id: str) -> None:
         """A deleted node starts afresh if it registers again."""
         for kind in ("heartbeat", "resources", "leave"):
             self._seq.pop((node_id, kind), None)
-
-    def prune_log_marks(self) -> None:
-        cutoff = time.monotonic() - LOG_EVERY
-        self._logged = {k: t for k, t in self._logged.items() if t >= cutoff}
 
     async def _reply(self, msg: Msg, message: Message) -> None:
         if msg.reply:

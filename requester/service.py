@@ -231,8 +231,6 @@ class Requester:
         while not self.stopping.is_set():
             self.liveness.sweep(time.monotonic())
             await self.liveness.publish()
-            if self.membership is not None:
-                self.membership.prune_log_marks()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
 
