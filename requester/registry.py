@@ -7,6 +7,7 @@ A write that loses a compare-and-set race re-reads the record and tries again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -32,6 +33,8 @@ class Registry:
         self._identity = identity
         self._on_event = on_event
         self._keys: dict[str, bytes] = {}  # derived MAC keys, per node
+        self._warming: asyncio.Task[None] | None = None
+        self._closing = False
         # A record replaced or removed may carry another key: derive it afresh.
         self._view: KvView[NodeRecord] = KvView(
             bucket, NodeRecord, noun="node", error=RegistryError, on_drop=self._drop_key
@@ -40,9 +43,29 @@ class Registry:
     async def start(self, js: JetStreamContext) -> None:
         """Open (or create) the bucket and load every record before serving."""
         await self._view.start(js)
+        # Deriving a node's key costs ~150 us. Done lazily, a restarted requester pays
+        # it for every node on the heartbeat path at once (seconds with 50,000 nodes,
+        # delaying API replies); a worker thread does it now instead (libsodium runs
+        # without the GIL), and the lazy path stays for nodes it has not reached yet.
+        self._warming = asyncio.create_task(asyncio.to_thread(self._derive_keys))
 
     async def close(self) -> None:
+        self._closing = True
         await self._view.close()
+
+    def _derive_keys(self) -> None:
+        for node_id in list(self._view.keys()):
+            if self._closing:
+                return
+            record = self._view.get(node_id)
+            if record is None or node_id in self._keys:
+                continue
+            try:
+                key = self._identity.message_key(record.public_key)
+            except AuthError:
+                continue
+            if self._view.get(node_id) is record:  # not replaced meanwhile
+                self._keys.setdefault(node_id, key)
 
     def _drop_key(self, node_id: str) -> None:
         self._keys.pop(node_id, None)

@@ -280,3 +280,16 @@ async def test_metrics_endpoint_reports_nodes_and_rejections(
 def _scrape(port: int | None) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return response.read().decode()
+
+
+async def test_a_restarted_requester_derives_node_keys_before_their_heartbeats(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path
+) -> None:
+    config = requester_config(nats_server.url, tmp_path / "req")
+    async with RunningRequester(config):
+        for i in range(20):
+            await joined(nc, f"node-{i}")
+    async with RunningRequester(config) as again:
+        registry = again.registry
+        assert registry is not None
+        await wait_for(lambda: len(registry._keys) == 20, what="keys derived")
