@@ -32,8 +32,9 @@ from requester.jobs import JobApi, JobStore
 from requester.liveness import Liveness
 from requester.membership import Membership
 from requester.metrics import serve_metrics
+from requester.nodelink import NodeLink
 from requester.registry import Registry
-from requester.scheduler import NodeLink, Scheduler
+from requester.scheduler import Scheduler
 from requester.streams import ensure_job_streams
 
 log = logging.getLogger("hive.requester")
