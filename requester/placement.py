@@ -1,30 +1,31 @@
 """Where a job may run: filter the nodes, rank them, and say why when none fits.
 
-Pure functions over the registry's view, liveness and the requester's own reservations,
-so a scheduling decision can be tested without NATS. The node remains the truth for its
-capacity (it admits or rejects an offer from its own ledger); this only avoids offers
-that cannot succeed and spreads work across the cluster.
+Pure functions over the registry's view, liveness and the requester's own ledger of
+what it has placed, so a scheduling decision can be tested without NATS. The node
+remains the truth for its capacity (it admits or rejects an offer from its own ledger);
+this only avoids offers that cannot succeed and spreads work across the cluster.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hivectl.core.jobs import JOB_TERMINAL, ExecState, Job
+from hivectl.core.jobs import ExecState, Job
 from hivectl.core.models import Approval, Health, NodeRecord, Resources
 from hivectl.core.selectors import parse_selector
-from requester.executions import ACTIVE, EVERY_NODE, live
+from requester.executions import EVERY_NODE, live
+from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
 
 
 @dataclass(slots=True)
 class Candidate:
     node_id: str
-    free: Resources
+    free: Room
     allocatable: Resources
+    active: int = 0  # executions this requester has on the node now
 
     def score(self) -> float:
         """Free CPU and memory, as fractions of what the node offers: emptiest first."""
@@ -33,53 +34,22 @@ class Candidate:
         return cpu + memory
 
 
-def reservations(jobs: Iterable[Job]) -> dict[str, Resources]:
-    """What this requester has placed and not yet seen finish, per node."""
-    reserved: dict[str, Resources] = {}
-    for job in jobs:
-        if job.state in JOB_TERMINAL:  # finishing a job cancels its active executions
-            continue
-        want = job.spec.resources.as_resources()
-        for execution in job.executions:
-            if execution.state in ACTIVE:
-                reserved[execution.node_id] = add(reserved.get(execution.node_id), want)
-    return reserved
-
-
-def add(a: Resources | None, b: Resources) -> Resources:
-    if a is None:
-        return b
-    return Resources.model_construct(
-        cpu=round(a.cpu + b.cpu, 6),
-        memory=a.memory + b.memory,
-        disk=a.disk + b.disk,
-        gpu=a.gpu + b.gpu,
-    )
-
-
-def free_on(record: NodeRecord, liveness: Liveness, reserved: Resources | None) -> Resources:
+def free_on(record: NodeRecord, liveness: Liveness, reserved: Room | None) -> Room:
     """What a node can still take.
 
     Allocatable minus our reservations, capped by the node's own latest report: a report
     that already counts our executions is not subtracted twice, and one from before they
     were placed cannot hide them.
     """
-    allocatable = record.info.allocatable
-    ours = allocatable.minus(reserved) if reserved else allocatable
+    ours = Room.of(record.info.allocatable)
+    if reserved is not None:
+        ours = ours.minus(reserved)
     report = liveness.resources(record.node_id)
-    if report is None:
-        return ours
-    seen = report.available
-    return Resources.model_construct(  # derived from validated values: no re-validation
-        cpu=min(ours.cpu, seen.cpu),
-        memory=min(ours.memory, seen.memory),
-        disk=min(ours.disk, seen.disk),
-        gpu=min(ours.gpu, seen.gpu),
-    )
+    return ours if report is None else ours.capped(report.available)
 
 
 def candidates(
-    job: Job, records: list[NodeRecord], liveness: Liveness, reserved: dict[str, Resources]
+    job: Job, records: list[NodeRecord], liveness: Liveness, ledger: Ledger
 ) -> tuple[list[Candidate], str]:
     """Nodes the job fits on now; when there are none, a sentence saying why."""
     spec = job.spec
@@ -97,15 +67,20 @@ def candidates(
     matching = [r for r in able if selector.matches(r.info.labels)]
     if not matching:
         return [], f"constraint {spec.selector} matches no node ({base})"
-    want = spec.resources.as_resources()
+    want = Room.of(spec.resources)
+    reserved, active = ledger.reserved, ledger.active
     free = [(r, free_on(r, liveness, reserved.get(r.node_id))) for r in matching]
-    fitting = [Candidate(r.node_id, f, r.info.allocatable) for r, f in free if f.fits(want)]
+    fitting = [
+        Candidate(r.node_id, f, r.info.allocatable, active[r.node_id])
+        for r, f in free
+        if f.fits(want)
+    ]
     if not fitting:
         return [], f"no node fits: {base}; {shortfall(want, [f for _, f in free])}"
     return fitting, ""
 
 
-def shortfall(want: Resources, free: list[Resources]) -> str:
+def shortfall(want: Room, free: list[Room]) -> str:
     """The first resource no node has enough of, with the most any node has."""
     for name, unit in (("cpu", "CPU"), ("memory", "memory"), ("disk", "disk"), ("gpu", "GPU")):
         needed = getattr(want, name)
@@ -137,16 +112,19 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
         return sorted(c.node_id for c in fitting)
     if nodes is not None:
         return sorted(c.node_id for c in fitting if c.node_id in nodes)
-    want = job.spec.resources.as_resources()
+    want = Room.of(job.spec.resources)
     used = Counter(e.node_id for e in live(job))
     avoid = {
         e.node_id
         for e in job.executions
         if e.state in (ExecState.FAILED, ExecState.LOST, ExecState.REJECTED)
     }
-    # A heap of (executions of this job already there, failed there before, -score, id):
-    # each pick pops the best node and pushes it back with its new key while the job
-    # still fits, so a pick costs log(n) instead of re-scoring every node.
+    # A heap of (executions of this job already there, failed there before, -score,
+    # executions there in all, id): each pick pops the best node and pushes it back with
+    # its new key while the job still fits, so a pick costs log(n) instead of re-scoring
+    # every node. The count of all executions breaks ties of score, so jobs that ask for
+    # nothing (every score equal) spread over the cluster instead of piling onto the
+    # nodes whose ids sort first.
     heap = [_key(c, used, avoid) for c in fitting if c.free.fits(want)]
     heapq.heapify(heap)
     chosen: list[str] = []
@@ -154,6 +132,7 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
         *_, candidate = heapq.heappop(heap)
         chosen.append(candidate.node_id)
         used[candidate.node_id] += 1
+        candidate.active += 1
         candidate.free = candidate.free.minus(want)
         if candidate.free.fits(want):
             heapq.heappush(heap, _key(candidate, used, avoid))
@@ -162,5 +141,5 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
 
 def _key(
     c: Candidate, used: Counter[str], avoid: set[str]
-) -> tuple[int, bool, float, str, Candidate]:
-    return (used[c.node_id], c.node_id in avoid, -c.score(), c.node_id, c)
+) -> tuple[int, bool, float, int, str, Candidate]:
+    return (used[c.node_id], c.node_id in avoid, -c.score(), c.active, c.node_id, c)

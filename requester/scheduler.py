@@ -1,11 +1,15 @@
 """The scheduler: places jobs on nodes by offer, retries queued work, handles lost nodes.
 
-One worker task does all placing, so two decisions never count the same free capacity
-twice. It wakes when kicked (a job was submitted, an execution failed, a node was lost)
-and on every tick, when it looks at every unfinished job afresh: what a kick announced
-is also found by the tick, so a kick lost to a crash only delays the work. Before an
-offer is sent the execution is stored as OFFERED, so a requester that dies mid-offer
-finds it after a restart instead of placing the work a second time.
+One worker task decides. It wakes when kicked (a job was submitted, an execution
+failed, a node was lost) and on every tick, when it looks at every unfinished job
+afresh: what a kick announced is also found by the tick, so a kick lost to a crash only
+delays the work. Placements are pipelined: up to `parallel` jobs have their KV writes
+and offers in flight at once, since those round trips, not the decisions, are what a
+placement mostly waits on. Each decision is planned and charged to one shared Ledger in
+a single step with no await in between, and capacity goes back only when a node
+declines or does not answer, so two decisions never count the same free capacity
+twice. Before an offer is sent the execution is stored as OFFERED, so a requester that
+dies mid-offer finds it after a restart instead of placing the work a second time.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from hivectl.core.jobs import (
     JobState,
     new_exec_id,
 )
-from hivectl.core.models import Resources, utcnow
+from hivectl.core.models import utcnow
 from requester import placement
 from requester.executions import (
     ACTIVE,
@@ -39,15 +43,18 @@ from requester.executions import (
     missing,
     settle,
     waiting_since,
-    with_exec,
 )
 from requester.jobs import JobStore
+from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
 from requester.nodelink import LATENCY_BUCKETS, Answer, NodeLink
 from requester.registry import Registry
 
 log = logging.getLogger("hive.requester.scheduler")
 KEEP_REJECTED = 32  # declined offers kept in a job's history; older ones are dropped
+# Jobs placed at once. Each waits mostly on two KV writes and its offers; a few in
+# flight keep the requester busy deciding while others wait.
+PARALLEL = 8
 
 
 @dataclass(slots=True)
@@ -68,6 +75,7 @@ class Scheduler:
         *,
         interval: float,
         offer_timeout: float,
+        parallel: int = PARALLEL,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -75,11 +83,16 @@ class Scheduler:
         self._link = link
         self._interval = interval
         self._offer_timeout = offer_timeout
+        self._parallel = max(1, parallel)
         self._wanted: dict[str, None] = {}  # ordered set: first kicked, first placed
         self._node_changes: list[tuple[str, bool]] = []  # (node, lost?)
         self._cancelled_lost: set[str] = set()
-        self._inflight: set[str] = set()
+        self._inflight: set[str] = set()  # executions whose offers await an answer
+        self._busy: set[str] = set()  # jobs being placed now
+        self._starved: set[str] = set()  # found no node while capacity was held in flight
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()  # a kick, or a placement finished
+        self._next_tick = 0.0
         self._task: asyncio.Task[None] | None = None
         self.placed = 0
         self.placement_seconds = Histogram(
@@ -93,14 +106,17 @@ class Scheduler:
     def kick(self, job_id: str) -> None:
         self._wanted[job_id] = None
         self._wake.set()
+        self._progress.set()
 
     def node_lost(self, node_id: str) -> None:
         self._node_changes.append((node_id, True))
         self._wake.set()
+        self._progress.set()
 
     def node_back(self, node_id: str) -> None:
         self._node_changes.append((node_id, False))
         self._wake.set()
+        self._progress.set()
 
     # -- the worker -----------------------------------------------------------------
     def start(self) -> None:
@@ -113,14 +129,14 @@ class Scheduler:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_tick = loop.time()
+        self._next_tick = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_tick - loop.time()))
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._next_tick - loop.time()))
             self._wake.clear()
             try:
-                if loop.time() >= next_tick:
-                    next_tick = loop.time() + self._interval
+                if loop.time() >= self._next_tick:
+                    self._next_tick = loop.time() + self._interval
                     await self._tick()
                 await self._drain()
             except asyncio.CancelledError:
@@ -136,24 +152,56 @@ class Scheduler:
                 self._wanted.setdefault(job.job_id, None)
 
     async def _drain(self) -> None:
+        """Node changes first, then the wanted jobs, `parallel` at a time, one ledger."""
+        await self._node_changes_now()
+        if not self._wanted:
+            return
+        ledger = Ledger.of(self._store.jobs())
+        async with asyncio.TaskGroup() as placing:
+            while (job_id := await self._next_job()) is not None:
+                placing.create_task(self._place(job_id, ledger), name=f"place-{job_id}")
+
+    async def _node_changes_now(self) -> None:
         while self._node_changes:
             node_id, lost = self._node_changes.pop(0)
             await (self._lose(node_id) if lost else self._welcome(node_id))
-        reserved = placement.reservations(self._store.jobs())
-        while self._wanted:
-            job_id = next(iter(self._wanted))
-            del self._wanted[job_id]
-            started = time.perf_counter()
-            try:
-                await self._schedule(job_id, reserved)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("scheduling job %s failed", job_id, extra={"job_id": job_id})
+
+    async def _next_job(self) -> str | None:
+        """The next wanted job not already being placed, once there is room for it.
+
+        Node changes are handled as they come, beside the placements in flight. None
+        when nothing is left to start and nothing is in flight, and also, once the
+        placements in flight end, when the tick is due: the pass ends so that the tick
+        runs and the next pass starts from a ledger rebuilt from the job records (the
+        executions that ended meanwhile give their room back).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._node_changes_now()
+            if loop.time() < self._next_tick and len(self._busy) < self._parallel:
+                job_id = next((j for j in self._wanted if j not in self._busy), None)
+                if job_id is not None:
+                    del self._wanted[job_id]
+                    self._busy.add(job_id)
+                    return job_id
+            if not self._busy:
+                return None
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def _place(self, job_id: str, ledger: Ledger) -> None:
+        started = time.perf_counter()
+        try:
+            await self._schedule(job_id, ledger)
+        except Exception:  # one job's failure must not cancel the others in flight
+            log.exception("scheduling job %s failed", job_id, extra={"job_id": job_id})
+        finally:
+            self._busy.discard(job_id)
+            self._progress.set()
             self.placement_seconds.observe(time.perf_counter() - started)
 
     # -- placing ----------------------------------------------------------------------
-    async def _schedule(self, job_id: str, reserved: dict[str, Resources]) -> None:
+    async def _schedule(self, job_id: str, ledger: Ledger) -> None:
         """Offer the job's missing executions until all are placed or no node is left."""
         attempt = Pass()
         while (job := self._store.get(job_id)) is not None and job.state not in JOB_TERMINAL:
@@ -161,24 +209,58 @@ class Scheduler:
             if need == 0:
                 return
             fitting, why = placement.candidates(
-                job, self._registry.snapshot(), self._liveness, reserved
+                job, self._registry.snapshot(), self._liveness, ledger
             )
             fitting = [c for c in fitting if c.node_id not in attempt.tried]
             chosen = placement.plan(job, need, nodes, fitting)
             if not chosen:
+                if len(self._busy) > 1:  # others hold capacity that a decline may free
+                    self._starved.add(job_id)
                 await self._wait(job_id, why or _declined(attempt))
                 return
             attempt.tried.update(chosen)
-            await self._offer(job, chosen, attempt, reserved)
+            want = Room.of(job.spec.resources)
+            for node_id in chosen:  # held before the first await: no other decision sees it
+                ledger.hold(node_id, want)
+            await self._offer(job, chosen, attempt, ledger, want)
 
     async def _offer(
-        self, job: Job, chosen: list[str], attempt: Pass, reserved: dict[str, Resources]
+        self, job: Job, chosen: list[str], attempt: Pass, ledger: Ledger, want: Room
     ) -> None:
+        """Store the offers, send them, store the answers; give back what was not taken.
+
+        Until the offers are stored, every hold goes back if anything fails. Once they
+        are, they are active in the job record, so holds go back only for offers the
+        nodes declined or did not answer, and the answers are stored.
+        """
         try_no = len(failures(job))
         new = [
             Execution(exec_id=new_exec_id(), job_id=job.job_id, node_id=n, attempt=try_no)
             for n in chosen
         ]
+        release = list(chosen)
+        try:
+            if not await self._store_offers(job, new):
+                return
+            release = []
+            answers = await self._send_offers(job, new)
+            release = [e.node_id for e, a in zip(new, answers, strict=True) if not a.accepted]
+        finally:
+            for node_id in release:
+                ledger.release(node_id, want)
+            if release:
+                self._capacity_back()
+        for execution, answer in zip(new, answers, strict=True):
+            if answer.accepted:
+                self.placed += 1
+            else:
+                attempt.declined.append(f"{execution.node_id}: {answer.reason or 'declined'}")
+        self._link.cancel(
+            [e for e, a in zip(new, answers, strict=True) if a.unanswered], "offer timed out"
+        )
+
+    async def _store_offers(self, job: Job, new: list[Execution]) -> bool:
+        """The new executions stored OFFERED; False when the job changed under us."""
         before = missing(job)
 
         def add_offers(current: Job) -> Job | None:
@@ -188,24 +270,24 @@ class Scheduler:
 
         stored = await self._store.change(job.job_id, add_offers)
         ids = {e.exec_id for e in new}
-        if stored is None or not ids <= {e.exec_id for e in stored.executions}:
-            return
+        return stored is not None and ids <= {e.exec_id for e in stored.executions}
+
+    async def _send_offers(self, job: Job, new: list[Execution]) -> list[Answer]:
+        ids = {e.exec_id for e in new}
         self._inflight |= ids
         try:
             answers = await asyncio.gather(*(self._link.offer(e, job.spec) for e in new))
             await self._store.change(job.job_id, lambda current: _answered(current, answers))
         finally:
             self._inflight -= ids
-        want = job.spec.resources.as_resources()
-        for execution, answer in zip(new, answers, strict=True):
-            if answer.accepted:
-                self.placed += 1
-                reserved[execution.node_id] = placement.add(reserved.get(execution.node_id), want)
-            else:
-                attempt.declined.append(f"{execution.node_id}: {answer.reason or 'declined'}")
-        self._link.cancel(
-            [e for e, a in zip(new, answers, strict=True) if a.unanswered], "offer timed out"
-        )
+        return answers
+
+    def _capacity_back(self) -> None:
+        """A declined offer's capacity is free again: jobs that found none look again."""
+        for job_id in self._starved:
+            self._wanted.setdefault(job_id, None)
+        self._starved.clear()
+        self._progress.set()
 
     async def _wait(self, job_id: str, why: str) -> None:
         """Nothing placeable now: the job waits (QUEUED), or fails once its queue time is up."""
@@ -276,17 +358,18 @@ def _answered(job: Job, answers: list[Answer]) -> Job | None:
     """The job with the nodes' answers to its offers applied; None when nothing moves."""
     now, changed = utcnow(), False
     by_id = {a.exec_id: a for a in answers}
-    for execution in job.executions:
+    executions: list[Execution] = []
+    for execution in job.executions:  # one pass: a job may hold many executions
         answer = by_id.get(execution.exec_id)
-        if answer is None:
-            continue
-        state = ExecState.ACCEPTED if answer.accepted else ExecState.REJECTED
-        moved = advance(execution, state, now, error="" if answer.accepted else answer.reason)
-        if moved is not None:
-            job, changed = with_exec(job, moved), True
+        moved = None
+        if answer is not None:
+            state = ExecState.ACCEPTED if answer.accepted else ExecState.REJECTED
+            moved = advance(execution, state, now, error="" if answer.accepted else answer.reason)
+        changed = changed or moved is not None
+        executions.append(moved or execution)
     if not changed:
         return None
-    return settle(_trim_rejected(job))
+    return settle(_trim_rejected(job.model_copy(update={"executions": executions})))
 
 
 def _trim_rejected(job: Job) -> Job:

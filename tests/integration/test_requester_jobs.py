@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from hivectl.core import codec
 from hivectl.core.api import NodeApproveRequest, NodeRejectRequest
@@ -32,6 +33,7 @@ from hivectl.core.jobs import (
     JobSubmitReply,
     JobSubmitRequest,
     JobType,
+    Offer,
     ResourceRequest,
 )
 from hivectl.core.models import Health, OkReply, Resources
@@ -79,9 +81,10 @@ async def compute(
     cpu: float = 4.0,
     labels: dict[str, str] | None = None,
     policy: Policy = accept_all,
+    kind: type[SimCompute] = SimCompute,
 ) -> SimCompute:
     """A registered, serving, heartbeating sim node (approved unless told otherwise)."""
-    node = SimCompute(nc, node_id, policy=policy)
+    node = kind(nc, node_id, policy=policy)
     total = Resources(cpu=cpu, memory=8 * 2**30, disk=100 * 2**30)
     node.info = sample_info(labels).model_copy(update={"total": total, "allocatable": total})
     await node.register()
@@ -370,3 +373,75 @@ async def test_an_invalid_spec_is_refused_with_the_field(requester: Requester, n
     answer = codec.decode(reply.data)
     assert answer.kind == "error"
     assert answer.code == "invalid" and "spec.resources.cpu" in answer.reason  # type: ignore[attr-defined]
+
+
+async def test_jobs_submitted_together_never_overcommit_a_node(
+    requester: Requester, nc: Client
+) -> None:
+    nodes = [await compute(requester, nc, f"node-{i}", cpu=2.0) for i in range(3)]
+    ids = await asyncio.gather(*(submit(nc, spec(cpu=1.0)) for _ in range(10)))
+
+    def accepted() -> list[Execution]:
+        return [e for i in ids for e in job_of(requester, i).executions if e.state is ES.ACCEPTED]
+
+    await wait_for(lambda: len(accepted()) == 6, what="six executions placed")
+    await wait_for(
+        lambda: sum(job_of(requester, i).state is JobState.QUEUED for i in ids) == 4,
+        what="the other four queued",
+    )
+    # The sim nodes accept whatever they are offered: only the requester keeps count.
+    assert [len(n.offers) for n in nodes] == [2, 2, 2]
+    assert len(accepted()) == 6
+
+
+async def test_jobs_asking_for_nothing_spread_over_the_nodes(
+    requester: Requester, nc: Client
+) -> None:
+    nodes = [await compute(requester, nc, f"node-{i}") for i in range(4)]
+    nothing = ResourceRequest(cpu=0.0, memory=0)
+    ids = await asyncio.gather(*(submit(nc, spec(resources=nothing, count=2)) for _ in range(4)))
+    await wait_for(
+        lambda: all(
+            sum(e.state is ES.ACCEPTED for e in job_of(requester, i).executions) == 2 for i in ids
+        ),
+        what="every execution placed",
+    )
+    assert [len(n.offers) for n in nodes] == [2, 2, 2, 2]
+
+
+class GatedCompute(SimCompute):
+    """Answers offers only once the test opens its gate."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+
+    async def _on_offer(self, msg: Msg) -> None:
+        await self.gate.wait()
+        await super()._on_offer(msg)
+
+
+async def test_room_a_node_declines_goes_to_a_job_that_waited_for_it(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path
+) -> None:
+    # No tick for 30s: only the declined offer itself can send the waiting job on.
+    cfg = config(nats_server.url, tmp_path / "req", scheduler_interval=30.0, offer_timeout=5.0)
+    async with RunningRequester(cfg) as req:
+        declined: set[str] = set()
+
+        def policy(offer: Offer) -> tuple[bool, str]:
+            return (False, "changed my mind") if offer.job_id in declined else (True, "")
+
+        node = await compute(req, nc, "node-a", cpu=1.0, policy=policy, kind=GatedCompute)
+        assert isinstance(node, GatedCompute)
+        first = await submit(nc, spec(cpu=1.0))
+        declined.add(first)
+        await execution(req, first, lambda e: e.state is ES.OFFERED, "first offer in flight")
+        second = await submit(nc, spec(cpu=1.0))
+        waiting = await state(req, second, JobState.QUEUED)
+        assert waiting.reason.endswith("none has 1 CPU free (largest: 0)")
+        node.gate.set()
+        placed = await execution(req, second, lambda e: e.state is ES.ACCEPTED, "second placed")
+        assert placed.node_id == "node-a"
+        refused = await state(req, first, JobState.QUEUED)
+        assert refused.reason == "every fitting node declined (node-a: changed my mind)"

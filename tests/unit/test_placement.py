@@ -1,0 +1,114 @@
+"""Placement decisions as the scheduler makes them: filter and rank nodes, charge the ledger.
+
+Pure: no NATS. The scheduler's pass is `candidates` -> `plan` -> `Ledger.hold` for each
+chosen node, and `Ledger.release` when a node declines; these tests take the same steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from hivectl.core.auth import Identity
+from hivectl.core.jobs import (
+    ExecState,
+    Execution,
+    Job,
+    JobSpec,
+    JobState,
+    ResourceRequest,
+    new_exec_id,
+    new_job_id,
+)
+from hivectl.core.models import Approval, NodeEvent, NodeRecord, Resources
+from requester import placement
+from requester.ledger import Ledger, Room
+from requester.liveness import Liveness
+from tests.support.simnode import sample_info
+
+KEY = Identity.generate().public_key
+
+
+async def _no_events(event: NodeEvent) -> None:
+    return None
+
+
+def cluster(count: int, cpu: float = 4.0) -> tuple[list[NodeRecord], Liveness]:
+    """`count` APPROVED nodes, all HEALTHY, ids node-0 .. node-<count-1>."""
+    total = Resources(cpu=cpu, memory=8 * 2**30, disk=100 * 2**30)
+    info = sample_info().model_copy(update={"total": total, "allocatable": total})
+    records = [
+        NodeRecord(node_id=f"node-{i}", public_key=KEY, info=info, approval=Approval.APPROVED)
+        for i in range(count)
+    ]
+    liveness = Liveness(30.0, 60.0, _no_events)
+    for record in records:
+        liveness.heard(record.node_id, time.monotonic())
+    return records, liveness
+
+
+def job(count: int = 1, cpu: float = 0.0) -> Job:
+    spec = JobSpec(image="busybox", count=count, resources=ResourceRequest(cpu=cpu))
+    return Job(job_id=new_job_id(), spec=spec)
+
+
+def place(new: Job, records: list[NodeRecord], liveness: Liveness, ledger: Ledger) -> list[str]:
+    """One decision, charged to the ledger as the scheduler charges it."""
+    fitting, _ = placement.candidates(new, records, liveness, ledger)
+    chosen = placement.plan(new, new.spec.count, None, fitting)
+    for node_id in chosen:
+        ledger.hold(node_id, Room.of(new.spec.resources))
+    return chosen
+
+
+def test_jobs_asking_for_nothing_spread_over_every_node() -> None:
+    records, liveness = cluster(5)
+    ledger = Ledger()
+    placed = Counter(n for _ in range(5) for n in place(job(count=2), records, liveness, ledger))
+    # Every score ties (nothing is ever used up): before ties broke on the number of
+    # executions a node has, all ten went to node-0 and node-1.
+    assert placed == {f"node-{i}": 2 for i in range(5)}
+
+
+def test_executions_already_placed_count_when_a_pass_starts() -> None:
+    records, liveness = cluster(3)
+    earlier = job(count=2)
+    earlier.executions = [
+        Execution(exec_id=new_exec_id(), job_id=earlier.job_id, node_id=node, state=state)
+        for node, state in (
+            ("node-0", ExecState.RUNNING),
+            ("node-1", ExecState.OFFERED),
+            ("node-2", ExecState.REJECTED),  # not running there: not counted
+        )
+    ]
+    finished = job()
+    finished.state = JobState.COMPLETED
+    finished.executions = [
+        Execution(exec_id=new_exec_id(), job_id=finished.job_id, node_id="node-2")
+    ]
+    ledger = Ledger.of([earlier, finished])
+    assert dict(ledger.active) == {"node-0": 1, "node-1": 1}
+    assert place(job(), records, liveness, ledger) == ["node-2"]
+
+
+def test_held_capacity_is_not_offered_again_until_released() -> None:
+    records, liveness = cluster(1, cpu=2.0)
+    ledger = Ledger()
+    assert place(job(cpu=1.0), records, liveness, ledger) == ["node-0"]
+    assert place(job(cpu=1.0), records, liveness, ledger) == ["node-0"]
+    third = job(cpu=1.0)
+    fitting, why = placement.candidates(third, records, liveness, ledger)
+    assert fitting == []
+    assert why == "no node fits: 1 nodes APPROVED and HEALTHY; none has 1 CPU free (largest: 0)"
+    ledger.release("node-0", Room(cpu=1.0))  # the node declined one of the two offers
+    assert place(third, records, liveness, ledger) == ["node-0"]
+    assert ledger.active["node-0"] == 2
+
+
+def test_a_busier_node_loses_only_ties() -> None:
+    records, liveness = cluster(2)
+    ledger = Ledger()
+    ledger.hold("node-0", Room(), 3)  # three executions asking for nothing
+    ledger.hold("node-1", Room(cpu=1.0))  # one that takes a core
+    # node-0 has more executions but more free CPU: free capacity ranks first.
+    assert place(job(cpu=1.0), records, liveness, ledger) == ["node-0"]
