@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from hivectl.core.jobs import JOB_TERMINAL, Job
+from hivectl.core.models import NodeResources, Resources
 from requester.executions import ACTIVE
 
 
@@ -94,6 +95,11 @@ class Ledger:
 
     reserved: dict[str, Room] = field(default_factory=dict)
     active: Counter[str] = field(default_factory=Counter)
+    # Per node: the free room last worked out, and the allocatable and report it came
+    # from. Records and reports are replaced, never changed in place, so the same two
+    # objects and no hold or release since mean the same answer; most nodes are untouched
+    # between two decisions.
+    _free: dict[str, tuple[Resources, NodeResources | None, Room]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, jobs: Iterable[Job]) -> Ledger:
@@ -111,6 +117,7 @@ class Ledger:
     def hold(self, node_id: str, want: Room, count: int = 1) -> None:
         self.reserved[node_id] = self.reserved.get(node_id, NOTHING).plus(want, count)
         self.active[node_id] += count
+        self._free.pop(node_id, None)
 
     def release(self, node_id: str, want: Room) -> None:
         held = self.reserved.get(node_id)
@@ -118,3 +125,23 @@ class Ledger:
             self.reserved[node_id] = held.minus(want)
         if self.active[node_id] > 0:
             self.active[node_id] -= 1
+        self._free.pop(node_id, None)
+
+    def free(self, node_id: str, allocatable: Resources, report: NodeResources | None) -> Room:
+        """What a node can still take.
+
+        Allocatable minus what we hold there, capped by the node's own latest report: a
+        report that already counts our executions is not subtracted twice, and one from
+        before they were placed cannot hide them.
+        """
+        known = self._free.get(node_id)
+        if known is not None and known[0] is allocatable and known[1] is report:
+            return known[2]
+        room = Room.of(allocatable)
+        held = self.reserved.get(node_id)
+        if held is not None:
+            room = room.minus(held)
+        if report is not None:
+            room = room.capped(report.available)
+        self._free[node_id] = (allocatable, report, room)
+        return room

@@ -34,20 +34,6 @@ class Candidate:
         return cpu + memory
 
 
-def free_on(record: NodeRecord, liveness: Liveness, reserved: Room | None) -> Room:
-    """What a node can still take.
-
-    Allocatable minus our reservations, capped by the node's own latest report: a report
-    that already counts our executions is not subtracted twice, and one from before they
-    were placed cannot hide them.
-    """
-    ours = Room.of(record.info.allocatable)
-    if reserved is not None:
-        ours = ours.minus(reserved)
-    report = liveness.resources(record.node_id)
-    return ours if report is None else ours.capped(report.available)
-
-
 def candidates(
     job: Job, records: list[NodeRecord], liveness: Liveness, ledger: Ledger
 ) -> tuple[list[Candidate], str]:
@@ -68,8 +54,8 @@ def candidates(
     if not matching:
         return [], f"constraint {spec.selector} matches no node ({base})"
     want = Room.of(spec.resources)
-    reserved, active = ledger.reserved, ledger.active
-    free = [(r, free_on(r, liveness, reserved.get(r.node_id))) for r in matching]
+    active, report = ledger.active, liveness.resources
+    free = [(r, ledger.free(r.node_id, r.info.allocatable, report(r.node_id))) for r in matching]
     fitting = [
         Candidate(r.node_id, f, r.info.allocatable, active[r.node_id])
         for r, f in free
@@ -125,7 +111,7 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
     # every node. The count of all executions breaks ties of score, so jobs that ask for
     # nothing (every score equal) spread over the cluster instead of piling onto the
     # nodes whose ids sort first.
-    heap = [_key(c, used, avoid) for c in fitting if c.free.fits(want)]
+    heap = [_key(c, used, avoid) for c in fitting]
     heapq.heapify(heap)
     chosen: list[str] = []
     while heap and len(chosen) < need:
