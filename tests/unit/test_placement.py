@@ -20,7 +20,7 @@ from hivectl.core.jobs import (
     new_exec_id,
     new_job_id,
 )
-from hivectl.core.models import Approval, NodeEvent, NodeRecord, Resources
+from hivectl.core.models import Approval, NodeEvent, NodeRecord, NodeResources, Resources
 from requester import placement
 from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
@@ -112,3 +112,21 @@ def test_a_busier_node_loses_only_ties() -> None:
     ledger.hold("node-1", Room(cpu=1.0))  # one that takes a core
     # node-0 has more executions but more free CPU: free capacity ranks first.
     assert place(job(cpu=1.0), records, liveness, ledger) == ["node-0"]
+
+
+def test_a_new_resource_report_or_record_counts_at_once() -> None:
+    records, liveness = cluster(2, cpu=2.0)
+    ledger = Ledger()
+    assert place(job(cpu=1.0), records, liveness, ledger) == ["node-0"]
+    # node-1 says it is busy with work of its own: only one core left.
+    total = records[1].info.allocatable
+    busy = total.model_copy(update={"cpu": 1.0})
+    liveness.record_resources(
+        "node-1", NodeResources(total=total, allocatable=total, available=busy)
+    )
+    assert place(job(cpu=1.5), records, liveness, ledger) == []
+    # node-0's record is replaced: it now offers four cores.
+    bigger = total.model_copy(update={"cpu": 4.0})
+    info = records[0].info.model_copy(update={"total": bigger, "allocatable": bigger})
+    records[0] = records[0].model_copy(update={"info": info})
+    assert place(job(cpu=1.5), records, liveness, ledger) == ["node-0"]
