@@ -164,7 +164,10 @@ class Scheduler:
     async def _node_changes_now(self) -> None:
         while self._node_changes:
             node_id, lost = self._node_changes.pop(0)
-            await (self._lose(node_id) if lost else self._welcome(node_id))
+            try:
+                await (self._lose(node_id) if lost else self._welcome(node_id))
+            except Exception:  # raised into the pass, it would cancel the placements in flight
+                log.exception("handling node %s (%s) failed", node_id, "lost" if lost else "back")
 
     async def _next_job(self) -> str | None:
         """The next wanted job not already being placed, once there is room for it.
