@@ -359,6 +359,8 @@ async def test_an_ops_job_runs_once_on_every_matching_node(
             sorted(e.node_id for e in job_of(requester, job_id).executions) == ["node-0", "node-1"]
         )
     )
+    # Stored OFFERED before it is sent: wait for the offers to reach the nodes.
+    await wait_for(lambda: all(n.offers for n in nodes[:2]), what="offers at both edge nodes")
     for node in nodes[:2]:
         offer = node.offers[0]
         await node.update(offer.exec_id, job_id, ES.COMPLETED, exit_code=0)
