@@ -7,6 +7,7 @@ nodes there are and however many labels they carry.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import platform
@@ -21,7 +22,6 @@ from hivectl.core.api import (
     NodeDeleteRequest,
     NodeGetReply,
     NodeGetRequest,
-    NodeListReply,
     NodeListRequest,
     NodeRejectRequest,
     NodeView,
@@ -36,6 +36,7 @@ from hivectl.core.models import (
     OkReply,
 )
 from hivectl.core.selectors import Selector, SelectorError, parse_selector
+from requester import nodepages
 from requester.liveness import Liveness
 from requester.registry import Registry, RegistryError
 from requester.routing import ApiRouter
@@ -65,6 +66,8 @@ class NodeApi(ApiRouter):
         self._on_delete = on_delete
         self._limits = limits
         self._self_view = _requester_view(requester_id, requester_key)
+        self._self_bytes = nodepages.whole_view(self._self_view)
+        self._pages = nodepages.NodePages()
         super().__init__()
         self.handlers.update(
             list=self.list_nodes,
@@ -81,32 +84,45 @@ class NodeApi(ApiRouter):
             selector = parse_selector(request.selector)
         except SelectorError as exc:
             raise RegistryError("invalid", str(exc)) from None
-        # One more than a page tells whether there is a next page.
-        views = list(itertools.islice(self._matching(request, selector), request.limit + 1))
-        return self._page(views, request.limit)
+        if not request.after and len(self._pages) > len(self._registry):
+            self._pages.forget_missing(self._registry.ids())
+        return self._page(self._matching(request, selector), request.limit)
 
-    def _matching(self, request: NodeListRequest, selector: Selector) -> Iterator[NodeView]:
-        """Views that pass the request's filters: the requester first, then nodes by id."""
-        if not request.after and _wanted(self._self_view, request, selector, {}):
-            yield self._self_view
-        for node_id in sorted(self._registry.ids()):
-            record = self._registry.get(node_id) if node_id > request.after else None
+    def _matching(
+        self, request: NodeListRequest, selector: Selector
+    ) -> Iterator[tuple[str, bytes]]:
+        """(id, packed view) of the nodes that pass the request's filters: the requester
+        first, then the nodes by id."""
+        me = self._self_view
+        if not request.after and _wanted(request, selector, me.approval, me.health, {}):
+            yield me.node_id, self._self_bytes
+        liveness, registry = self._liveness, self._registry
+        ids = registry.sorted_ids()
+        for node_id in itertools.islice(ids, bisect.bisect_right(ids, request.after), None):
+            record = registry.get(node_id)
             if record is None:
                 continue
-            view = self.view(record)
-            if _wanted(view, request, selector, record.info.labels):
-                yield view
+            health = liveness.health(node_id)
+            if _wanted(request, selector, record.approval, health, record.info.labels):
+                resources, heard = liveness.resources(node_id), liveness.last_heard(node_id)
+                yield node_id, self._pages.view(record, health, resources, heard)
 
-    def _page(self, views: list[NodeView], limit: int) -> bytes:
-        """The first `limit` views, encoded; fewer if they would not fit in one message."""
-        while True:
-            page = views[:limit]
-            more = len(views) > len(page)
-            reply = NodeListReply(nodes=page, next=page[-1].node_id if more and page else "")
-            encoded = codec.encode(reply)
-            if len(encoded) <= self._max_reply or limit == 1:
-                return encoded
-            limit = max(1, limit // 2)
+    def _page(self, views: Iterator[tuple[str, bytes]], limit: int) -> bytes:
+        """Up to `limit` views, as many as fit in one message; `next` says where to go on.
+
+        A page ends early when one more view would not fit under max_payload (nodes
+        with many labels and GPUs are big), so every reply can be sent.
+        """
+        page: list[bytes] = []
+        size = nodepages.PAGE_OVERHEAD
+        last = ""
+        for node_id, view in views:
+            if len(page) == limit or (page and size + len(view) > self._max_reply):
+                return nodepages.page(page, last)
+            page.append(view)
+            size += len(view)
+            last = node_id
+        return nodepages.page(page, "")
 
     async def get_node(self, data: bytes) -> Message:
         request = codec.decode(data, NodeGetRequest, self._limits)
@@ -162,11 +178,15 @@ class NodeApi(ApiRouter):
 
 
 def _wanted(
-    view: NodeView, request: NodeListRequest, selector: Selector, labels: dict[str, str]
+    request: NodeListRequest,
+    selector: Selector,
+    approval: Approval,
+    health: Health,
+    labels: dict[str, str],
 ) -> bool:
     return (
-        (request.approval is None or view.approval == request.approval)
-        and (request.health is None or view.health == request.health)
+        (request.approval is None or approval == request.approval)
+        and (request.health is None or health == request.health)
         and selector.matches(labels)
     )
 

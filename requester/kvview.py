@@ -58,6 +58,7 @@ class KvView(Generic[M]):
         self._on_drop = on_drop or (lambda key: None)
         self._attempts = attempts
         self._entries: dict[str, Entry[M]] = {}
+        self._sorted: list[str] | None = None  # sorted keys, until a key comes or goes
         self._kv: KeyValue | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
@@ -100,10 +101,16 @@ class KvView(Generic[M]):
             return
         if known is not None:
             self._on_drop(entry.key)
-        self._entries[entry.key] = Entry(value, revision)
+        self._store(entry.key, Entry(value, revision))
+
+    def _store(self, key: str, entry: Entry[M]) -> None:
+        if key not in self._entries:
+            self._sorted = None
+        self._entries[key] = entry
 
     def forget(self, key: str) -> None:
-        self._entries.pop(key, None)
+        if self._entries.pop(key, None) is not None:
+            self._sorted = None
         self._on_drop(key)
 
     # -- reads --------------------------------------------------------------------------
@@ -117,6 +124,13 @@ class KvView(Generic[M]):
 
     def keys(self) -> Iterable[str]:
         return self._entries.keys()
+
+    def sorted_keys(self) -> list[str]:
+        """Every key in order; sorted again only after a key came or went (do not change
+        the list: it is shared until then)."""
+        if self._sorted is None:
+            self._sorted = sorted(self._entries)
+        return self._sorted
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -141,7 +155,7 @@ class KvView(Generic[M]):
         except KeyWrongLastSequenceError:  # another requester created it first
             await self._reload(key)
             return False
-        self._entries[key] = Entry(value, revision)
+        self._store(key, Entry(value, revision))
         return True
 
     async def change(self, key: str, change: Callable[[M], M | None]) -> tuple[M, M] | None:
@@ -164,7 +178,7 @@ class KvView(Generic[M]):
             except KeyWrongLastSequenceError:
                 await self._reload(key)
                 continue
-            self._entries[key] = Entry(value, revision)
+            self._store(key, Entry(value, revision))
             return entry.value, value
         raise self._error("conflict", f"{self._noun} {key!r} kept changing; try again")
 
@@ -180,6 +194,7 @@ class KvView(Generic[M]):
             self.forget(key)
             return
         self._entries.pop(key, None)
+        self._sorted = None
         self._apply(entry)
 
     def _kv_or_fail(self) -> KeyValue:

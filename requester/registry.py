@@ -84,6 +84,10 @@ class Registry:
     def ids(self) -> Iterable[str]:
         return self._view.keys()
 
+    def sorted_ids(self) -> list[str]:
+        """Every node id in order (shared and cached: do not change it)."""
+        return self._view.sorted_keys()
+
     def __len__(self) -> int:
         return len(self._view)
 

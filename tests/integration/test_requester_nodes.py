@@ -19,9 +19,10 @@ from hivectl.core.api import (
     NodeListReply,
     NodeListRequest,
     NodeRejectRequest,
+    NodeView,
 )
-from hivectl.core.bus import RemoteError, request
-from hivectl.core.config import MetricsSettings
+from hivectl.core.bus import RemoteError, connect_daemon, request
+from hivectl.core.config import MetricsSettings, NatsSettings
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.models import (
     Approval,
@@ -34,11 +35,12 @@ from hivectl.core.models import (
     NodeType,
     OkReply,
     RegisterReply,
+    Resources,
 )
 from hivectl.core.subjects import Subjects
 from requester.service import Requester
 from tests.support.cluster import RunningRequester, requester_config, wait_for
-from tests.support.simnode import SimNode
+from tests.support.simnode import SimNode, sample_info
 
 S = Subjects()
 
@@ -239,6 +241,72 @@ async def test_list_pages(requester: Requester, nc: Client) -> None:
             break
         after = page.next
     assert seen == ["requester"] + [f"node-{i}" for i in range(5)]
+
+
+async def _list_all(nc: Client, **query: object) -> tuple[list[NodeView], list[int]]:
+    """Every page of a node list: the views, and each reply's size in bytes."""
+    views: list[NodeView] = []
+    sizes: list[int] = []
+    after = ""
+    while True:
+        message = NodeListRequest(after=after, **query)  # type: ignore[arg-type]
+        raw = await nc.request(S.api("node", "list"), codec.encode(message), timeout=5)
+        page = codec.decode(raw.data, NodeListReply)
+        views += page.nodes
+        sizes.append(len(raw.data))
+        if not page.next:
+            return views, sizes
+        after = page.next
+
+
+async def test_listed_views_match_describe_field_for_field(
+    requester: Requester, nc: Client
+) -> None:
+    """The list is assembled from cached pieces; describe builds the view afresh. Both
+    must say the same, also after a node's approval, health and resources change."""
+    nodes = [await joined(nc, f"node-{i}") for i in range(3)]
+    for round_ in range(2):
+        await nodes[0].heartbeat()
+        await nodes[1].resources(Resources(cpu=1.5 + round_, memory=2**30))
+        change = NodeRejectRequest(id="node-2") if round_ else NodeApproveRequest(id="node-2")
+        await api(nc, "reject" if round_ else "approve", change, OkReply)
+        await wait_for(lambda: requester.liveness.resources("node-1") is not None)
+        await wait_for(lambda: requester.liveness.health("node-0") is Health.HEALTHY)
+        listed, _ = await _list_all(nc)
+        for view in listed[1:]:
+            got = await api(nc, "get", NodeGetRequest(id=view.node_id), NodeGetReply)
+            assert isinstance(got, NodeGetReply)
+            # Each answer reads the wall clock afresh to date the monotonic heartbeat time.
+            assert _heard_apart(view, got.node) < 0.001
+            assert view.model_copy(update={"last_heartbeat": None}) == got.node.model_copy(
+                update={"last_heartbeat": None}
+            )
+    assert [v.approval for v in listed[1:]] == [Approval.PENDING] * 2 + [Approval.REJECTED]
+    assert listed[2].resources is not None and listed[2].resources.available.cpu == 2.5
+
+
+def _heard_apart(a: NodeView, b: NodeView) -> float:
+    if a.last_heartbeat is None or b.last_heartbeat is None:
+        return 0.0 if a.last_heartbeat is b.last_heartbeat else float("inf")
+    return abs((a.last_heartbeat - b.last_heartbeat).total_seconds())
+
+
+async def test_pages_stay_under_max_payload_with_large_nodes(
+    tmp_path: Path,
+) -> None:
+    """Nodes with 64 labels each: a page holds as many as fit in one message."""
+    with EmbeddedNats(tmp_path / "nats", port=0, max_payload=16 * 1024) as server:
+        client = await connect_daemon(NatsSettings(url=server.url), "test-client")
+        async with RunningRequester(requester_config(server.url, tmp_path / "req")):
+            labels = {f"label-{i:02d}": "v" * 40 for i in range(64)}
+            for i in range(12):
+                node = SimNode(client, f"node-{i:02d}")
+                node.info = sample_info(labels)
+                assert isinstance(await node.register(), RegisterReply)
+            listed, sizes = await _list_all(client)
+        await client.close()
+    assert [v.node_id for v in listed] == ["requester"] + [f"node-{i:02d}" for i in range(12)]
+    assert len(sizes) > 2 and max(sizes) <= 16 * 1024
 
 
 async def test_approvals_survive_a_restart_and_health_restarts_unknown(
