@@ -19,26 +19,28 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
-from rich.console import Console
-from rich.markup import escape
 
 from hivectl.cli.output import OutputFormat, write_out
-from hivectl.core.bus import BusError, RemoteError, connect_cli, request
+from hivectl.core.bus import BusError, RemoteError, ask, connect_cli, read_reply
 from hivectl.core.codec import CodecError, describe_validation_error
 from hivectl.core.config import ClientConfig, ConfigError, load_config
 from hivectl.core.models import ID_PATTERN, Message
 from hivectl.core.selectors import SelectorError, parse_selector
 from hivectl.core.subjects import Subjects
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -121,7 +123,18 @@ def output_format(ctx: typer.Context, given: OutputFormat | None) -> OutputForma
 
 def stderr_console() -> Console:
     """Messages, progress and errors: stderr, so stdout stays data."""
+    # rich is imported when something is to be said: a command that prints only
+    # data (`-o json` in a script) never pays its 20 ms of imports.
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def escape(text: str) -> str:
+    """`text` with rich markup characters made literal."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -150,6 +163,9 @@ def print_ok() -> None:
 @contextmanager
 def spinner(text: str) -> Iterator[None]:
     """A transient spinner on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield
+        return
     console = stderr_console()
     with console.status(escape(text)) if console.is_terminal else nullcontext():
         yield
@@ -238,12 +254,19 @@ class Api:
 
     async def call(self, noun: str, verb: str, message: Message, expect: type[M]) -> M:
         """One request to `<prefix>.api.<noun>.<verb>`; errors raise, `run_api` reports."""
+        return self.read(noun, verb, await self.ask(noun, verb, message), expect)
+
+    async def ask(self, noun: str, verb: str, message: Message) -> bytes:
+        """The request alone: the reply's bytes, for `read` (paging peeks in between)."""
         subject = self.subjects.api(noun, verb)
         started = time.perf_counter()
-        reply = await request(self.nc, subject, message, expect, timeout=self.cfg.timeout)
+        data = await ask(self.nc, subject, message, timeout=self.cfg.timeout)
         elapsed = (time.perf_counter() - started) * 1000
-        debug(self.ctx, f"{subject} {message.kind} -> {reply.kind} in {elapsed:.1f}ms")
-        return reply
+        debug(self.ctx, f"{subject} {message.kind}: {len(data)} bytes in {elapsed:.1f}ms")
+        return data
+
+    def read(self, noun: str, verb: str, data: bytes, expect: type[M]) -> M:
+        return read_reply(self.subjects.api(noun, verb), data, expect)
 
 
 def run_api(

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from hivectl.cli import paging
 from hivectl.cli.common import (
     EXIT_ERROR,
     Api,
@@ -229,19 +230,9 @@ def list_jobs(
 
 
 async def fetch_all(api: Api, query: JobListRequest) -> list[Job]:
-    """Every page of a job list, following `next` until the requester says done."""
-    jobs: list[Job] = []
-    after = ""
-    while True:
-        reply = await api.call(
-            "job", "list", query.model_copy(update={"after": after}), JobListReply
-        )
-        jobs.extend(reply.jobs)
-        if not reply.next:
-            return jobs
-        if reply.next == after:
-            raise CliError(f"the requester sent the page after {after!r} twice; giving up")
-        after = reply.next
+    """Every job the query matches, from every page."""
+    pages = await paging.follow(api, "job", query, JobListReply)
+    return [job for page in pages for job in page.jobs]
 
 
 # -- describe, stop ------------------------------------------------------------------

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import gc
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
+from hivectl.cli import paging
 from hivectl.cli.common import (
     Api,
-    CliError,
     NoHeadersOption,
     OutputOption,
     call,
@@ -47,7 +46,6 @@ from hivectl.core.api import (
     NodeRejectRequest,
     NodeView,
 )
-from hivectl.core.auth import fingerprint
 from hivectl.core.models import Approval, Health, NodeType, OkReply, Resources
 
 app = noun_app(
@@ -147,27 +145,9 @@ def list_nodes(
 
 
 async def fetch_all(api: Api, query: NodeListRequest) -> list[NodeView]:
-    """Every page of a node list, following `next` until the requester says done.
-
-    Cyclic garbage collection is paused meanwhile: decoding 10,000 nodes allocates
-    hundreds of thousands of objects and none of them are garbage yet, so every
-    collection the allocations trigger is wasted work (it doubled the decode time).
-    """
-    nodes: list[NodeView] = []
-    after = ""
-    gc.disable()
-    try:
-        while True:
-            page = query.model_copy(update={"after": after})
-            reply = await api.call("node", "list", page, NodeListReply)
-            nodes.extend(reply.nodes)
-            if not reply.next:
-                return nodes
-            if reply.next == after:
-                raise CliError(f"the requester sent the page after {after!r} twice; giving up")
-            after = reply.next
-    finally:
-        gc.enable()
+    """Every node the query matches, from every page."""
+    pages = await paging.follow(api, "node", query, NodeListReply)
+    return [node for page in pages for node in page.nodes]
 
 
 def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
@@ -234,6 +214,8 @@ def describe(ctx: typer.Context, node_id: IdArgument, output: OutputOption = Non
 
 def describe_lines(node: NodeView, now: datetime) -> list[str]:
     """A `kubectl describe`-style view: `Key:  value` lines, then the sections."""
+    from hivectl.core.auth import fingerprint  # here: nkeys is 8 ms of imports `list` skips
+
     node_info = node.info
     key = node.public_key
     fields: list[tuple[str, list[str]]] = [

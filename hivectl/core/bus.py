@@ -145,14 +145,24 @@ async def request(
     timeout: float,
 ) -> M:
     """Send `message`, return the reply as `expect`; raise BusError or RemoteError."""
+    return read_reply(subject, await ask(nc, subject, message, timeout), expect)
+
+
+async def ask(nc: Client, subject: str, message: Message, timeout: float) -> bytes:
+    """Send `message` and return the reply undecoded (see `read_reply`); raise BusError."""
     try:
         reply = await nc.request(subject, codec.encode(message), timeout=timeout)
     except NoRespondersError:
         raise BusError(f"no requester is answering on {subject}") from None
     except (NatsTimeoutError, TimeoutError):
         raise BusError(f"no answer on {subject} within {timeout:g}s") from None
+    return reply.data
+
+
+def read_reply(subject: str, data: bytes, expect: type[M]) -> M:
+    """A reply to a request on `subject` as `expect`; raise BusError or RemoteError."""
     try:
-        answer: Message = codec.decode(reply.data, (expect, ErrorReply))
+        answer: Message = codec.decode(data, (expect, ErrorReply))
     except codec.CodecError as exc:
         raise BusError(f"unreadable reply on {subject}: {exc.reason}") from None
     if isinstance(answer, ErrorReply):

@@ -82,18 +82,26 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
 def check_depth(obj: Any, max_depth: int) -> None:
     """Raise when containers nest deeper than `max_depth` (iterative: no recursion limit).
 
-    Only containers are pushed: a 1,000-node list reply holds tens of thousands of
-    scalars, and touching each of them once more would double the cost of unpacking.
+    It walks one level at a time and keeps only containers: a 1,000-node list reply
+    holds tens of thousands of scalars, and a (value, depth) pair pushed for each child
+    cost more than unpacking the reply did.
     """
-    if not isinstance(obj, dict | list):
-        return
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
+    level: list[Any] = [obj] if obj.__class__ in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > max_depth:
             raise CodecError("too_deep", f"nesting deeper than {max_depth} levels")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        inner: list[Any] = []
+        keep = inner.append
+        for value in level:
+            for child in value.values() if value.__class__ is dict else value:
+                if child.__class__ in _CONTAINERS:
+                    keep(child)
+        level = inner
+
+
+_CONTAINERS = frozenset({dict, list})  # what msgpack unpacks maps and arrays to
 
 
 def decode(
@@ -116,6 +124,21 @@ def decode(
     if bad or not 1 <= version <= PROTOCOL_VERSION:
         raise CodecError("bad_version", f"protocol version {_show(version)} is not supported")
     return validate(model, obj)  # type: ignore[return-value]
+
+
+def peek(data: bytes, key: str) -> Any:
+    """The value of `key` in an encoded map without decoding the rest (None if absent
+    or not a map): the others are skipped in C, a few milliseconds for a megabyte."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(data) + 1)
+    unpacker.feed(data)
+    try:
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == key:
+                return unpacker.unpack()
+            unpacker.skip()
+    except (ValueError, TypeError, msgpack.UnpackException):
+        pass  # not a map, or not msgpack: decode() will say so
+    return None
 
 
 def unpack_model(data: bytes, model: type[B], limits: Limits = DEFAULT_LIMITS) -> B:
