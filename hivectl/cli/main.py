@@ -1,12 +1,16 @@
 """`hivectl`: the operator's command line for a Hive cluster.
 
 The root holds the global options; each noun is a Typer app in its own module, named
-in NOUNS below (one line per noun).
+in NOUNS below (one line per noun). A command imports only the noun it names: the
+others (jobs pull in the job models, devstack the daemons' config) would add their
+import time to every `hivectl node list`.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -41,12 +45,37 @@ NOUNS = {
     "config": "hivectl.cli.config",
 }
 
+# Root options that take a value: the word after them is not the noun.
+VALUE_OPTIONS = frozenset({"--config", "--nats-url", "--timeout"})
+
 app = typer.Typer(name="hivectl", help=HELP, **APP_SETTINGS)
-for noun, module in NOUNS.items():
-    noun_app = importlib.import_module(module).app
-    if not isinstance(noun_app, typer.Typer):
-        raise TypeError(f"{module}.app is not a typer.Typer")
-    app.add_typer(noun_app, name=noun)
+_mounted: set[str] = set()
+
+
+def mount(nouns: Iterable[str] = NOUNS) -> typer.Typer:
+    """The root app with `nouns` added (each imported once): all of them by default."""
+    for noun in nouns:
+        if noun in _mounted:
+            continue
+        module = NOUNS[noun]
+        noun_app = importlib.import_module(module).app
+        if not isinstance(noun_app, typer.Typer):
+            raise TypeError(f"{module}.app is not a typer.Typer")
+        app.add_typer(noun_app, name=noun)
+        _mounted.add(noun)
+    return app
+
+
+def named_nouns(argv: Sequence[str]) -> list[str]:
+    """The noun a command line names, or every noun when it names none (`--help`, a
+    typo, shell completion), so help and errors see the whole command tree."""
+    words = iter(argv)
+    for word in words:
+        if word in VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return [word] if word in NOUNS else list(NOUNS)
+    return list(NOUNS)
 
 
 def _version(value: bool) -> None:
@@ -103,6 +132,7 @@ def main(
 
 def run() -> None:
     """The `hivectl` console script (Typer turns Ctrl-C into exit 130 and quiets EPIPE)."""
+    mount(named_nouns(sys.argv[1:]))
     app()
 
 

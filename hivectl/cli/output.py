@@ -9,6 +9,7 @@ nodes must stay fast.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -16,10 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 import pydantic_core
-import yaml
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from pydantic import BaseModel, TypeAdapter
 
 NONE = "-"  # what a cell shows when there is nothing to show
 COLUMN_GAP = "   "
@@ -126,6 +124,11 @@ def print_table(
 def _print_rich_table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], no_headers: bool
 ) -> None:
+    # Imported here: only a terminal shows rich tables, and they cost 20 ms to import.
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=None, show_header=not no_headers, header_style="bold", pad_edge=False)
     for header in headers:
         table.add_column(header, no_wrap=True, overflow="ignore")
@@ -146,11 +149,28 @@ def _print_rich_table(
 def dump_json(data: Any) -> str:
     """Indented JSON. Pydantic models come out as `model_dump(mode="json")` has them,
     serialised in Rust: ten times faster than `json.dumps(..., indent=2)`."""
-    return pydantic_core.to_json(data, indent=2).decode()
+    return _json_bytes(data).decode()
+
+
+def _json_bytes(data: Any) -> bytes:
+    if isinstance(data, list) and data and isinstance(data[0], BaseModel):
+        model = type(data[0])
+        if all(type(item) is model for item in data):
+            # A serializer that knows the item type: a third faster than inferring it
+            # for each of 10,000 nodes.
+            return _list_of(model).dump_json(data, indent=2)
+    return pydantic_core.to_json(data, indent=2)
+
+
+@functools.cache
+def _list_of(model: type[BaseModel]) -> TypeAdapter[list[Any]]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
 def dump_yaml(data: Any) -> str:
     """Block-style YAML of the same data as `dump_json`, keys in model order."""
+    import yaml  # here: 13 ms of imports only `-o yaml` needs
+
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # the C emitter when built
     text: str = yaml.dump(
         pydantic_core.to_jsonable_python(data),
@@ -164,8 +184,17 @@ def dump_yaml(data: Any) -> str:
 
 def print_data(data: Any, fmt: OutputFormat) -> None:
     """`data` (models, or plain dicts and lists of them) as JSON or YAML on stdout."""
-    text = dump_json(data) if fmt is OutputFormat.JSON else dump_yaml(data).rstrip("\n")
-    write_out(text)
+    binary = getattr(sys.stdout, "buffer", None)
+    if fmt is OutputFormat.JSON and binary is not None:
+        # Bytes straight to stdout: 13 MB of JSON for 10,000 nodes need not become a
+        # str and be encoded back.
+        sys.stdout.flush()
+        binary.write(_json_bytes(data) + b"\n")
+        binary.flush()
+    elif fmt is OutputFormat.JSON:
+        write_out(dump_json(data))
+    else:
+        write_out(dump_yaml(data).rstrip("\n"))
 
 
 def write_out(text: str) -> None:

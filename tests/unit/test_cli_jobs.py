@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 from typer.testing import CliRunner, Result
 
-from hivectl.cli.main import app
+from hivectl.cli.main import mount
 from hivectl.core import codec
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.jobs import (
@@ -52,6 +52,7 @@ from hivectl.core.jobs import (
 )
 from hivectl.core.models import ErrorReply, Message, OkReply
 
+app = mount()  # every noun, as `hivectl --help` sees them
 NOW = datetime.now(UTC)
 
 

@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from hivectl import __version__
-from hivectl.cli.main import app
+from hivectl.cli.main import NOUNS, VALUE_OPTIONS, mount, named_nouns
+
+app = mount()
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +109,49 @@ def test_help_as_a_process() -> None:
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout
+
+
+def test_value_options_are_exactly_the_root_options_that_take_a_value() -> None:
+    """`named_nouns` skips the word after these; a new root option must be listed."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    takes_value = {
+        name
+        for param in root.params
+        if not getattr(param, "is_flag", False) and param.param_type_name == "option"
+        for name in param.opts
+    }
+    assert takes_value == VALUE_OPTIONS
+
+
+@pytest.mark.parametrize(
+    ("argv", "nouns"),
+    [
+        (["node", "list"], ["node"]),
+        (["--config", "node", "job", "list"], ["job"]),  # a config file named `node`
+        (["--nats-url", "nats://x:4222", "-v", "devstack"], ["devstack"]),
+        (["--timeout=3", "config", "path"], ["config"]),
+        (["--help"], list(NOUNS)),
+        (["nod", "list"], list(NOUNS)),  # a typo: the error lists every noun
+        ([], list(NOUNS)),
+    ],
+)
+def test_a_command_imports_only_the_noun_it_names(argv: list[str], nouns: list[str]) -> None:
+    assert named_nouns(argv) == nouns
+
+
+def test_node_list_does_not_import_the_job_commands() -> None:
+    code = (
+        "import sys; from hivectl.cli import main; main.mount(main.named_nouns(['node']));"
+        "print(sorted(m for m in sys.modules if m.startswith('hivectl.cli.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "hivectl.cli.nodes" in out.stdout
+    assert "hivectl.cli.jobs" not in out.stdout and "hivectl.cli.devstack" not in out.stdout
+
+
+def test_the_installed_version_is_the_package_version() -> None:
+    from importlib.metadata import version
+
+    assert version("hive") == __version__
