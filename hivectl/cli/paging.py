@@ -31,14 +31,14 @@ async def follow(api: Api, noun: str, query: Message, expect: type[R]) -> list[R
     """
     pages: list[R] = []
     after = ""
-    pending = _ask(api, noun, query, after)
+    pending = await _ask(api, noun, query, after)
     with _gc_paused():
         try:
             while True:
                 data = await pending
                 ahead = codec.peek(data, "next")
                 if isinstance(ahead, str) and ahead not in ("", after):
-                    pending = _ask(api, noun, query, ahead)
+                    pending = await _ask(api, noun, query, ahead)
                 page = api.read(noun, "list", data, expect)
                 pages.append(page)
                 following = getattr(page, "next", "")
@@ -48,15 +48,25 @@ async def follow(api: Api, noun: str, query: Message, expect: type[R]) -> list[R
                     raise CliError(f"the requester sent the page after {after!r} twice; giving up")
                 if following != ahead:  # a map with `next` twice: trust the decoded one
                     pending.cancel()
-                    pending = _ask(api, noun, query, following)
+                    pending = await _ask(api, noun, query, following)
                 after = following
         finally:
             await _drop(pending)
 
 
-def _ask(api: Api, noun: str, query: Message, after: str) -> asyncio.Future[bytes]:
+async def _ask(api: Api, noun: str, query: Message, after: str) -> asyncio.Future[bytes]:
+    """Ask for the page after `after`; return once the request is on the wire.
+
+    Decoding a page never yields to the event loop, so a request merely scheduled
+    would wait for it. A flush (PING/PONG, well under a millisecond) after the task
+    has published proves the server has the request before decoding starts.
+    """
     page = query.model_copy(update={"after": after})
-    return asyncio.ensure_future(api.ask(noun, "list", page))
+    pending = asyncio.ensure_future(api.ask(noun, "list", page))
+    await asyncio.sleep(0)  # the task publishes the request
+    with contextlib.suppress(Exception):  # a broken connection: the ask says so
+        await api.nc.flush(timeout=max(1, int(api.cfg.timeout)))
+    return pending
 
 
 async def _drop(pending: asyncio.Future[bytes]) -> None:
