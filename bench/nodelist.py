@@ -2,10 +2,11 @@
 
 Every simulated node registers (signed), then sends one heartbeat and one resource
 report, so each row is complete. Then `hivectl --nats-url URL node list -o json` runs
-as a subprocess 5 times (target: under 1 s each). Baselines from the same run: the
-process wall time of `python -c "import hivectl.cli.main"` (the import cost floor),
-`hivectl --version`, and fetching every page of hive.api.node.list in-process (the
-requester's side plus the wire, without the CLI's start-up and output).
+as a subprocess 5 times (target: under 1 s each; the first finds the requester's page
+cache cold). Baselines from the same run: the process wall time of importing what
+`hivectl node list` imports (the import cost floor), `hivectl --version`, and fetching
+every page of hive.api.node.list in-process, one after another (the requester's side
+plus the wire and decoding, without the CLI's start-up and output).
 
 JSON on stdout; progress on stderr; exit 0 when the target is met.
 
@@ -109,38 +110,53 @@ def main() -> int:
 
 
 def measure(stack: Stack, reg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while True:
-        m = stack.scrape()
-        if m.heartbeats >= reg["registered"] and m.resources >= reg["registered"]:
-            break
-        if time.monotonic() > deadline:
-            log(f"  only {m.heartbeats} heartbeats / {m.resources} reports counted")
-            break
-        time.sleep(0.2)
-
+    wait_for_reports(stack, reg["registered"])
     env = _sim.clean_env()
     hivectl = str(BIN / "hivectl")
     config = ["--config", str(stack.empty_config)]
     list_cmd = [hivectl, *config, "--nats-url", stack.url, "node", "list", "-o", "json"]
 
-    log("baselines: import hivectl.cli.main, hivectl --version, in-process page fetch")
-    import_floor = wall_times([PYTHON, "-c", "import hivectl.cli.main"], env, args.runs)
-    version = wall_times([hivectl, *config, "--version"], env, args.runs)
+    # The CLI first: its first run finds the requester's page cache cold, as the
+    # first `node list` after a requester restart does.
+    log(f"timing: {' '.join(list_cmd[:1] + list_cmd[3:])} x{args.runs}")
+    measured = time_cli(list_cmd, env, args.runs)
+
+    log("baselines: hivectl's imports for `node list`, hivectl --version, in-process fetch")
+    measured["import_floor"] = wall_times([PYTHON, "-c", IMPORT_NODE_LIST], env, args.runs)
+    measured["version"] = wall_times([hivectl, *config, "--version"], env, args.runs)
     fetches = [asyncio.run(fetch_all_pages(stack.url)) for _ in range(args.runs)]
-    fetch = {
+    measured["fetch"] = {
         "median_s": round(statistics.median(f[0] for f in fetches), 3),
         "max_s": round(max(f[0] for f in fetches), 3),
         "rows": fetches[0][1],
         "pages": fetches[0][2],
     }
+    return measured
 
-    log(f"timing: {' '.join(list_cmd[:1] + list_cmd[3:])} x{args.runs}")
+
+# What `hivectl node list` imports before it runs (the other nouns are not imported).
+IMPORT_NODE_LIST = "from hivectl.cli import main; main.mount(['node'])"
+
+
+def wait_for_reports(stack: Stack, registered: int) -> None:
+    """Until every node's first heartbeat and resource report are counted."""
+    deadline = time.monotonic() + 120
+    while True:
+        m = stack.scrape()
+        if m.heartbeats >= registered and m.resources >= registered:
+            return
+        if time.monotonic() > deadline:
+            log(f"  only {m.heartbeats} heartbeats / {m.resources} reports counted")
+            return
+        time.sleep(0.2)
+
+
+def time_cli(list_cmd: list[str], env: dict[str, str], runs: int) -> dict[str, Any]:
     times: list[float] = []
     problems: list[str] = []
     rows = with_resources = healthy = -1
     out_bytes = 0
-    for _ in range(args.runs):
+    for _ in range(runs):
         seconds, done = timed(list_cmd, env)
         times.append(seconds)
         if done.returncode != 0:
@@ -162,9 +178,6 @@ def measure(stack: Stack, reg: dict[str, Any], args: argparse.Namespace) -> dict
         "with_resources": with_resources,
         "healthy": healthy,
         "out_bytes": out_bytes,
-        "import_floor": import_floor,
-        "version": version,
-        "fetch": fetch,
     }
 
 
@@ -193,9 +206,10 @@ def report(
         "value": round(median, 3),
         "max_s": round(max(times), 3),
         "all_s": [round(t, 3) for t in times],
+        "first_run_cold_cache_s": round(times[0], 3),
         "target": f"< {TARGET_S:g} s (every run)",
         "baseline": {
-            "python_import_hivectl_cli_main": measured["import_floor"],
+            "python_import_for_node_list": measured["import_floor"],
             "hivectl_version": measured["version"],
             "in_process_fetch_all_pages": measured["fetch"],
         },
