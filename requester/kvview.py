@@ -8,8 +8,9 @@ every write is a compare-and-set that re-reads and retries when another writer w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -59,6 +60,9 @@ class KvView(Generic[M]):
         self._attempts = attempts
         self._entries: dict[str, Entry[M]] = {}
         self._sorted: list[str] | None = None  # sorted keys, until a key comes or goes
+        # key -> (bytes, value) of our own write in flight: the watch often delivers it
+        # before the write returns, and then it need not be decoded again.
+        self._writing: dict[str, tuple[bytes, M]] = {}
         self._kv: KeyValue | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
@@ -93,6 +97,10 @@ class KvView(Generic[M]):
             return
         if entry.operation in _DELETE_OPS or entry.value is None:
             self.forget(entry.key)
+            return
+        mine = self._writing.get(entry.key)
+        if mine is not None and mine[0] == entry.value:
+            self._store(entry.key, Entry(mine[1], revision))  # our write, echoed early
             return
         try:
             value = codec.unpack_model(entry.value, self._model)
@@ -151,7 +159,8 @@ class KvView(Generic[M]):
     async def create(self, key: str, value: M) -> bool:
         """Store a new value; False when the key exists already (memory then has it)."""
         try:
-            revision = await self._kv_or_fail().create(key, codec.pack_model(value))
+            async with self._write(key, value) as data:
+                revision = await self._kv_or_fail().create(key, data)
         except KeyWrongLastSequenceError:  # another requester created it first
             await self._reload(key)
             return False
@@ -172,15 +181,25 @@ class KvView(Generic[M]):
             if value is None:
                 return entry.value, entry.value
             try:
-                revision = await self._kv_or_fail().update(
-                    key, codec.pack_model(value), last=entry.revision
-                )
+                async with self._write(key, value) as data:
+                    revision = await self._kv_or_fail().update(key, data, last=entry.revision)
             except KeyWrongLastSequenceError:
                 await self._reload(key)
                 continue
             self._store(key, Entry(value, revision))
             return entry.value, value
         raise self._error("conflict", f"{self._noun} {key!r} kept changing; try again")
+
+    @contextlib.asynccontextmanager
+    async def _write(self, key: str, value: M) -> AsyncIterator[bytes]:
+        """`value` packed, remembered as ours while its write is in flight."""
+        mine = (codec.pack_model(value), value)
+        self._writing[key] = mine
+        try:
+            yield mine[0]
+        finally:
+            if self._writing.get(key) is mine:  # not a later write of the same key
+                del self._writing[key]
 
     async def purge(self, key: str) -> None:
         await self._kv_or_fail().purge(key)
