@@ -81,6 +81,13 @@ def failures(job: Job) -> list[Execution]:
     return [e for e in job.executions if e.state in (ES.FAILED, ES.LOST)]
 
 
+def stopped_by_node(job: Job) -> list[Execution]:
+    """Executions their node stopped on its own: it was shutting down (a restart, an
+    upgrade, a drain). Like Nomad's migrations off a draining node, the work is placed
+    again without using one of the job's retries: nothing was wrong with it."""
+    return [e for e in job.executions if e.state is ES.CANCELLED]
+
+
 def live(job: Job) -> list[Execution]:
     return [e for e in job.executions if e.state in ACTIVE or e.state is ES.COMPLETED]
 
@@ -91,7 +98,7 @@ def missing(job: Job) -> tuple[int, frozenset[str] | None]:
         return 0, None
     if job.spec.type is JobType.BATCH:
         return max(0, job.spec.count - len(live(job))), None
-    targets = {e.node_id for e in job.executions if e.state not in (ES.REJECTED, ES.CANCELLED)}
+    targets = {e.node_id for e in job.executions if e.state is not ES.REJECTED}
     if not targets:
         return EVERY_NODE, None
     need = frozenset(targets - {e.node_id for e in live(job)})
@@ -100,7 +107,7 @@ def missing(job: Job) -> tuple[int, frozenset[str] | None]:
 
 def waiting_since(job: Job) -> datetime:
     """Since when the job has wanted a node: its queue timeout counts from here."""
-    ended = [e.ended_at for e in failures(job) if e.ended_at is not None]
+    ended = [e.ended_at for e in failures(job) + stopped_by_node(job) if e.ended_at is not None]
     return max([job.created_at, *ended])
 
 
@@ -149,8 +156,8 @@ def apply_update(job: Job, update: ExecUpdate, at: datetime) -> Job | None:
     if job.state in JOB_TERMINAL or current is None:
         return None
     state, error = update.state, update.error
-    if state is ES.CANCELLED:  # the node gave up on work nobody asked it to stop
-        state, error = ES.FAILED, f"cancelled on the node: {error or 'no reason given'}"
+    if state is ES.CANCELLED:  # nobody asked: the node stopped it as it shut down
+        error = f"stopped by its node: {error or 'no reason given'}"
     moved = advance(current, state, at, update.exit_code, error)
     return None if moved is None else settle(with_exec(job, moved))
 

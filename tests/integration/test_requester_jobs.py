@@ -240,6 +240,45 @@ async def test_a_failure_without_retries_fails_the_job(requester: Requester, nc:
     assert job.reason == f"execution {placed.exec_id} on node-a failed: boom (exit 3)"
 
 
+async def test_work_its_node_stopped_goes_elsewhere_without_using_a_retry(
+    requester: Requester, nc: Client
+) -> None:
+    """A node shutting down (a restart, an upgrade) stops its work: nothing was wrong
+    with the work, so it is placed again and the job's retries (none here) stay."""
+    nodes = {n: await compute(requester, nc, n) for n in ("node-a", "node-b")}
+    job_id = await submit(nc, spec())
+    first = await execution(requester, job_id, lambda e: e.state is ES.ACCEPTED, "first")
+    await nodes[first.node_id].update(
+        first.exec_id, job_id, ES.CANCELLED, exit_code=143, error="agent shutting down"
+    )
+    second = await execution(
+        requester, job_id, lambda e: e.exec_id != first.exec_id and e.state is ES.ACCEPTED, "again"
+    )
+    stopped = next(e for e in job_of(requester, job_id).executions if e.exec_id == first.exec_id)
+    assert (stopped.state, stopped.error) == (
+        ES.CANCELLED,
+        "stopped by its node: agent shutting down",
+    )
+    assert second.attempt == 0  # not a retry
+    await nodes[second.node_id].update(second.exec_id, job_id, ES.COMPLETED, exit_code=0)
+    await state(requester, job_id, JobState.COMPLETED)
+
+
+async def test_the_queue_timeout_counts_from_when_its_node_stopped_the_work(
+    requester: Requester, nc: Client
+) -> None:
+    node = await compute(requester, nc, "node-a", cpu=1.0)
+    job_id = await submit(nc, spec(queue_timeout=1.0))
+    first = await execution(requester, job_id, lambda e: e.state is ES.ACCEPTED, "placed")
+    await asyncio.sleep(1.2)  # the job now runs for longer than its queue timeout
+    node.policy = lambda offer: (False, "agent shutting down")  # it declines from now on
+    await node.update(first.exec_id, job_id, ES.CANCELLED, exit_code=143, error="shutting down")
+    queued = await state(requester, job_id, JobState.QUEUED)
+    assert queued.reason  # waiting, saying why: not failed at once
+    failed = await state(requester, job_id, JobState.FAILED, timeout=10)
+    assert failed.reason.startswith("queue timeout (1s)")
+
+
 class Heartbeats:
     """Keeps chosen sim nodes HEALTHY until they are dropped from it."""
 
