@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -109,6 +110,21 @@ class JobStore:
         if after is not before:
             await self._after_write(before, after)
         return after
+
+    async def expire(self, retention: float) -> int:
+        """Delete the finished jobs that ended over `retention` seconds ago; how many.
+
+        A finished job never changes again, so its last update is when it ended.
+        """
+        if retention <= 0:
+            return 0
+        cutoff = utcnow() - timedelta(seconds=retention)
+        old = [j.job_id for j in self.jobs() if j.state in JOB_TERMINAL and j.updated_at < cutoff]
+        for job_id in old:
+            await self._view.purge(job_id)
+        if old:
+            log.info("deleted %d jobs that finished over %gs ago", len(old), retention)
+        return len(old)
 
     async def _after_write(self, before: Job, after: Job) -> None:
         if before.state != after.state:

@@ -39,6 +39,7 @@ from requester.streams import ensure_job_streams
 
 log = logging.getLogger("hive.requester")
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
+EXPIRE_EVERY = 60.0  # seconds between looks for finished jobs past their retention
 NODE_PENDING_MSGS = 1_000_000
 NODE_PENDING_BYTES = 512 * 1024 * 1024
 
@@ -228,12 +229,27 @@ class Requester:
             await self.close()
 
     async def _health_loop(self) -> None:
+        """The periodic checks: node health every interval, finished jobs' expiry less often."""
         interval = self.config.health_check_interval
+        # A short retention (tests, small setups) is looked at more often than a minute.
+        expire_every = min(EXPIRE_EVERY, self.config.job_retention / 10) or EXPIRE_EVERY
+        next_expiry = time.monotonic() + expire_every
         while not self.stopping.is_set():
             self.liveness.sweep(time.monotonic())
             await self.liveness.publish()
+            if time.monotonic() >= next_expiry:
+                next_expiry = time.monotonic() + expire_every
+                await self._expire_jobs()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
+
+    async def _expire_jobs(self) -> None:
+        if self.jobs is None:
+            return
+        try:
+            await self.jobs.expire(self.config.job_retention)
+        except Exception:  # NATS trouble: the next round tries again
+            log.exception("deleting finished jobs failed")
 
     def stop(self) -> None:
         self.stopping.set()

@@ -26,12 +26,12 @@ from pydantic_settings import (
 from hivectl.core.models import ID_PATTERN, Labels
 from hivectl.core.subjects import DEFAULT_PREFIX
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
 def parse_duration(value: Any) -> Any:
-    """'15s', '500ms', '2m', '1h' or a number of seconds, as seconds."""
+    """'15s', '500ms', '2m', '1h', '7d' or a number of seconds, as seconds."""
     if isinstance(value, str):
         match = _DURATION.match(value)
         if not match:
@@ -139,6 +139,9 @@ class RequesterConfig(HiveSettings):
     health_check_interval: Duration = 1.0
     scheduler_interval: Duration = 1.0
     offer_timeout: Duration = 2.0
+    # A finished job's record is deleted this long after it ended (its logs, events and
+    # results expire after 7 days in their streams too); 0 keeps finished jobs forever.
+    job_retention: Duration = 7 * 24 * 3600.0
     max_payload: int = Field(default=1024 * 1024, ge=1024)
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 from hivectl.core import codec
 from hivectl.core.api import NodeApproveRequest, NodeRejectRequest
-from hivectl.core.bus import request
+from hivectl.core.bus import RemoteError, request
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.jobs import (
     ExecState,
@@ -277,6 +277,27 @@ async def test_the_queue_timeout_counts_from_when_its_node_stopped_the_work(
     assert queued.reason  # waiting, saying why: not failed at once
     failed = await state(requester, job_id, JobState.FAILED, timeout=10)
     assert failed.reason.startswith("queue timeout (1s)")
+
+
+async def test_finished_jobs_are_deleted_after_their_retention_and_running_ones_kept(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path
+) -> None:
+    settings = config(nats_server.url, tmp_path / "req", job_retention=1.0)
+    async with RunningRequester(settings) as req:
+        node = await compute(req, nc, "node-a")
+        done, running = await submit(nc, spec()), await submit(nc, spec())
+        placed = await execution(req, done, lambda e: e.state is ES.ACCEPTED, "placed")
+        await execution(req, running, lambda e: e.state is ES.ACCEPTED, "placed")
+        await node.update(placed.exec_id, done, ES.COMPLETED, exit_code=0)
+        await state(req, done, JobState.COMPLETED)
+        assert req.jobs is not None
+        await wait_for(lambda: req.jobs.get(done) is None, timeout=10, what="finished job gone")
+        with pytest.raises(RemoteError, match="not found"):
+            await call(nc, "get", JobGetRequest(id=done), JobGetReply)
+        assert job_of(req, running).state is not JobState.COMPLETED
+    async with RunningRequester(settings) as again:  # gone from the bucket, not just memory
+        assert again.jobs is not None and again.jobs.get(done) is None
+        assert again.jobs.get(running) is not None
 
 
 class Heartbeats:

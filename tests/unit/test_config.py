@@ -338,6 +338,7 @@ def test_invalid_files_are_config_errors(bad: str, key: str | None, tmp_path: Pa
         ("2m", 120.0),
         ("15s", 15.0),
         ("1h", 3600.0),
+        ("7d", 604800.0),
         ("1.5s", 1.5),
         (" 30s ", 30.0),
         ("15", 15.0),
