@@ -325,6 +325,9 @@ class Executions:
                 await docker.remove(container)
 
     async def _lost(self, held: Held) -> None:
+        process = self.executors.get("process")
+        if held.engine == "process" and isinstance(process, ProcessExecutor):
+            await process.clean_up_after_crash(held.exec_id, held.handle, held.started)
         self.ledger.release(held.exec_id)
         self._forget(held.exec_id)
         await self.publisher.eof(held.job_id, held.exec_id, NEVER_RAN)

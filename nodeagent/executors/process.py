@@ -22,7 +22,10 @@ import resource
 import shutil
 import signal
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+
+import psutil
 
 from hivectl.core.jobs import ExecState, JobSpec
 from nodeagent.executors import KILL_GRACE, ExecutorError, JobRun, Outcome, TarBuilder, watch
@@ -33,6 +36,7 @@ CHUNK = 64 * 1024
 NOFILE = 1024
 PATH = "/usr/local/bin:/usr/bin:/bin"
 READ_DRAIN = 2.0  # how long to drain output after the group is gone (a setsid'ed child)
+ORPHAN_WINDOW = 60.0  # seconds from admission within which a job's process has started
 
 
 class ProcessExecutor:
@@ -50,6 +54,15 @@ class ProcessExecutor:
             if not _inside(Path("/w"), path):
                 return f"output {path!r} must be a relative path inside the job's work dir"
         return None
+
+    async def clean_up_after_crash(self, exec_id: str, handle: str, admitted: str) -> None:
+        """What a job left when the agent died under it: its process group, which its
+        own session kept alive (a job that writes no output never notices), and its
+        work dir."""
+        killed = await asyncio.to_thread(_kill_orphan, handle, admitted)
+        if killed:
+            log.info("killed the processes execution %s left running", exec_id)
+        await asyncio.to_thread(shutil.rmtree, self.work_dir / exec_id, True)
 
     async def run(self, job: JobRun) -> Outcome:
         await job.state(ExecState.STARTING)
@@ -146,6 +159,26 @@ async def _terminate(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_GRACE)
     _killpg(proc.pid, signal.SIGKILL)
+
+
+def _kill_orphan(handle: str, admitted: str) -> bool:
+    """SIGKILL the process group a dead agent's job leads, if `handle` still names it.
+
+    The pid may have been reused since (a reboot, a long downtime): only a session
+    leader created within ORPHAN_WINDOW of the job's admission is taken to be the job.
+    """
+    try:
+        pid = int(handle)
+        created = psutil.Process(pid).create_time()
+        since = datetime.fromisoformat(admitted).timestamp()
+        leads_its_group = os.getpgid(pid) == pid
+    except (ValueError, OSError, psutil.Error):
+        return False  # gone already, or not a pid
+    # `admitted` is cut to the second: the job's process starts at most a second before.
+    if not leads_its_group or not since - 1 <= created <= since + ORPHAN_WINDOW:
+        return False
+    _killpg(pid, signal.SIGKILL)
+    return True
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import subprocess
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -189,6 +190,52 @@ def process(*command: str, **values: Any) -> JobSpec:
 
 
 # -- process executor ------------------------------------------------------------------
+
+
+def _orphan(tmp_path: Path, admitted: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """What an agent killed mid-job leaves: a ledger entry and the job's process, in
+    its own session (alive: it never writes to the dead agent's pipes), and work dir."""
+    exec_id = new_exec_id()
+    ledger = Ledger.load(tmp_path / "state", FULL)
+    spec = process("sleep", "60")
+    ledger.admit(exec_id, Resources(cpu=1.0), job_id=new_job_id(), engine="process",
+                 spec=spec.model_dump())  # fmt: skip
+    if admitted is not None:
+        ledger.held[exec_id].started = admitted
+    (tmp_path / "work" / exec_id).mkdir(parents=True)
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    ledger.set_handle(exec_id, str(job.pid))
+    return job, exec_id
+
+
+async def test_a_restarted_agent_kills_the_process_job_it_lost_and_reports_it(
+    manager_factory: Any, jobs: Jobs, tmp_path: Path
+) -> None:
+    job, exec_id = _orphan(tmp_path)
+    try:
+        manager = await manager_factory(work_dir=tmp_path / "work")
+        updates = await jobs.final(exec_id)
+        assert (updates[-1].state, updates[-1].error) == ("FAILED", "lost while the agent was down")
+        assert await asyncio.to_thread(job.wait, 5) == -9  # SIGKILL to its process group
+        assert not (tmp_path / "work" / exec_id).exists()
+        assert manager.ledger.available == FULL
+    finally:
+        job.kill()
+
+
+async def test_a_pid_that_names_a_newer_process_is_left_alone(
+    manager_factory: Any, jobs: Jobs, tmp_path: Path
+) -> None:
+    """After a reboot the pid may belong to something else: started long after the job
+    was admitted, it is not the job."""
+    job, exec_id = _orphan(tmp_path, admitted="2020-01-01T00:00:00+00:00")
+    try:
+        await manager_factory(work_dir=tmp_path / "work")
+        assert (await jobs.final(exec_id))[-1].state == "FAILED"
+        assert job.poll() is None  # still running
+    finally:
+        job.kill()
+        job.wait()
 
 
 async def test_process_job_completes_with_logs(manager_factory: Any, jobs: Jobs) -> None:
