@@ -61,12 +61,20 @@ class Executor(Protocol):
 
 
 async def watch(
-    done: asyncio.Future[int], job: JobRun, kill: Callable[[], Awaitable[None]]
+    done: asyncio.Future[int],
+    job: JobRun,
+    kill: Callable[[], Awaitable[None]],
+    *,
+    ran_for: float = 0.0,
 ) -> Outcome:
-    """Wait for the exit code in `done`; kill on the spec's timeout or on cancel."""
+    """Wait for the exit code in `done`; kill on the spec's timeout or on cancel.
+
+    `ran_for`: seconds the job already ran (a container an earlier run of the agent
+    started): its timeout counts from its start, not from when the agent came back.
+    """
     cancelled: asyncio.Future[Any] = asyncio.ensure_future(job.cancel.wait())
     waiters: set[asyncio.Future[Any]] = {done, cancelled}
-    timeout = job.spec.timeout or None
+    timeout = max(0.0, job.spec.timeout - ran_for) if job.spec.timeout else None
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -20,8 +20,10 @@ import contextlib
 import io
 import logging
 import posixpath
+import re
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import docker
@@ -94,7 +96,8 @@ class DockerExecutor:
             raise ExecutorError("its container was lost while the agent was down") from None
         try:
             if container.status in ("created", "running", "restarting", "paused"):
-                outcome = await self._follow(client, job, container, start=False)
+                ran_for = _ran_for(container.attrs["State"].get("StartedAt", ""))
+                outcome = await self._follow(client, job, container, start=False, ran_for=ran_for)
             else:
                 outcome = Outcome(exit_code=int(container.attrs["State"]["ExitCode"]))
             if job.spec.outputs:
@@ -136,7 +139,9 @@ class DockerExecutor:
             "labels": {LABEL_NODE: self.node_id, LABEL_JOB: job.job_id, LABEL_EXEC: job.exec_id},
         }
 
-    async def _follow(self, client: Any, job: JobRun, container: Any, *, start: bool) -> Outcome:
+    async def _follow(
+        self, client: Any, job: JobRun, container: Any, *, start: bool, ran_for: float = 0.0
+    ) -> Outcome:
         """Attach, start when asked, stream output, wait: the exit code or a kill."""
         try:
             stream = await asyncio.to_thread(
@@ -155,7 +160,20 @@ class DockerExecutor:
             name=f"hive-docker-{job.exec_id}",
             daemon=True,
         ).start()
-        return await watch(done, job, lambda: asyncio.to_thread(_kill, container))
+        return await watch(done, job, lambda: asyncio.to_thread(_kill, container), ran_for=ran_for)
+
+
+def _ran_for(started_at: str) -> float:
+    """Seconds since docker's `State.StartedAt` (RFC 3339 with nanoseconds); 0 if unknown
+    or never started (docker's zero time, year 1)."""
+    match = _STARTED_AT.match(started_at)
+    if match is None or match[1].startswith("0001-"):
+        return 0.0
+    started = datetime.fromisoformat(f"{match[1]}.{(match[2] or '0')[:6]:0<6}+00:00")
+    return max(0.0, (datetime.now(UTC) - started).total_seconds())
+
+
+_STARTED_AT = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$")
 
 
 def _ensure_image(client: Any, image: str) -> None:

@@ -12,6 +12,7 @@ import io
 import itertools
 import subprocess
 import tarfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -487,3 +488,32 @@ async def test_restarted_agent_reattaches_and_removes_orphans(
     assert _hive_containers(docker_client) == []
     assert manager.ledger.available == FULL
     assert orphan.id not in [c.id for c in docker_client.containers.list(all=True)]
+
+
+@pytest.mark.docker
+async def test_a_reattached_containers_timeout_counts_from_its_start(
+    manager_factory: Any,
+    jobs: Jobs,
+    busybox_image: str,
+    docker_client: Any,
+    docker_engine: PrivateDockerd,
+    tmp_path: Path,
+) -> None:
+    """An agent back after 2.5 s down owes a 3 s job half a second, not 3 s more."""
+    exec_id, job_id = new_exec_id(), new_job_id()
+    spec = docker_spec(busybox_image, "sleep", "30", timeout=3.0)
+    ledger = Ledger.load(tmp_path / "state", FULL)
+    ledger.admit(
+        exec_id, Resources(cpu=1.0), job_id=job_id, engine="docker", spec=spec.model_dump()
+    )
+    labels = {"hive.node": NODE, "hive.job": job_id, "hive.exec": exec_id}
+    container = docker_client.containers.run(
+        busybox_image, spec.command, labels=labels, network_mode="none", detach=True
+    )
+    ledger.set_handle(exec_id, container.id)
+    await asyncio.sleep(2.5)  # the scenario, not a wait for an event: the agent is down
+    back = time.monotonic()
+    await manager_factory(executors={"docker": {"enabled": True, "host": docker_engine.base_url}})
+    updates = await jobs.final(exec_id)
+    assert updates[-1].error == "killed after its 3s timeout"
+    assert time.monotonic() - back < 2.0  # unfixed, it would be 3 s and more
