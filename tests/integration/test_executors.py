@@ -452,6 +452,21 @@ async def test_docker_missing_image_fails_in_setup(docker_manager: Executions, j
     assert docker_manager.ledger.available == FULL
 
 
+def _left_running(docker_client: Any, tmp_path: Path, spec: JobSpec) -> str:
+    """What an agent killed mid-job leaves: its ledger entry and the running container."""
+    exec_id, job_id = new_exec_id(), new_job_id()
+    ledger = Ledger.load(tmp_path / "state", FULL)
+    ledger.admit(
+        exec_id, Resources(cpu=1.0), job_id=job_id, engine="docker", spec=spec.model_dump()
+    )
+    labels = {"hive.node": NODE, "hive.job": job_id, "hive.exec": exec_id}
+    container = docker_client.containers.run(
+        spec.image, spec.command, labels=labels, network_mode="none", detach=True
+    )
+    ledger.set_handle(exec_id, container.id)
+    return exec_id
+
+
 @pytest.mark.docker
 async def test_restarted_agent_reattaches_and_removes_orphans(
     manager_factory: Any,
@@ -462,24 +477,10 @@ async def test_restarted_agent_reattaches_and_removes_orphans(
     tmp_path: Path,
 ) -> None:
     """What an agent that died mid-job left: a ledger entry and its container; and an orphan."""
-    exec_id, job_id = new_exec_id(), new_job_id()
     spec = docker_spec(busybox_image, "sh", "-c", "echo late; sleep 1; exit 4")
-    ledger = Ledger.load(tmp_path / "state", FULL)
-    ledger.admit(
-        exec_id, Resources(cpu=1.0), job_id=job_id, engine="docker", spec=spec.model_dump()
-    )
-    labels = {"hive.node": NODE, "hive.job": job_id}
-    container = docker_client.containers.run(
-        busybox_image,
-        spec.command,
-        labels=labels | {"hive.exec": exec_id},
-        network_mode="none",
-        detach=True,
-    )
-    ledger.set_handle(exec_id, container.id)
-    orphan = docker_client.containers.create(
-        busybox_image, ["true"], labels=labels | {"hive.exec": new_exec_id()}
-    )
+    exec_id = _left_running(docker_client, tmp_path, spec)
+    labels = {"hive.node": NODE, "hive.job": new_job_id(), "hive.exec": new_exec_id()}
+    orphan = docker_client.containers.create(busybox_image, ["true"], labels=labels)
     manager = await manager_factory(
         executors={"docker": {"enabled": True, "host": docker_engine.base_url}}
     )
@@ -500,17 +501,8 @@ async def test_a_reattached_containers_timeout_counts_from_its_start(
     tmp_path: Path,
 ) -> None:
     """An agent back after 2.5 s down owes a 3 s job half a second, not 3 s more."""
-    exec_id, job_id = new_exec_id(), new_job_id()
     spec = docker_spec(busybox_image, "sleep", "30", timeout=3.0)
-    ledger = Ledger.load(tmp_path / "state", FULL)
-    ledger.admit(
-        exec_id, Resources(cpu=1.0), job_id=job_id, engine="docker", spec=spec.model_dump()
-    )
-    labels = {"hive.node": NODE, "hive.job": job_id, "hive.exec": exec_id}
-    container = docker_client.containers.run(
-        busybox_image, spec.command, labels=labels, network_mode="none", detach=True
-    )
-    ledger.set_handle(exec_id, container.id)
+    exec_id = _left_running(docker_client, tmp_path, spec)
     await asyncio.sleep(2.5)  # the scenario, not a wait for an event: the agent is down
     back = time.monotonic()
     await manager_factory(executors={"docker": {"enabled": True, "host": docker_engine.base_url}})
