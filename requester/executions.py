@@ -47,6 +47,7 @@ _RANK = {ES.OFFERED: 0, ES.ACCEPTED: 1, ES.STARTING: 2, ES.RUNNING: 3}
 # What a node may report. ACCEPTED repeats what its offer reply said (harmless: states
 # only move forward); OFFERED, LOST and REJECTED are the requester's words alone.
 FROM_NODE = frozenset({ES.ACCEPTED, ES.STARTING, ES.RUNNING, ES.COMPLETED, ES.FAILED, ES.CANCELLED})
+STOPPED_BY_NODE = "stopped by its node: "  # the error of work a node stopped unasked
 EVERY_NODE = -1  # an ops job not placed yet: one execution on every matching node
 
 
@@ -85,7 +86,12 @@ def stopped_by_node(job: Job) -> list[Execution]:
     """Executions their node stopped on its own: it was shutting down (a restart, an
     upgrade, a drain). Like Nomad's migrations off a draining node, the work is placed
     again without using one of the job's retries: nothing was wrong with it."""
-    return [e for e in job.executions if e.state is ES.CANCELLED]
+    return [e for e in job.executions if node_stopped(e)]
+
+
+def node_stopped(execution: Execution) -> bool:
+    """Stopped by its node, unasked (the node needs no cancel for it)."""
+    return execution.state is ES.CANCELLED and execution.error.startswith(STOPPED_BY_NODE)
 
 
 def live(job: Job) -> list[Execution]:
@@ -157,7 +163,7 @@ def apply_update(job: Job, update: ExecUpdate, at: datetime) -> Job | None:
         return None
     state, error = update.state, update.error
     if state is ES.CANCELLED:  # nobody asked: the node stopped it as it shut down
-        error = f"stopped by its node: {error or 'no reason given'}"
+        error = f"{STOPPED_BY_NODE}{error or 'no reason given'}"
     moved = advance(current, state, at, update.exit_code, error)
     return None if moved is None else settle(with_exec(job, moved))
 

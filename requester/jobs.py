@@ -37,7 +37,7 @@ from hivectl.core.jobs import (
 from hivectl.core.models import Message, OkReply, utcnow
 from hivectl.core.subjects import Subjects
 from requester.api import REPLY_HEADROOM
-from requester.executions import ACTIVE, finish
+from requester.executions import ACTIVE, finish, node_stopped
 from requester.kvview import KvView
 from requester.routing import ApiRouter, Refusal
 
@@ -134,7 +134,7 @@ class JobStore:
         cancelled = [
             e
             for e in after.executions
-            if e.exec_id in was_active and e.state is ExecState.CANCELLED
+            if e.exec_id in was_active and e.state is ExecState.CANCELLED and not node_stopped(e)
         ]
         if cancelled:
             self._on_cancel(cancelled, after.reason or f"job {after.state.lower()}")

@@ -262,6 +262,8 @@ async def test_work_its_node_stopped_goes_elsewhere_without_using_a_retry(
     assert second.attempt == 0  # not a retry
     await nodes[second.node_id].update(second.exec_id, job_id, ES.COMPLETED, exit_code=0)
     await state(requester, job_id, JobState.COMPLETED)
+    # The node stopped that work itself: nobody tells it to cancel what it already has.
+    assert [c.exec_id for n in nodes.values() for c in n.cancels] == []
 
 
 async def test_the_queue_timeout_counts_from_when_its_node_stopped_the_work(
