@@ -36,6 +36,9 @@ class Held:
     handle: str = ""  # the container id or the process id, once there is one
     started: str = field(default_factory=lambda: utcnow().isoformat(timespec="seconds"))
     spec: dict[str, Any] = field(default_factory=dict)  # the job spec, to finish it after a restart
+    # How it ended (state, exit_code, error), written before the final update is
+    # published: its lock is free, and a restarted agent publishes what is still here.
+    final: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -52,6 +55,7 @@ class Held:
             handle=str(data.get("handle", "")),
             started=str(data.get("started", "")),
             spec=dict(data.get("spec") or {}),
+            final=dict(data["final"]) if data.get("final") else None,
         )
 
 
@@ -80,6 +84,8 @@ class Ledger:
     def locked(self) -> Resources:
         total = Resources()
         for held in self.held.values():
+            if held.final is not None:  # ended: only its report is pending
+                continue
             r = held.resources
             total = Resources(
                 cpu=round(total.cpu + r.cpu, 6),
@@ -122,6 +128,14 @@ class Ledger:
         held = self.held.get(exec_id)
         if held is not None and held.handle != handle:
             held.handle = handle
+            self.save()
+
+    def finish(self, exec_id: str, state: str, exit_code: int | None, error: str) -> None:
+        """The execution ended: its lock is free; its outcome stays until `release`,
+        once reported, so an agent that dies before reporting it reports it on restart."""
+        held = self.held.get(exec_id)
+        if held is not None:
+            held.final = {"state": state, "exit_code": exit_code, "error": error}
             self.save()
 
     def release(self, exec_id: str) -> None:

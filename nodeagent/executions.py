@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -84,7 +84,7 @@ class Executions:
         self._subs: list[Subscription] = []
         self._closing = False
         self._sync_lock = asyncio.Lock()
-        self._reports: set[asyncio.Task[None]] = set()  # lost executions being reported
+        self._reports: set[asyncio.Task[None]] = set()  # reports left from before a restart
 
     @property
     def taking_offers(self) -> bool:
@@ -264,21 +264,21 @@ class Executions:
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:
         job, publisher = run.job, self.publisher
-        await run.logs.close()
-        code = NEVER_RAN if outcome.exit_code is None else outcome.exit_code
-        await publisher.eof(job.job_id, job.exec_id, code)
-        if outcome.results is not None:
-            await publisher.results(job.exec_id, outcome.results)
         if outcome.cancelled:
             state, error = ExecState.CANCELLED, run.cancel_reason
         elif outcome.exit_code == 0 and not outcome.error:
             state, error = ExecState.COMPLETED, ""
         else:
             state, error = ExecState.FAILED, failure_text(outcome)
-        self.ledger.release(job.exec_id)
+        # Written down first: from here on a crash loses no outcome (see `_recover`).
+        self.ledger.finish(job.exec_id, state.value, outcome.exit_code, error)
+        await run.logs.close()
+        code = NEVER_RAN if outcome.exit_code is None else outcome.exit_code
+        await publisher.eof(job.job_id, job.exec_id, code)
+        if outcome.results is not None:
+            await publisher.results(job.exec_id, outcome.results)
         self._forget(job.exec_id)
         self.ended[state.value] += 1
-        await publisher.update(job.exec_id, job.job_id, state, outcome.exit_code, error)
         log.info(
             "execution %s %s %s",
             job.exec_id,
@@ -286,6 +286,14 @@ class Executions:
             error,
             extra=self._fields(job.job_id, job.exec_id),
         )
+        await self._report(job.exec_id, job.job_id, state, outcome.exit_code, error)
+
+    async def _report(
+        self, exec_id: str, job_id: str, state: ExecState, exit_code: int | None, error: str
+    ) -> None:
+        """Publish an execution's final update; only then is its ledger entry dropped."""
+        if await self.publisher.update(exec_id, job_id, state, exit_code, error):
+            self.ledger.release(exec_id)
 
     def _fields(self, job_id: str | None, exec_id: str) -> dict[str, str | None]:
         """The fields a log line about one execution carries (JSON keys)."""
@@ -308,7 +316,9 @@ class Executions:
                 log.warning("cannot look for this node's containers: %s", exc)
         for held in list(self.ledger.held.values()):
             container = containers.pop(held.exec_id, None)
-            if held.engine == "docker" and docker is not None and container is not None:
+            if held.final is not None:  # it ended; the report did not get out
+                self._background(self._report_again(held))
+            elif held.engine == "docker" and docker is not None and container is not None:
                 log.info(
                     "re-attaching to execution %s",
                     held.exec_id,
@@ -316,22 +326,25 @@ class Executions:
                 )
                 self._launch(docker, held.exec_id, held.job_id, _spec(held), handle=container)
             else:
-                task = asyncio.create_task(self._lost(held))
-                self._reports.add(task)
-                task.add_done_callback(self._reports.discard)
+                self._background(self._lost(held))
         if isinstance(docker, DockerExecutor):
             for exec_id, container in containers.items():
                 log.info("removing container %s of unknown execution %s", container, exec_id)
                 await docker.remove(container)
 
+    def _background(self, report: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(report)
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
     async def _lost(self, held: Held) -> None:
         process = self.executors.get("process")
         if held.engine == "process" and isinstance(process, ProcessExecutor):
             await process.clean_up_after_crash(held.exec_id, held.handle, held.started)
-        self.ledger.release(held.exec_id)
+        error = "lost while the agent was down"
+        self.ledger.finish(held.exec_id, ExecState.FAILED.value, None, error)
         self._forget(held.exec_id)
         await self.publisher.eof(held.job_id, held.exec_id, NEVER_RAN)
-        error = "lost while the agent was down"
         self.ended[ExecState.FAILED.value] += 1
         log.info(
             "execution %s %s %s",
@@ -340,7 +353,26 @@ class Executions:
             error,
             extra=self._fields(held.job_id, held.exec_id),
         )
-        await self.publisher.update(held.exec_id, held.job_id, ExecState.FAILED, None, error)
+        await self._report(held.exec_id, held.job_id, ExecState.FAILED, None, error)
+
+    async def _report_again(self, held: Held) -> None:
+        """An execution that ended before the agent stopped, its report not yet out."""
+        final = held.final or {}
+        try:
+            state = ExecState(str(final.get("state")))
+        except ValueError:
+            state = ExecState.FAILED
+        code = final.get("exit_code")
+        exit_code = code if isinstance(code, int) else None
+        error = str(final.get("error") or "")
+        self._forget(held.exec_id)
+        log.info(
+            "reporting execution %s %s again: the agent stopped before it got out",
+            held.exec_id,
+            state,
+            extra=self._fields(held.job_id, held.exec_id),
+        )
+        await self._report(held.exec_id, held.job_id, state, exit_code, error)
 
 
 def _spec(held: Held) -> JobSpec:

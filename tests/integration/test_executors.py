@@ -239,6 +239,29 @@ async def test_a_pid_that_names_a_newer_process_is_left_alone(
         job.wait()
 
 
+async def test_a_restarted_agent_reports_what_ended_before_its_report_got_out(
+    manager_factory: Any, jobs: Jobs, tmp_path: Path
+) -> None:
+    """The agent recorded the outcome, then died before publishing it."""
+    exec_id, job_id = new_exec_id(), new_job_id()
+    ledger = Ledger.load(tmp_path / "state", FULL)
+    ledger.admit(exec_id, Resources(cpu=1.0), job_id=job_id, engine="process",
+                 spec=process("true").model_dump())  # fmt: skip
+    ledger.finish(exec_id, "COMPLETED", 0, "")
+    manager = await manager_factory()
+    updates = await jobs.final(exec_id)
+    assert [(u.state, u.exit_code) for u in updates] == [("COMPLETED", 0)]
+    await until(_without(manager, exec_id))
+    assert Ledger.load(tmp_path / "state", FULL).held == {}
+
+
+def _without(manager: Executions, exec_id: str) -> Any:
+    async def released() -> bool:
+        return exec_id not in manager.ledger
+
+    return released
+
+
 async def test_process_job_completes_with_logs(manager_factory: Any, jobs: Jobs) -> None:
     manager = await manager_factory()
     offer, reply = await jobs.offer(process("sh", "-c", "echo out; echo err >&2; pwd"))

@@ -54,6 +54,21 @@ def test_persisted_with_the_executions(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_a_finished_execution_frees_its_lock_but_keeps_its_outcome_until_released(
+    tmp_path: Path,
+) -> None:
+    """Between an execution's end and its report getting out, a crash must lose nothing."""
+    ledger = Ledger.load(tmp_path, FULL)
+    ledger.admit("e-1", Resources(cpu=3.0), job_id="j-1", engine="process")
+    ledger.finish("e-1", "COMPLETED", 0, "")
+    assert ledger.available == FULL  # the next job may have the room at once
+    again = Ledger.load(tmp_path, FULL)
+    assert again.held["e-1"].final == {"state": "COMPLETED", "exit_code": 0, "error": ""}
+    assert again.available == FULL
+    again.release("e-1")
+    assert Ledger.load(tmp_path, FULL).held == {}
+
+
 def test_unreadable_file_is_ignored(tmp_path: Path) -> None:
     (tmp_path / LEDGER_FILE).write_text("{not json")
     assert Ledger.load(tmp_path, FULL).held == {}
