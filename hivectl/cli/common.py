@@ -21,17 +21,18 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, NoReturn, TypeVar
 
 import typer
 from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
 
-from hivectl.cli.output import OutputFormat, write_out
+from hivectl.cli.output import OutputFormat, print_data, print_table, write_out
 from hivectl.core.bus import BusError, RemoteError, ask, connect_cli, read_reply
 from hivectl.core.codec import CodecError, describe_validation_error
 from hivectl.core.config import ClientConfig, ConfigError, load_config
@@ -147,6 +148,29 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 def info(message: str) -> None:
     """A note for the person at the terminal (stderr)."""
     stderr_console().print(escape(message))
+
+
+@dataclass(frozen=True)
+class Listing(Generic[T]):
+    """How a `list` command shows its items: columns, and one row per item."""
+
+    noun: str  # plural, for "No <noun> found."
+    columns: Sequence[str]
+    wide_columns: Sequence[str]
+    row: Callable[[T, bool, datetime], list[str]]  # (item, wide?, now) -> cells
+
+    def show(self, items: Sequence[T], fmt: OutputFormat, *, no_headers: bool) -> None:
+        """The items as JSON/YAML records, as a table, or a note that there are none."""
+        if fmt.is_data:
+            print_data(items, fmt)
+        elif not items:
+            info(f"No {self.noun} found.")
+        else:
+            wide = fmt is OutputFormat.WIDE
+            now = datetime.now(UTC)
+            rows = [self.row(item, wide, now) for item in items]
+            headers = self.wide_columns if wide else self.columns
+            print_table(headers, rows, no_headers=no_headers)
 
 
 def debug(ctx: typer.Context, message: str) -> None:

@@ -13,6 +13,7 @@ from hivectl.cli.common import (
     EXIT_ERROR,
     Api,
     CliError,
+    Listing,
     NoHeadersOption,
     OutputOption,
     call,
@@ -57,7 +58,7 @@ from hivectl.cli.jobview import (
     result_line,
     shown_executions,
 )
-from hivectl.cli.output import OutputFormat, print_data, print_table, write_out
+from hivectl.cli.output import print_data, write_out
 from hivectl.core.jobs import (
     JOB_TERMINAL,
     ExecState,
@@ -218,15 +219,7 @@ def list_jobs(
     query = make(JobListRequest, state=filter_state)
     jobs = run_api(ctx, lambda api: fetch_all(api, query), status="Listing jobs")
     jobs.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
-    if fmt.is_data:
-        print_data(jobs, fmt)
-    elif not jobs:
-        info("No jobs found.")
-    else:
-        wide = fmt is OutputFormat.WIDE
-        now = datetime.now(UTC)
-        rows = [job_row(job, wide, now) for job in jobs]
-        print_table(WIDE_COLUMNS if wide else COLUMNS, rows, no_headers=no_headers)
+    Listing("jobs", COLUMNS, WIDE_COLUMNS, job_row).show(jobs, fmt, no_headers=no_headers)
 
 
 async def fetch_all(api: Api, query: JobListRequest) -> list[Job]:

@@ -10,12 +10,12 @@ import typer
 from hivectl.cli import paging
 from hivectl.cli.common import (
     Api,
+    Listing,
     NoHeadersOption,
     OutputOption,
     call,
     check_id,
     check_selector,
-    info,
     make,
     noun_app,
     output_format,
@@ -24,7 +24,6 @@ from hivectl.cli.common import (
 )
 from hivectl.cli.output import (
     NONE,
-    OutputFormat,
     age,
     human_bytes,
     human_count,
@@ -32,7 +31,6 @@ from hivectl.cli.output import (
     join_labels,
     plain_lines,
     print_data,
-    print_table,
     timestamp,
     write_out,
 )
@@ -133,15 +131,7 @@ def list_nodes(
     )
     nodes = run_api(ctx, lambda api: fetch_all(api, query), status="Listing nodes")
     nodes.sort(key=lambda node: (node.type is not NodeType.REQUESTER, node.node_id))
-    if fmt.is_data:
-        print_data(nodes, fmt)
-    elif not nodes:
-        info("No nodes found.")
-    else:
-        wide = fmt is OutputFormat.WIDE
-        now = datetime.now(UTC)
-        rows = [node_row(node, wide, now) for node in nodes]
-        print_table(WIDE_COLUMNS if wide else COLUMNS, rows, no_headers=no_headers)
+    LISTING.show(nodes, fmt, no_headers=no_headers)
 
 
 async def fetch_all(api: Api, query: NodeListRequest) -> list[NodeView]:
@@ -186,6 +176,9 @@ def resource_cells(node: NodeView) -> list[str]:
         f"{human_bytes(free.disk if free else None)}/{human_bytes(total.disk)}",
         f"{human_count(free.gpu if free else None)}/{human_count(total.gpu)}",
     ]
+
+
+LISTING = Listing("nodes", COLUMNS, WIDE_COLUMNS, node_row)
 
 
 # -- describe ------------------------------------------------------------------------
