@@ -11,10 +11,11 @@ import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import _sim
-from _sim import BIN, PREFIX, Control, NodeKey, clean_env, log, summary
+from _sim import PREFIX, Control, NodeKey, clean_env, summary
 
 ECHO_SUBJECT = "bench.echo"
 
@@ -27,48 +28,14 @@ class JobStack(_sim.Stack):
         self.extra_env = env or {}
         self.agents: list[subprocess.Popen[bytes]] = []
 
-    def start_requester(self, timeout: float = 60.0) -> JobStack:
-        self.metrics_port = _sim.free_port()
-        cmd = [
-            str(BIN / "hive-requester"),
-            "run",
-            "--config",
-            str(self.empty_config),
-            "--nats-url",
-            self.url,
-            "--data-dir",
-            str(self.tmp / "requester"),
-            "--metrics-port",
-            str(self.metrics_port),
-            "--log-level",
-            "WARNING",
-            "--auto-approve",
-        ]
-        env = clean_env(HIVE_HEALTH_CHECK_INTERVAL="1s", **self.extra_env)
-        with self._req_log.open("wb") as out:
-            self.requester = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=_sim._die_with_parent,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.requester.poll() is not None:
-                raise RuntimeError(
-                    f"requester exited with {self.requester.returncode}:\n{self.requester_log()}"
-                )
-            with contextlib.suppress(OSError):
-                self.scrape(timeout=1.0)
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"requester not ready in {timeout:.0f}s:\n{self.requester_log()}"
-                )
-            time.sleep(0.1)
-        log(f"requester ready (pid {self.requester.pid}, :{self.metrics_port}, auto-approve)")
+    def start_requester(
+        self,
+        timeout: float = 60.0,
+        *,
+        args: Sequence[str] = ("--auto-approve",),
+        env: dict[str, str] | None = None,
+    ) -> JobStack:
+        super().start_requester(timeout, args=args, env=self.extra_env | (env or {}))
         return self
 
     def start_agent(self, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:

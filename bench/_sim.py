@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -61,6 +62,24 @@ def host_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def run_parts(bench: str, parts: dict[str, Callable[[], dict[str, Any]]]) -> int:
+    """Run each part, print the whole result as JSON, and return the exit status (0 when
+    every part passed). A part that raises is reported as failed; the others still run."""
+    started = time.monotonic()
+    out: dict[str, Any] = {"bench": bench, "host_at_start": host_info()}
+    for part, run in parts.items():
+        try:
+            out[part] = run()
+        except Exception as exc:
+            log(f"{part} failed: {type(exc).__name__}: {exc}")
+            out[part] = {"pass": False, "error": f"{type(exc).__name__}: {exc}"}
+    out["loadavg_at_end"] = host_info()["loadavg_1_5_15"]
+    out["pass"] = all(out[p]["pass"] for p in parts)
+    out["elapsed_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(out, indent=2, default=str))
+    return 0 if out["pass"] else 1
 
 
 def free_port() -> int:
@@ -197,7 +216,14 @@ class Stack:
         log(f"nats-server on {self.url} (pid {self.nats.pid})")
         return self
 
-    def start_requester(self, timeout: float = 60.0) -> Stack:
+    def start_requester(
+        self,
+        timeout: float = 60.0,
+        *,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> Stack:
+        """`hive-requester run` with `args` added and `env` on top of a clean environment."""
         self.metrics_port = free_port()
         cmd = [
             str(BIN / "hive-requester"),
@@ -212,6 +238,7 @@ class Stack:
             str(self.metrics_port),
             "--log-level",
             "WARNING",
+            *args,
         ]
         with self._req_log.open("wb") as out:
             self.requester = subprocess.Popen(
@@ -219,7 +246,7 @@ class Stack:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=clean_env(HIVE_HEALTH_CHECK_INTERVAL="1s"),
+                env=clean_env(HIVE_HEALTH_CHECK_INTERVAL="1s", **(env or {})),
                 preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout
@@ -236,7 +263,8 @@ class Stack:
                     f"requester not ready in {timeout:.0f}s:\n{self.requester_log()}"
                 )
             time.sleep(0.1)
-        log(f"requester ready (pid {self.requester.pid}, metrics :{self.metrics_port})")
+        extra = f", {' '.join(args)}" if args else ""
+        log(f"requester ready (pid {self.requester.pid}, metrics :{self.metrics_port}{extra})")
         return self
 
     def requester_log(self, lines: int = 30) -> str:

@@ -439,23 +439,9 @@ def main() -> int:
     if args.nodes < 2 or args.throughput_nodes < 1:
         parser.error("need at least 2 nodes for the hold and 1 for throughput")
 
-    started = time.monotonic()
-    out: dict[str, Any] = {
-        "bench": "heartbeats",
-        "host_at_start": _sim.host_info(),
-    }
-    parts: list[str] = ["throughput", "hold"] if args.part == "all" else [args.part]
-    for part in parts:
-        try:
-            out[part] = part_throughput(args) if part == "throughput" else part_hold(args)
-        except Exception as exc:  # one failed part still reports the other
-            log(f"{part} failed: {exc}")
-            out[part] = {"pass": False, "error": f"{type(exc).__name__}: {exc}"}
-    out["loadavg_at_end"] = _sim.host_info()["loadavg_1_5_15"]
-    out["pass"] = all(out[p]["pass"] for p in parts)
-    out["elapsed_s"] = round(time.monotonic() - started, 1)
-    print(json.dumps(out, indent=2, default=str))
-    return 0 if out["pass"] else 1
+    every = {"throughput": lambda: part_throughput(args), "hold": lambda: part_hold(args)}
+    wanted = list(every) if args.part == "all" else [args.part]
+    return _sim.run_parts("heartbeats", {part: every[part] for part in wanted})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -491,20 +490,9 @@ def main() -> int:
     if args.nodes < 1 or args.jobs < 1 or not 1 <= args.count <= 1000 or args.latency_jobs < 1:
         parser.error("need nodes >= 1, jobs >= 1, 1 <= count <= 1000, latency-jobs >= 1")
 
-    started = time.monotonic()
-    out: dict[str, Any] = {"bench": "jobs", "host_at_start": _sim.host_info()}
-    parts = ["placement", "latency"] if args.part == "all" else [args.part]
-    for part in parts:
-        try:
-            out[part] = part_placement(args) if part == "placement" else part_latency(args)
-        except Exception as exc:  # one failed part still reports the other
-            log(f"{part} failed: {type(exc).__name__}: {exc}")
-            out[part] = {"pass": False, "error": f"{type(exc).__name__}: {exc}"}
-    out["loadavg_at_end"] = _sim.host_info()["loadavg_1_5_15"]
-    out["pass"] = all(out[p]["pass"] for p in parts)
-    out["elapsed_s"] = round(time.monotonic() - started, 1)
-    print(json.dumps(out, indent=2, default=str))
-    return 0 if out["pass"] else 1
+    every = {"placement": lambda: part_placement(args), "latency": lambda: part_latency(args)}
+    wanted = list(every) if args.part == "all" else [args.part]
+    return _sim.run_parts("jobs", {part: every[part] for part in wanted})
 
 
 if __name__ == "__main__":
