@@ -36,6 +36,7 @@ from requester.registry import Registry, RegistryError
 
 log = logging.getLogger("hive.requester.membership")
 M = TypeVar("M", bound=Message)
+S = TypeVar("S", Heartbeat, ResourceUpdate, Leave)  # the sequenced messages nodes publish
 
 
 class Membership:
@@ -66,33 +67,21 @@ class Membership:
 
     # -- publish handlers -----------------------------------------------------------
     async def on_heartbeat(self, msg: Msg) -> None:
-        try:
-            beat = self._open(msg, Heartbeat)
-            self._check_seq(beat.node_id, "heartbeat", beat.seq)
-        except Dropped as drop:
-            self._drop(msg.subject, drop)
+        beat = self._accept(msg, Heartbeat, "heartbeat")
+        if beat is None:
             return
-        self.received["heartbeat"] += 1
         self._liveness.heard(beat.node_id, time.monotonic())
 
     async def on_resources(self, msg: Msg) -> None:
-        try:
-            update = self._open(msg, ResourceUpdate)
-            self._check_seq(update.node_id, "resources", update.seq)
-        except Dropped as drop:
-            self._drop(msg.subject, drop)
+        update = self._accept(msg, ResourceUpdate, "resources")
+        if update is None:
             return
-        self.received["resources"] += 1
         self._liveness.record_resources(update.node_id, update.resources)
 
     async def on_leave(self, msg: Msg) -> None:
-        try:
-            leave = self._open(msg, Leave)
-            self._check_seq(leave.node_id, "leave", leave.seq)
-        except Dropped as drop:
-            self._drop(msg.subject, drop)
+        leave = self._accept(msg, Leave, "leave")
+        if leave is None:
             return
-        self.received["leave"] += 1
         self._liveness.left(leave.node_id, leave.reason)
 
     # -- request handlers -------------------------------------------------------------
@@ -139,6 +128,18 @@ class Membership:
         await self._reply(msg, reply)
 
     # -- checks -----------------------------------------------------------------------
+    def _accept(self, msg: Msg, expect: type[S], kind: str) -> S | None:
+        """A published node message that is authentic and in order, counted as `kind`;
+        None when it is dropped (counted and logged by `_drop`)."""
+        try:
+            message = self._open(msg, expect)
+            self._check_seq(message.node_id, kind, message.seq)
+        except Dropped as drop:
+            self._drop(msg.subject, drop)
+            return None
+        self.received[kind] += 1
+        return message
+
     def _open(self, msg: Msg, expect: type[M]) -> M:
         """Authenticate and decode a node message; its ids must agree with the subject."""
         node_id = self._subjects.node_id_from(msg.subject)
