@@ -82,6 +82,15 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def running(self) -> bool:
+        """Started and not exited (a crash, a kill) since."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        """How the server process ended; None while it runs or before it started."""
+        return None if self._proc is None else self._proc.poll()
+
     def config_text(self) -> str:
         store = str(self.store_dir / "jetstream").replace("\\", "\\\\")
         listen = f"{self.host}:{self.port if self.port else -1}"

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from functools import cached_property
 
 DEFAULT_PREFIX = "hive"
+# Labels on every job container, by which an agent (and devstack) finds its containers.
+CONTAINER_LABEL_NODE, CONTAINER_LABEL_JOB, CONTAINER_LABEL_EXEC = (
+    "hive.node",
+    "hive.job",
+    "hive.exec",
+)
 
 
 @dataclass(frozen=True)

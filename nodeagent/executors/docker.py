@@ -32,13 +32,14 @@ from docker.types import DeviceRequest
 
 from hivectl.core.config import DockerExecutorSettings
 from hivectl.core.jobs import ExecState, JobSpec
+from hivectl.core.subjects import CONTAINER_LABEL_EXEC, CONTAINER_LABEL_JOB, CONTAINER_LABEL_NODE
 from nodeagent.executors import ExecutorError, JobRun, Outcome, TarBuilder, watch
 
 log = logging.getLogger("hive.nodeagent")
 
 API_TIMEOUT = 120
 LOG_POST_TIMEOUT = 60.0
-LABEL_NODE, LABEL_JOB, LABEL_EXEC = "hive.node", "hive.job", "hive.exec"
+LABEL_NODE, LABEL_JOB, LABEL_EXEC = CONTAINER_LABEL_NODE, CONTAINER_LABEL_JOB, CONTAINER_LABEL_EXEC
 _DOCKER_ERRORS = (docker.errors.DockerException, OSError)
 
 
