@@ -21,6 +21,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
@@ -33,7 +34,14 @@ from hivectl.core.jobs import Cancel, Engine, ExecState, JobSpec, Offer, OfferRe
 from hivectl.core.models import ErrorReply, Message, OkReply
 from hivectl.core.subjects import Subjects
 from nodeagent.capacity import Held, Ledger
-from nodeagent.executors import Executor, ExecutorError, JobRun, Outcome, failure_text
+from nodeagent.executors import (
+    Executor,
+    ExecutorError,
+    JobRun,
+    Outcome,
+    failure_text,
+    human_size,
+)
 from nodeagent.executors.docker import DockerExecutor
 from nodeagent.executors.process import ProcessExecutor
 from nodeagent.publish import LogBatcher, Publisher
@@ -85,6 +93,11 @@ class Executions:
         self._closing = False
         self._sync_lock = asyncio.Lock()
         self._reports: set[asyncio.Task[None]] = set()  # reports left from before a restart
+
+    @property
+    def results_dir(self) -> Path:
+        """Where output archives wait on disk until they are uploaded."""
+        return self.cfg.resolved_work_dir / ".results"
 
     @property
     def taking_offers(self) -> bool:
@@ -236,10 +249,12 @@ class Executions:
         async def publish_log(stream: str, data: bytes) -> None:
             await self.publisher.log(job_id, exec_id, stream, data)
 
-        logs = LogBatcher(publish_log)
+        logs = LogBatcher(publish_log, self.cfg.max_log_bytes)
         job = JobRun(
             exec_id, job_id, spec, state, logs.write, lambda h: self.ledger.set_handle(exec_id, h)
         )
+        job.results_file = self.results_dir / f"{exec_id}.tar.gz"
+        job.max_output_bytes = self.cfg.max_output_bytes
         run = Run(job, logs)
         self.runs[exec_id] = run
         run.task = asyncio.create_task(self._execute(executor, run, handle), name=exec_id)
@@ -274,9 +289,13 @@ class Executions:
         self.ledger.finish(job.exec_id, state.value, outcome.exit_code, error)
         await run.logs.close()
         code = NEVER_RAN if outcome.exit_code is None else outcome.exit_code
-        await publisher.eof(job.job_id, job.exec_id, code)
+        await publisher.eof(job.job_id, job.exec_id, code, run.logs.dropped)
         if outcome.results is not None:
             await publisher.results(job.exec_id, outcome.results)
+            outcome.results.unlink(missing_ok=True)
+        notice = "; ".join(filter(None, [_log_notice(run.logs), outcome.notice]))
+        if notice:
+            log.warning("execution %s: %s", job.exec_id, notice)
         self._forget(job.exec_id)
         self.ended[state.value] += 1
         log.info(
@@ -286,13 +305,19 @@ class Executions:
             error,
             extra=self._fields(job.job_id, job.exec_id),
         )
-        await self._report(job.exec_id, job.job_id, state, outcome.exit_code, error)
+        await self._report(job.exec_id, job.job_id, state, outcome.exit_code, error, notice)
 
     async def _report(
-        self, exec_id: str, job_id: str, state: ExecState, exit_code: int | None, error: str
+        self,
+        exec_id: str,
+        job_id: str,
+        state: ExecState,
+        exit_code: int | None,
+        error: str,
+        notice: str = "",
     ) -> None:
         """Publish an execution's final update; only then is its ledger entry dropped."""
-        if await self.publisher.update(exec_id, job_id, state, exit_code, error):
+        if await self.publisher.update(exec_id, job_id, state, exit_code, error, notice):
             self.ledger.release(exec_id)
 
     def _fields(self, job_id: str | None, exec_id: str) -> dict[str, str | None]:
@@ -307,6 +332,7 @@ class Executions:
 
     # -- after a restart -----------------------------------------------------------------
     async def _recover(self) -> None:
+        await asyncio.to_thread(_prune_archives, self.results_dir, set(self.ledger.held))
         docker = self.executors.get("docker")
         containers: dict[str, str] = {}
         if isinstance(docker, DockerExecutor):
@@ -372,6 +398,9 @@ class Executions:
             state,
             extra=self._fields(held.job_id, held.exec_id),
         )
+        archive = self.results_dir / f"{held.exec_id}.tar.gz"
+        if archive.is_file() and await self.publisher.results(held.exec_id, archive):
+            archive.unlink(missing_ok=True)  # its upload was cut short: a whole one now
         await self._report(held.exec_id, held.job_id, state, exit_code, error)
 
 
@@ -389,3 +418,19 @@ async def _respond(msg: Msg, message: Any) -> None:
         await msg.respond(codec.encode(message))
     except Exception as exc:
         log.debug("cannot reply on %s: %s", msg.subject, exc)
+
+
+def _log_notice(logs: LogBatcher) -> str:
+    if not logs.dropped:
+        return ""
+    return (
+        f"log cut at the node's max_log_bytes ({human_size(logs.limit)}): "
+        f"{human_size(logs.dropped)} left out"
+    )
+
+
+def _prune_archives(directory: Path, held: set[str]) -> None:
+    """Remove output archives of executions the ledger no longer holds (already sent)."""
+    for archive in directory.glob("*.tar.gz") if directory.is_dir() else ():
+        if archive.name.removesuffix(".tar.gz") not in held:
+            archive.unlink(missing_ok=True)

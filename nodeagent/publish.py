@@ -17,12 +17,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
 
 from hivectl.core import auth, codec
-from hivectl.core.jobs import LOG_EOF_HEADER, LOG_STREAM_HEADER, ExecState, ExecUpdate
+from hivectl.core.jobs import (
+    LOG_DROPPED_HEADER,
+    LOG_EOF_HEADER,
+    LOG_STREAM_HEADER,
+    ExecState,
+    ExecUpdate,
+)
 from hivectl.core.subjects import Subjects
 
 log = logging.getLogger("hive.nodeagent")
@@ -57,7 +64,13 @@ class Publisher:
         self.lost = 0  # publishes abandoned on shutdown
 
     async def update(
-        self, exec_id: str, job_id: str, state: ExecState, exit_code: int | None, error: str
+        self,
+        exec_id: str,
+        job_id: str,
+        state: ExecState,
+        exit_code: int | None,
+        error: str,
+        notice: str = "",
     ) -> bool:
         message = ExecUpdate(
             node_id=self.node_id,
@@ -67,6 +80,7 @@ class Publisher:
             state=state,
             exit_code=exit_code,
             error=error[:1024],
+            notice=notice[:1024],
         )
         subject = self.subjects.node_exec(self.node_id)
         headers = {"Nats-Msg-Id": f"{exec_id}-{state}"}
@@ -84,8 +98,12 @@ class Publisher:
         headers = {LOG_STREAM_HEADER: stream}
         return await self._log(job_id, exec_id, data, headers)
 
-    async def eof(self, job_id: str, exec_id: str, exit_code: int) -> bool:
-        return await self._log(job_id, exec_id, b"", {LOG_EOF_HEADER: str(exit_code)})
+    async def eof(self, job_id: str, exec_id: str, exit_code: int, dropped: int = 0) -> bool:
+        """The end of an execution's log; `dropped`: bytes the log cap left out."""
+        headers = {LOG_EOF_HEADER: str(exit_code)}
+        if dropped:
+            headers[LOG_DROPPED_HEADER] = str(dropped)
+        return await self._log(job_id, exec_id, b"", headers)
 
     async def _log(self, job_id: str, exec_id: str, data: bytes, headers: dict[str, str]) -> bool:
         subject = self.subjects.logs(job_id, exec_id)
@@ -95,10 +113,13 @@ class Publisher:
 
         return await self._retry(f"logs of {exec_id}", attempt)
 
-    async def results(self, exec_id: str, archive: bytes) -> bool:
+    async def results(self, exec_id: str, archive: Path) -> bool:
+        """Upload the archive file (streamed from disk, a chunk at a time)."""
+
         async def attempt() -> None:
             store = await self._js().object_store(self.subjects.results_store)
-            await store.put(exec_id, archive)
+            with archive.open("rb") as data:
+                await store.put(exec_id, data)
 
         return await self._retry(f"results of {exec_id}", attempt)
 
@@ -128,10 +149,17 @@ class Publisher:
 
 
 class LogBatcher:
-    """Merges an execution's output into batches and publishes them in order."""
+    """Merges an execution's output into batches and publishes them in order.
 
-    def __init__(self, publish: Callable[[str, bytes], Awaitable[object]]) -> None:
+    At most `limit` bytes (0: no limit) are kept; the rest is read and counted in
+    `dropped`, so the job never blocks on a full pipe and the user is told what went.
+    """
+
+    def __init__(self, publish: Callable[[str, bytes], Awaitable[object]], limit: int = 0) -> None:
         self._publish = publish
+        self.limit = limit
+        self.kept = 0
+        self.dropped = 0
         self._chunks: list[tuple[str, bytearray]] = []
         self._size = 0
         self._wake = asyncio.Event()
@@ -141,6 +169,14 @@ class LogBatcher:
         self._task = asyncio.create_task(self._loop())
 
     async def write(self, stream: str, data: bytes) -> None:
+        if self.limit:
+            room = max(0, self.limit - self.kept)
+            if len(data) > room:
+                self.dropped += len(data) - room
+                data = data[:room]
+            self.kept += len(data)
+            if not data:
+                return
         if self._chunks and self._chunks[-1][0] == stream:
             self._chunks[-1][1].extend(data)
         else:

@@ -58,6 +58,7 @@ def advance(
     at: datetime,
     exit_code: int | None = None,
     error: str = "",
+    notice: str = "",
 ) -> Execution | None:
     """`execution` moved to `state`; None unless that is a move forward (states never regress)."""
     if execution.state not in ACTIVE:
@@ -68,7 +69,7 @@ def advance(
     if state is ES.RUNNING and execution.started_at is None:
         update["started_at"] = at
     if state not in ACTIVE:
-        update.update(ended_at=at, exit_code=exit_code, error=error[:1024])
+        update.update(ended_at=at, exit_code=exit_code, error=error[:1024], notice=notice)
     return execution.model_copy(update=update)
 
 
@@ -164,7 +165,7 @@ def apply_update(job: Job, update: ExecUpdate, at: datetime) -> Job | None:
     state, error = update.state, update.error
     if state is ES.CANCELLED:  # nobody asked: the node stopped it as it shut down
         error = f"{STOPPED_BY_NODE}{error or 'no reason given'}"
-    moved = advance(current, state, at, update.exit_code, error)
+    moved = advance(current, state, at, update.exit_code, error, update.notice)
     return None if moved is None else settle(with_exec(job, moved))
 
 

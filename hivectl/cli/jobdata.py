@@ -29,6 +29,7 @@ from hivectl.cli.jobview import shown_executions
 from hivectl.core.jobs import (
     EXEC_TERMINAL,
     JOB_TERMINAL,
+    LOG_DROPPED_HEADER,
     LOG_EOF_HEADER,
     LOG_STREAM_HEADER,
     Execution,
@@ -186,6 +187,11 @@ def write_chunk(msg: Msg) -> bool:
     """Write one log chunk where it belongs; True for the EOF message."""
     headers = msg.headers or {}
     if LOG_EOF_HEADER in headers:
+        if dropped := headers.get(LOG_DROPPED_HEADER):
+            info(
+                f"[the node's max_log_bytes cut this log: {dropped} more bytes were written"
+                " and dropped; see `hivectl job describe`]"
+            )
         return True
     out = sys.stderr if headers.get(LOG_STREAM_HEADER) == "stderr" else sys.stdout
     write_bytes(out, msg.data)

@@ -112,7 +112,13 @@ def describe_lines(job: Job, now: datetime) -> list[str]:
         ("Updated", timestamp(job.updated_at, now)),
     ]
     lines = [f"{name}:".ljust(15) + value for name, value in fields]
-    return [*lines, "Executions:", *("  " + line for line in exec_table(job, now))]
+    notices = [f"  {e.exec_id}: {e.notice}" for e in job.executions if e.notice]
+    return [
+        *lines,
+        "Executions:",
+        *("  " + line for line in exec_table(job, now)),
+        *(["Notices:", *notices] if notices else []),
+    ]
 
 
 def resources_text(spec: JobSpec) -> str:

@@ -41,6 +41,15 @@ def parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
+
+
+def _parse_size(value: Any) -> Any:
+    from hivectl.core.jobs import parse_bytes  # jobs imports config lazily; keep it so
+
+    return parse_bytes(value)
+
+
+Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=0, le=2**50)]  # bytes; 0: none
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
@@ -181,6 +190,10 @@ class NodeAgentConfig(HiveSettings):
     info_update_interval: Duration = 60.0
     # On shutdown, running jobs get this long to finish before they are killed (CANCELLED).
     job_grace_period: Duration = 10.0
+    # Per execution: output beyond this is read and dropped, and the user is told (0: none).
+    max_log_bytes: Size = 100 * 1024 * 1024
+    # Per execution: output files beyond this total are left out of the results (0: none).
+    max_output_bytes: Size = 1024 * 1024 * 1024
     executors: ExecutorSettings = Field(default_factory=ExecutorSettings)
     metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings(port=9465))
 

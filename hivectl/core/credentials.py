@@ -77,7 +77,9 @@ def permissions(subjects: Subjects) -> dict[str, dict[str, object]]:
     return {
         "requester": {"publish": [">"], "subscribe": [">"]},
         "operator": {
-            "publish": [f"{p}.api.>", "$JS.API.>", "_INBOX.>"],
+            # $JS.FC: an ordered consumer (logs, result downloads) answers the server's
+            # flow-control requests there; without it delivery stops after one window.
+            "publish": [f"{p}.api.>", "$JS.API.>", "$JS.FC.>", "_INBOX.>"],
             "subscribe": ["_INBOX.>", f"{p}.events.>"],
         },
         "compute": {

@@ -214,6 +214,7 @@ class Execution(Model):
     updated_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    notice: Reason = ""  # what a node's limit cut (its log, its outputs)
 
 
 class Job(Model):
@@ -267,6 +268,7 @@ class ExecUpdate(Message):
     state: ExecState
     exit_code: int | None = None
     error: Reason = ""
+    notice: Reason = ""  # what a node's limit cut (its log, its outputs)
 
 
 # -- hivectl <-> requester ---------------------------------------------------------------
@@ -342,3 +344,4 @@ register_messages(
 # from; the last message of an execution carries LOG_EOF_HEADER with the exit code.
 LOG_STREAM_HEADER = "Hive-Stream"  # "stdout" | "stderr"
 LOG_EOF_HEADER = "Hive-Eof"  # exit code as text; no data
+LOG_DROPPED_HEADER = "Hive-Dropped"  # on the EOF message: bytes the node's log cap left out

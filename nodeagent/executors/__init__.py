@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import io
 import tarfile
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import IO, Any, Protocol
 
 from hivectl.core.jobs import ExecState, JobSpec
 
@@ -38,6 +39,8 @@ class JobRun:
     log: Callable[[str, bytes], Coroutine[Any, Any, None]]  # ("stdout" | "stderr", chunk)
     set_handle: Callable[[str], None]
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    results_file: Path = Path("results.tar.gz")  # where the outputs' archive goes
+    max_output_bytes: int = 0  # the node's cap on a job's outputs; 0: none
 
 
 @dataclass
@@ -47,7 +50,8 @@ class Outcome:
     exit_code: int | None
     error: str = ""
     cancelled: bool = False
-    results: bytes | None = None  # a tar.gz of the spec's outputs, when it asked for any
+    results: Path | None = None  # a tar.gz of the spec's outputs, when it asked for any
+    notice: str = ""  # what a node limit cut (outputs), for the user
 
 
 class Executor(Protocol):
@@ -94,25 +98,83 @@ def failure_text(outcome: Outcome) -> str:
 
 
 class TarBuilder:
-    """A tar.gz built in memory from files and from other (uncompressed) tar streams."""
+    """A tar.gz written to `path` from files and from other (uncompressed) tar streams.
 
-    def __init__(self) -> None:
-        self._buffer = io.BytesIO()
-        self._tar = tarfile.open(fileobj=self._buffer, mode="w:gz")  # noqa: SIM115
+    The archive goes to disk as it is built, so outputs of any size cost no memory.
+    Regular files count against `limit` (uncompressed bytes; 0: none): a file that
+    would cross it is left out and counted, and `note()` says so for the user.
+    """
+
+    def __init__(self, path: Path, limit: int = 0) -> None:
+        self.path = path
+        self.limit = limit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tar = tarfile.open(path, mode="w:gz")  # noqa: SIM115
         self.members = 0
+        self.size = 0  # bytes of file content archived
+        self.left_out = 0  # files that did not fit under the limit
+        self.left_out_bytes = 0
+
+    def _admit(self, member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if member.isfile() and self.limit and self.size + member.size > self.limit:
+            self.left_out += 1
+            self.left_out_bytes += member.size
+            return None
+        self.size += member.size if member.isfile() else 0
+        self.members += 1
+        return member
 
     def add_path(self, path: str, arcname: str) -> None:
-        self._tar.add(path, arcname=arcname)
-        self.members += 1
+        self._tar.add(path, arcname=arcname, filter=lambda member: self._admit(member))
 
-    def add_tar(self, stream: io.BufferedIOBase | io.BytesIO) -> None:
+    def add_tar(self, stream: IO[bytes]) -> None:
         """Copy every member of an uncompressed tar stream (what `get_archive` returns)."""
         with tarfile.open(fileobj=stream, mode="r|") as source:
             for member in source:
+                if self._admit(member) is None:
+                    continue  # stream mode skips the member's data on the next read
                 data = source.extractfile(member) if member.isfile() else None
                 self._tar.addfile(member, data)
-                self.members += 1
 
-    def finish(self) -> bytes:
+    def finish(self) -> Path:
         self._tar.close()
-        return self._buffer.getvalue()
+        return self.path
+
+    def note(self) -> str:
+        """What the limit cut, for the user; '' when nothing was left out."""
+        if not self.left_out:
+            return ""
+        return (
+            f"outputs cut at the node's max_output_bytes ({human_size(self.limit)}): "
+            f"{self.left_out} file(s), {human_size(self.left_out_bytes)}, left out"
+        )
+
+
+class ChunkReader(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks (docker's `get_archive` stream)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def human_size(n: float) -> str:
+    """1.5 MiB, 100 MiB, 2 GiB: sizes in messages to the user."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" or n == int(n) else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -24,6 +24,7 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -33,7 +34,7 @@ from docker.types import DeviceRequest
 from hivectl.core.config import DockerExecutorSettings
 from hivectl.core.jobs import ExecState, JobSpec
 from hivectl.core.subjects import CONTAINER_LABEL_EXEC, CONTAINER_LABEL_JOB, CONTAINER_LABEL_NODE
-from nodeagent.executors import ExecutorError, JobRun, Outcome, TarBuilder, watch
+from nodeagent.executors import ChunkReader, ExecutorError, JobRun, Outcome, TarBuilder, watch
 
 log = logging.getLogger("hive.nodeagent")
 
@@ -83,7 +84,7 @@ class DockerExecutor:
                 return Outcome(exit_code=None, cancelled=True)
             outcome = await self._follow(client, job, container, start=True)
             if job.spec.outputs:
-                outcome.results = await asyncio.to_thread(_archive, container, job.spec)
+                outcome.results, outcome.notice = await self._collect(container, job)
             return outcome
         finally:
             await asyncio.to_thread(_remove, container)
@@ -102,7 +103,7 @@ class DockerExecutor:
             else:
                 outcome = Outcome(exit_code=int(container.attrs["State"]["ExitCode"]))
             if job.spec.outputs:
-                outcome.results = await asyncio.to_thread(_archive, container, job.spec)
+                outcome.results, outcome.notice = await self._collect(container, job)
             return outcome
         finally:
             await asyncio.to_thread(_remove, container)
@@ -120,6 +121,12 @@ class DockerExecutor:
         with contextlib.suppress(*_DOCKER_ERRORS):
             container = await asyncio.to_thread(client.containers.get, container_id)
             await asyncio.to_thread(_remove, container)
+
+    async def _collect(self, container: Any, job: JobRun) -> tuple[Path, str]:
+        """The job's outputs archived to its results file; (that file, what a cap cut)."""
+        tar = TarBuilder(job.results_file, job.max_output_bytes)
+        await asyncio.to_thread(_archive, tar, container, job.spec)
+        return tar.path, tar.note()
 
     def create_args(self, job: JobRun) -> dict[str, Any]:
         spec = job.spec
@@ -241,19 +248,18 @@ def _remove(container: Any) -> None:
         container.remove(force=True)
 
 
-def _archive(container: Any, spec: JobSpec) -> bytes:
-    """The spec's output paths, copied out of the container into one tar.gz."""
-    tar = TarBuilder()
+def _archive(tar: TarBuilder, container: Any, spec: JobSpec) -> None:
+    """The spec's output paths, streamed out of the container into one tar.gz."""
     for path in spec.outputs:
         where = posixpath.join(spec.workdir or "/", path)
         try:
             bits, _ = container.get_archive(where)
-            tar.add_tar(io.BytesIO(b"".join(bits)))
+            tar.add_tar(io.BufferedReader(ChunkReader(bits)))
         except docker.errors.NotFound:
             log.info("output %s of the job does not exist; not archived", where)
         except _DOCKER_ERRORS as exc:
             log.warning("cannot copy output %s: %s", where, _short(exc))
-    return tar.finish()
+    tar.finish()
 
 
 def _short(exc: BaseException) -> str:

@@ -76,7 +76,9 @@ class ProcessExecutor:
             await job.state(ExecState.RUNNING)
             outcome = await self._supervise(job, proc)
             if job.spec.outputs:
-                outcome.results = await asyncio.to_thread(_archive, root, job.spec.outputs)
+                tar = TarBuilder(job.results_file, job.max_output_bytes)
+                await asyncio.to_thread(_archive, tar, root, job.spec.outputs)
+                outcome.results, outcome.notice = tar.path, tar.note()
             return outcome
         finally:
             await asyncio.to_thread(shutil.rmtree, root, True)
@@ -186,8 +188,7 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _archive(root: Path, outputs: list[str]) -> bytes:
-    tar = TarBuilder()
+def _archive(tar: TarBuilder, root: Path, outputs: list[str]) -> None:
     for path in outputs:
         source = root / path
         # A job may plant symlinks: archive only what really lies inside its work dir.
@@ -195,4 +196,4 @@ def _archive(root: Path, outputs: list[str]) -> bytes:
             tar.add_path(str(source), arcname=os.path.normpath(path))
         else:
             log.info("output %s of the job does not exist; not archived", path)
-    return tar.finish()
+    tar.finish()

@@ -76,7 +76,13 @@ class Cluster:
             what="the requester to answer",
         )
 
-    def start_agent(self, name: str, *labels: str, docker_host: str | None = None) -> None:
+    def start_agent(
+        self,
+        name: str,
+        *labels: str,
+        docker_host: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         args = ["nodeagent", "run", "--nats-url", self.url, "--name", name,
                 "--state-dir", str(self.base / name)]  # fmt: skip
         for label in labels:
@@ -89,7 +95,7 @@ class Cluster:
         if docker_host:
             engines["HIVE_EXECUTORS__DOCKER__HOST"] = docker_host
         engines["HIVE_NATS__CREDENTIALS_FILE"] = str(self.compute)
-        self._spawn(name, args, AGENT_ENV | engines)
+        self._spawn(name, args, AGENT_ENV | engines | (extra_env or {}))
 
     def _spawn(self, name: str, args: list[str], extra: dict[str, str]) -> None:
         log = (self.base / f"{name}.log").open("ab")

@@ -466,6 +466,28 @@ async def test_docker_outputs_are_archived(
 
 
 @pytest.mark.docker
+async def test_docker_outputs_over_the_cap_are_left_out_and_said(
+    manager_factory: Any, docker_engine: PrivateDockerd, jobs: Jobs, busybox_image: str
+) -> None:
+    await manager_factory(
+        executors={"docker": {"enabled": True, "host": docker_engine.base_url}},
+        max_output_bytes=3 * 1024 * 1024,
+    )
+    # 2 MiB files from `yes` (busybox has no dd): the second one would cross 3 MiB.
+    script = "mkdir /o && yes | head -c 2097152 > /o/a && yes | head -c 2097152 > /o/b"
+    spec = docker_spec(busybox_image, "sh", "-c", script, outputs=["/o"])
+    offer, _ = await jobs.offer(spec)
+    final = (await jobs.final(offer.exec_id, timeout=60))[-1]
+    assert final.state == "COMPLETED"
+    assert final.notice == (
+        "outputs cut at the node's max_output_bytes (3 MiB): 1 file(s), 2 MiB, left out"
+    )
+    with await jobs.results(offer.exec_id) as tar:
+        files = [m for m in tar.getmembers() if m.isfile()]
+    assert [m.size for m in files] == [2097152]
+
+
+@pytest.mark.docker
 async def test_docker_missing_image_fails_in_setup(docker_manager: Executions, jobs: Jobs) -> None:
     offer, _ = await jobs.offer(docker_spec("hive-nope:missing", "true"))
     updates = await jobs.final(offer.exec_id, timeout=60)
