@@ -27,7 +27,7 @@ from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
 from requester.api import NodeApi
 from requester.events import Events
-from requester.executions import ExecConsumer
+from requester.executions import ACTIVE, ExecConsumer
 from requester.jobs import JobApi, JobStore
 from requester.liveness import Liveness
 from requester.membership import Membership
@@ -234,14 +234,41 @@ class Requester:
         # A short retention (tests, small setups) is looked at more often than a minute.
         expire_every = min(EXPIRE_EVERY, self.config.job_retention / 10) or EXPIRE_EVERY
         next_expiry = time.monotonic() + expire_every
+        silent_check: float | None = time.monotonic() + self.config.disconnected_after
         while not self.stopping.is_set():
             self.liveness.sweep(time.monotonic())
             await self.liveness.publish()
+            if silent_check is not None and time.monotonic() >= silent_check:
+                silent_check = None
+                self._lose_silent_nodes()
             if time.monotonic() >= next_expiry:
                 next_expiry = time.monotonic() + expire_every
                 await self._expire_jobs()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
+
+    def _lose_silent_nodes(self) -> None:
+        """Once, `disconnected_after` into the run: nodes holding work that no heartbeat
+        reached since the start lose it, as if seen going away.
+
+        Health ages only nodes heard from, so a node that died while no requester ran
+        would otherwise keep its jobs RUNNING for good.
+        """
+        if self.jobs is None or self.scheduler is None:
+            return
+        holding = {
+            e.node_id for job in self.jobs.jobs() for e in job.executions if e.state in ACTIVE
+        }
+        for node_id in sorted(holding):
+            if self.liveness.health(node_id) is Health.UNKNOWN:
+                log.warning(
+                    "node %s not heard from in the %gs since the requester started; "
+                    "its executions are LOST",
+                    node_id,
+                    self.config.disconnected_after,
+                    extra={"node_id": node_id},
+                )
+                self.scheduler.node_lost(node_id)
 
     async def _expire_jobs(self) -> None:
         if self.jobs is None:
