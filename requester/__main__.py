@@ -84,16 +84,21 @@ def run(
         raise typer.Exit(2) from None
     setup_logging(cfg.log.level, cfg.log.format)
     try:
-        asyncio.run(_main(cfg))
+        failure = asyncio.run(_main(cfg))
     except EmbeddedNatsError as exc:
         typer.echo(f"Error: embedded NATS: {exc}", err=True)
         raise typer.Exit(1) from None
+    if failure:
+        typer.echo(f"Error: {failure}", err=True)
+        raise typer.Exit(1)
 
 
-async def _main(cfg: RequesterConfig) -> None:
+async def _main(cfg: RequesterConfig) -> str:
+    """Serve until stopped; why it stopped on its own ('' after a signal)."""
     requester = Requester(cfg)
     install_signal_handlers(requester.stopping, "requester")
     await requester.serve()
+    return requester.failure
 
 
 def main() -> None:

@@ -69,6 +69,7 @@ class Requester:
         self.scheduler: Scheduler | None = None
         self.job_api: JobApi | None = None
         self.exec_consumer: ExecConsumer | None = None
+        self.failure = ""  # why the requester stopped on its own (exit code 1), if it did
 
     @property
     def nats_url(self) -> str:
@@ -123,14 +124,27 @@ class Requester:
     def _start_embedded(self) -> EmbeddedNats:
         emb = self.config.embedded
         creds = ensure_credentials(self.credentials_dir)
+        loop = asyncio.get_running_loop()
         server = EmbeddedNats(
             emb.store_dir or self.config.data_dir / "nats",
             host=emb.host,
             port=emb.port,
             max_payload=emb.max_payload,
             extra_config=authorization_block(creds, self.subjects),
+            on_exit=lambda code: loop.call_soon_threadsafe(self._embedded_died, code),
         )
         return server.start()
+
+    def _embedded_died(self, code: int | None) -> None:
+        """Our own NATS is gone: stop, and exit non-zero so systemd restarts us both.
+
+        Running on without it would be a silent outage; restarting it in-process would
+        leave every watch and consumer to recover on its own, which nats-py does not
+        promise. A clean start does.
+        """
+        self.failure = f"the embedded nats-server exited (code {code})"
+        log.error("%s; stopping the requester so that it is restarted with it", self.failure)
+        self.stopping.set()
 
     def _build_handlers(self) -> None:
         assert self.registry is not None and self.identity is not None
@@ -294,8 +308,9 @@ class Requester:
                 await part.close()
         if self.nc is not None and not self.nc.is_closed:
             try:
-                await self.nc.drain()
-            except Exception as exc:  # a dead connection cannot drain; closing is enough
+                # With its server gone a connection cannot drain; closing is enough.
+                await (self.nc.close() if self.failure else self.nc.drain())
+            except Exception as exc:
                 log.debug("drain failed: %s", exc)
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -61,6 +62,7 @@ class EmbeddedNats:
         max_payload: int = 1024 * 1024,
         extra_config: str = "",
         start_timeout: float = 15.0,
+        on_exit: Callable[[int | None], object] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -73,6 +75,9 @@ class EmbeddedNats:
         self._ready = False
         self._tail: collections.deque[str] = collections.deque(maxlen=30)
         self._reader: threading.Thread | None = None
+        # Called (from the log reader's thread, with the exit code) when a server that
+        # had become ready exits without stop() asking it to: a crash, a kill -9.
+        self.on_exit = on_exit
 
     @property
     def url(self) -> str:
@@ -118,7 +123,9 @@ class EmbeddedNats:
             start_new_session=True,  # a terminal's Ctrl-C reaches us; we stop it in order
             preexec_fn=die_with_parent if on_main_thread() else None,
         )
-        self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_log, args=(self._proc,), name="nats-server-log", daemon=True
+        )
         self._reader.start()
         self._wait_ready()
         return self
@@ -135,9 +142,9 @@ class EmbeddedNats:
         why = "did not become ready in time" if deadline_hit else "exited during start"
         raise EmbeddedNatsError(f"nats-server {why}:\n{tail}")
 
-    def _read_log(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        for raw in self._proc.stderr:
+    def _read_log(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip()
             self._tail.append(line)
             if self._settled.is_set():
@@ -148,6 +155,10 @@ class EmbeddedNats:
                 self._ready = True
                 self._settled.set()
         self._settled.set()  # exited: wake a start() still waiting
+        if self._ready and self._proc is proc and self.on_exit is not None:
+            code = proc.wait()
+            log.error("embedded nats-server exited (code %s):\n%s", code, "\n".join(self._tail))
+            self.on_exit(code)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully (SIGTERM), force after `timeout`. Safe to call twice."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
+import time
 
+import psutil
 import pytest
 
 from tests.e2e.conftest import Cluster, poll
@@ -29,3 +31,18 @@ def test_a_node_that_died_while_the_requester_was_down_loses_its_work(cluster: C
     assert job["executions"][-1]["node_id"] != dead
     assert cluster.hivectl("job", "logs", job_id).stdout == "finished\n"
     poll(lambda: cluster.states()[dead][1] == "UNKNOWN", what=f"{dead} UNKNOWN")
+
+
+def test_a_requester_whose_embedded_nats_dies_exits_non_zero(cluster: Cluster) -> None:
+    cluster.start_requester()
+    requester = cluster.procs["requester"]
+    server = poll(
+        lambda: [p for p in psutil.Process(requester.pid).children() if "nats-server" in p.name()],
+        what="the embedded nats-server",
+    )[0]
+    started = time.monotonic()
+    server.kill()
+    assert requester.wait(10) == 1  # systemd's Restart=on-failure brings both back
+    assert time.monotonic() - started < 10
+    assert "the embedded nats-server exited (code -9)" in cluster.log("requester")
+    cluster.procs.pop("requester")
