@@ -47,14 +47,16 @@ lock: install
 	else cp $(VENV)/lock.txt $(LOCK) && echo "$(LOCK): updated (git diff $(LOCK))"; fi
 
 # Fetches, hash-checked, what the lock installs on Linux x86_64 and aarch64 under
-# Python 3.11 and 3.12, and names any package that would be built from source there.
+# Python 3.11 and 3.12 (glibc up to Debian 12's 2.36), and names any package that would
+# be built from source there; one whose build needs more than setuptools fails here.
 LOCK_TARGETS := 3.11-x86_64 3.11-aarch64 3.12-x86_64 3.12-aarch64
 lock-check: install
 	@for target in $(LOCK_TARGETS); do \
 		py=$${target%%-*}; arch=$${target#*-}; dir=$$(mktemp -d); \
 		echo "==> Python $$py, Linux $$arch"; \
+		platforms=$$(for v in $$(seq 17 36); do echo "--platform manylinux_2_$${v}_$$arch"; done); \
 		$(BIN)/python -m pip download -q --no-deps --require-hashes --no-build-isolation \
-			--implementation cp --python-version $$py --platform manylinux_2_28_$$arch \
+			--implementation cp --python-version $$py $$platforms \
 			--dest $$dir -r $(LOCK) || { rm -rf $$dir; exit 1; }; \
 		for file in $$dir/*; do \
 			case $$file in *.whl) ;; *) echo "    built from source: $${file##*/}" ;; esac; \
