@@ -35,9 +35,9 @@ $(STAMP): $(LOCK) pyproject.toml | $(BIN)/python
 # on every platform (--universal) and writes every file hash of each pin into a plain
 # requirements file that pip checks; pip-tools resolves for the interpreter and platform
 # it runs on only, so its lock can miss what another Python or platform needs. uv is a
-# single static wheel, itself pinned in the lock (the `tooling` group). Existing pins are kept where pyproject.toml
-# still allows them: `make lock LOCK_ARGS=--upgrade` moves everything to the newest.
-# The resolution runs on a copy, so an unchanged lock keeps its date (and the venv its stamp).
+# single static wheel, itself pinned in the lock (pyproject's `tooling` group). Pins
+# pyproject.toml still allows are kept; `make lock LOCK_ARGS=--upgrade` takes the newest.
+# It resolves into a copy, so an unchanged lock keeps its date (and the venv its stamp).
 lock: install
 	cp $(LOCK) $(VENV)/lock.txt
 	$(BIN)/uv pip compile pyproject.toml --extra dev --group pyproject.toml:tooling \
