@@ -2,6 +2,7 @@
 
 Changes are validated against the program's settings before the file is written, so a
 file `config set` wrote always loads; unknown keys are refused with the closest match.
+An existing file is edited in place (tomlkit), so its comments and layout survive.
 """
 
 from __future__ import annotations
@@ -9,15 +10,21 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import shutil
 import tomllib
+from collections.abc import MutableMapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import tomli_w
+import tomlkit
 import typer
 import yaml
 from pydantic import BaseModel, SecretStr
+from tomlkit.container import Container
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import AoT, Table
 
 from hivectl.cli.common import EXIT_USAGE, fail, global_options, noun_app, print_ok
 from hivectl.core.config import (
@@ -156,29 +163,65 @@ def set_(
     """
     check_key(program, key)
     target = config_path(ctx, program)
-    document = _read(target)
+    document: MutableMapping[str, Any] = _read(target) if target.exists() else {}
     node = document
     *parents, leaf = key.split(".")
     for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        if part not in node:
+            # A tomlkit table lands after the document's last one, with its own header.
+            node[part] = tomlkit.table() if isinstance(document, tomlkit.TOMLDocument) else {}
+        node = node[part]
+        if not isinstance(node, MutableMapping):
             fail(f"{part} in {target} is not a table", EXIT_USAGE)
-    node[leaf] = _parse_value(value)
-    _validate(program, document)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_suffix(".tmp")
-    temp.write_text(tomli_w.dumps(document))
-    temp.replace(target)
+    _put(node, leaf, _parse_value(value))
+    _write(target, _render(program, document))
     print_ok()
 
 
-def _read(target: Path) -> dict[str, Any]:
-    if not target.exists():
-        return {}
+def _put(table: MutableMapping[str, Any], key: str, value: Any) -> None:
+    """Set `key`; a new one goes right after the table's last value, not at its end.
+
+    The blank lines and comments that end a table in tomlkit's model belong to whatever
+    follows it, so a key appended after them would read as part of the next section
+    (python-poetry/tomlkit#295). tomlkit has no public way to insert elsewhere.
+    """
+    body = table.value if isinstance(table, Table) else table
+    if key not in table and isinstance(body, Container):
+        values = [k for k, item in body.body if k is not None and not isinstance(item, Table | AoT)]
+        if values:
+            body._insert_after(values[-1], key, value)
+    table[key] = value  # a replace, after an insert: it keeps the table's own view in step
+
+
+def _read(target: Path) -> tomlkit.TOMLDocument:
     try:
-        return tomllib.loads(target.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        return tomlkit.parse(target.read_text(encoding="utf-8"))
+    except TOMLKitError as exc:
         fail(f"{target} is not valid TOML: {exc}", EXIT_USAGE)
+
+
+def _render(program: Program, document: MutableMapping[str, Any]) -> str:
+    """The file's new text, once the program would accept exactly what it says."""
+    if isinstance(document, tomlkit.TOMLDocument):
+        text = tomlkit.dumps(document)
+    else:
+        text = tomli_w.dumps(document)
+    try:
+        loaded = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"the changed file would not be valid TOML: {exc}", EXIT_USAGE)
+    _validate(program, loaded)
+    return text
+
+
+def _write(target: Path, text: str) -> None:
+    """Replace the file whole, keeping its permissions: it may hold a token or password."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_suffix(".tmp")
+    temp.write_text(text, encoding="utf-8")
+    if target.exists():
+        shutil.copymode(target, temp)
+    temp.replace(target)
 
 
 def _parse_value(text: str) -> Any:
