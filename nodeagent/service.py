@@ -30,7 +30,7 @@ from nodeagent.capacity import Ledger
 from nodeagent.executions import Executions
 from nodeagent.membership import Membership
 from nodeagent.metrics import serve_metrics
-from nodeagent.protocol import LocalNode, Unreachable, sealed
+from nodeagent.protocol import AUTH_HINT, LocalNode, Unreachable, sealed
 from nodeagent.resources import collect_info, collect_resources
 
 log = logging.getLogger("hive.nodeagent")
@@ -40,11 +40,6 @@ FLUSH_TIMEOUT = 2  # seconds; nats-py wants an int
 MIN_INTERVAL = 0.05  # a zero interval in a config must not become a busy loop
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
-AUTH_HINT = (
-    "give the agent the compute role's credentials: hive-nodeagent run --credentials PATH "
-    "(or [nats] credentials_file), a copy of compute.toml from the requester's credentials "
-    "dir, which the requester logs at start (as root: /var/lib/hive-requester/credentials/)"
-)
 # Transient trouble or bad input from a peer: logged without a traceback (not our bug).
 _EXPECTED = (NatsError, OSError, Unreachable, codec.CodecError, auth.AuthError)
 
@@ -183,9 +178,15 @@ class NodeAgent:
             self._loops_done.set()
 
     async def serve(self) -> None:
-        """Start, run until stopped, close: the whole life of the daemon."""
-        async with self:
+        """Start, run until stopped, close: the whole life of the daemon.
+
+        Closed whatever happened, a failed start included: what it had opened (the
+        connection, the metrics server) is closed too.
+        """
+        try:
             await self.run_forever()
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         """Publish a Leave, flush and drain. Safe to call twice."""

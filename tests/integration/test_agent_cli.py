@@ -14,6 +14,9 @@ from nats.aio.client import Client
 
 from hivectl.core.auth import fingerprint
 from hivectl.core.config import NatsSettings
+from hivectl.core.credentials import authorization_block, ensure_credentials
+from hivectl.core.embedded import EmbeddedNats
+from hivectl.core.subjects import Subjects
 from nodeagent.identity import read_sentinel
 from tests.integration.test_agent_membership import FakeRequester, until
 
@@ -197,3 +200,22 @@ async def test_register_uses_the_state_dir_and_flags_of_run(
     code, _, err = await run_cli("register", "--label", "zone=c", "--log-level", "error", env=env)
     assert code == 0, err
     assert requester.registrations[-1].info.labels == {"zone": "c"}
+
+
+async def test_register_without_credentials_says_which_to_give(tmp_path: Path) -> None:
+    creds = ensure_credentials(tmp_path / "credentials")
+    block = authorization_block(creds, Subjects())
+    with EmbeddedNats(tmp_path / "nats", port=0, extra_config=block) as server:
+        cfg = agent_config(tmp_path, NatsSettings(url=server.url))
+        code, out, err = await run_cli("register", "--config", str(cfg), "--log-level", "error")
+        assert code == 1 and out == ""
+        [line] = err.splitlines()
+        assert line.startswith(f"hive-nodeagent: cannot reach NATS at {server.url}: authorization")
+        assert "hive-nodeagent run --credentials PATH" in line and "compute.toml" in line
+        # Given the file, the server lets it in (and no requester runs here to answer).
+        compute = str(creds["compute"].path)
+        code, _, err = await run_cli(
+            "register", "--config", str(cfg), "--credentials", compute, "--log-level", "error"
+        )
+        assert code == 1
+        assert err.strip() == "hive-nodeagent: no requester is answering on hive.node.register"
