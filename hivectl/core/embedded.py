@@ -126,6 +126,8 @@ class EmbeddedNats:
     def wait_ready(self) -> None:
         """Block until the spawned server accepts clients; EmbeddedNatsError if it will not."""
         deadline_hit = not self._settled.wait(self.start_timeout)
+        if self._proc is None:  # stop() came first: a daemon told to stop as it started
+            raise EmbeddedNatsError("nats-server was stopped while it started")
         if self._ready:
             log.info("embedded nats-server ready on %s (pid %s)", self.url, self.pid)
             return

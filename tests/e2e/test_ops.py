@@ -212,3 +212,18 @@ def test_an_agent_without_credentials_is_told_what_to_give(cluster: Cluster) -> 
     rest = _stop_within(agent, signal.SIGTERM, 2.0)
     refused = [line["msg"] for line in json_lines(rest) if "authorization violation" in line["msg"]]
     assert refused == [], "said more than once"
+
+
+def test_a_requester_signalled_as_it_starts_its_embedded_server_exits_with_it(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    argv = ["hive-requester", "run", "--port", str(port), "--data-dir", str(tmp_path / "req")]
+    proc = _spawn_daemon(argv, tmp_path)
+    assert proc.stderr is not None
+    # Logged just before the server is spawned: the signal lands while it starts up (or,
+    # on a slow machine, just after); either way the requester stops, and the server too.
+    _read_until(proc.stderr, "NATS credentials for each role")
+    rest = _stop_within(proc, signal.SIGTERM, 2.0)
+    assert any("stopped after" in line["msg"] for line in json_lines(rest))
+    poll(lambda: port_is_free(port), what="the embedded NATS to stop with the requester")
