@@ -84,6 +84,8 @@ class Executions:
             self.executors["docker"] = DockerExecutor(cfg.executors.docker, node_id)
         if cfg.executors.process.enabled:
             self.executors["process"] = ProcessExecutor(cfg.resolved_work_dir)
+        # Enabled executors that cannot run jobs now, with why (the agent's latest info).
+        self.unavailable: dict[str, str] = {}
         self.runs: dict[str, Run] = {}
         self.finished: OrderedDict[str, None] = OrderedDict()
         self.accepted = 0
@@ -191,6 +193,8 @@ class Executions:
         executor = self.executors.get(offer.spec.engine)
         if executor is None:
             return f"{offer.spec.engine} executor is disabled on this node"
+        if executor.engine in self.unavailable:
+            return f"{executor.engine} executor unavailable: {self.unavailable[executor.engine]}"
         reason = executor.refusal(offer.spec) or self.ledger.admit(
             exec_id,
             offer.spec.resources.as_resources(),
@@ -335,7 +339,8 @@ class Executions:
         await asyncio.to_thread(_prune_archives, self.results_dir, set(self.ledger.held))
         docker = self.executors.get("docker")
         containers: dict[str, str] = {}
-        if isinstance(docker, DockerExecutor):
+        # An engine known to be down was reported already; asking it again only fails.
+        if isinstance(docker, DockerExecutor) and "docker" not in self.unavailable:
             try:
                 containers = await docker.containers()
             except ExecutorError as exc:

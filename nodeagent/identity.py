@@ -39,6 +39,17 @@ def load_identity(state_dir: Path) -> Identity:
     return Identity.load_or_create(state_dir / IDENTITY_FILE)
 
 
+def read_identity(state_dir: Path) -> Identity | None:
+    """The node's key pair if `load_identity` made one in `state_dir`; never creates one.
+
+    Raises OSError (unreadable) or AuthError, a ValueError (not a seed).
+    """
+    path = state_dir / IDENTITY_FILE
+    if not path.exists():
+        return None
+    return Identity(path.read_bytes().strip())
+
+
 def sanitise_node_id(name: str) -> str:
     """`name` made into a valid node id, or '' when nothing usable is left.
 

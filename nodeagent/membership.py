@@ -53,6 +53,8 @@ class Membership:
         self.info_updates_sent = 0
         self._on_admitted = on_admitted  # first heartbeat and resources, at once
         self._rejoin_key = self._sentinel_key()  # dropped once the requester says no
+        # What `hivectl node describe` shows: an operator compares the two before approving.
+        self.fingerprint = auth.fingerprint(local.identity.public_key)
         self._extra = {"node_id": self.node_id}
 
     @property
@@ -163,7 +165,12 @@ class Membership:
         if approval is not None:
             self.approval = approval
         log.info(
-            "node %s %s (approval %s)", self.node_id, how, self.approval or "?", extra=self._extra
+            "node %s %s (approval %s, key fingerprint %s)",
+            self.node_id,
+            how,
+            self.approval or "?",
+            self.fingerprint,
+            extra={**self._extra, "fingerprint": self.fingerprint},
         )
         await self._on_admitted()
 

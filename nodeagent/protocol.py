@@ -31,6 +31,12 @@ from hivectl.core.subjects import Subjects
 from nodeagent.identity import Sentinel, load_identity, resolve_node_id, write_sentinel
 from nodeagent.resources import collect_info, load_or_measure_benchmark
 
+# What a node gives when the server refuses its NATS credentials; logged with the refusal.
+AUTH_HINT = (
+    "give the agent the compute role's credentials: hive-nodeagent run --credentials PATH "
+    "(or [nats] credentials_file), a copy of compute.toml from the requester's credentials "
+    "dir, which the requester logs at start (as root: /var/lib/hive-requester/credentials/)"
+)
 # The requester's answer when a MAC does not check out under the key it holds for us:
 # its own key changed (a new data dir), so the key we derived is stale; re-register.
 UNAUTHENTICATED = "unauthenticated"
@@ -129,7 +135,8 @@ async def register_node(cfg: NodeAgentConfig, timeout: float) -> RegisterReply:
     try:
         nc = await bus.connect_cli(cfg.nats, name=f"hive-nodeagent-register:{local.node_id}")
     except bus.BusError as exc:
-        raise RegistrationError(str(exc)) from None
+        hint = f"; {AUTH_HINT}" if "authorization" in str(exc) else ""
+        raise RegistrationError(f"{exc}{hint}") from None
     try:
         reply = await register(nc, subjects, local.identity, local.node_id, node_info, timeout)
     except (Unreachable, codec.CodecError) as exc:

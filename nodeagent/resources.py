@@ -1,8 +1,9 @@
 """What this machine has: CPU, memory, disk, GPUs, and a CPU benchmark score.
 
-Everything here is cheap enough to call on every info or resource update, except the
-benchmark, which runs once per state dir and is then read back: a score that changed
-on every restart would make the requester rewrite the node's record for nothing.
+Everything here is cheap enough to call on every info or resource update (the Docker
+engine check is one ping with a short timeout; callers run it off the event loop),
+except the benchmark, which runs once per state dir and is then read back: a score that
+changed on every restart would make the requester rewrite the node's record for nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pynvml
 import hivectl
 from hivectl.core.config import NodeAgentConfig
 from hivectl.core.models import GpuInfo, NodeInfo, NodeResources, Resources, utcnow
+from nodeagent.executors.docker import engine_problem
 
 log = logging.getLogger("hive.nodeagent")
 
@@ -144,26 +146,38 @@ def available_resources(
     )
 
 
-def executors(cfg: NodeAgentConfig) -> list[str]:
-    enabled = []
+def executors(cfg: NodeAgentConfig) -> tuple[list[str], dict[str, str]]:
+    """The executors that can run jobs now, and those enabled that cannot, with why.
+
+    Docker is only as good as its engine: one that does not answer is not advertised
+    (nothing would run there), and the next info update brings it back once it does.
+    """
+    usable: list[str] = []
+    unavailable: dict[str, str] = {}
     if cfg.executors.docker.enabled:
-        enabled.append("docker")
+        problem = engine_problem(cfg.executors.docker)
+        if problem is None:
+            usable.append("docker")
+        else:
+            unavailable["docker"] = problem[:_TEXT_LIMIT]
     if cfg.executors.process.enabled:
-        enabled.append("process")
-    return enabled
+        usable.append("process")
+    return usable, unavailable
 
 
 def collect_info(cfg: NodeAgentConfig, benchmark_score: float) -> NodeInfo:
     """This node's info as it is sent at registration and on every info update."""
     gpus = discover_gpus()
     total = total_resources(cfg.resolved_work_dir, gpus)
+    usable, unavailable = executors(cfg)
     return NodeInfo(
         hostname=socket.gethostname()[:_TEXT_LIMIT],
         arch=platform.machine()[:_TEXT_LIMIT],
         os="linux",
         version=hivectl.__version__,
         labels=dict(cfg.labels),
-        executors=executors(cfg),
+        executors=usable,
+        unavailable=unavailable,
         total=total,
         allocatable=total,  # reservations for the OS and the agent come with capacity.py
         gpus=gpus,

@@ -14,16 +14,15 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from hivectl.core import auth, bus, codec
 from hivectl.core.config import NodeAgentConfig
-from hivectl.core.daemon import Status, install_signal_handlers, sd_notify
+from hivectl.core.daemon import Status, install_signal_handlers, sd_notify, until_stopped
 from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import Heartbeat, Leave, Message, NodeInfo, ResourceUpdate
 from hivectl.core.subjects import Subjects
@@ -31,18 +30,16 @@ from nodeagent.capacity import Ledger
 from nodeagent.executions import Executions
 from nodeagent.membership import Membership
 from nodeagent.metrics import serve_metrics
-from nodeagent.protocol import LocalNode, Unreachable, sealed
+from nodeagent.protocol import AUTH_HINT, LocalNode, Unreachable, sealed
 from nodeagent.resources import collect_info, collect_resources
 
 log = logging.getLogger("hive.nodeagent")
-T = TypeVar("T")
 
 REQUEST_TIMEOUT = 5.0
 FLUSH_TIMEOUT = 2  # seconds; nats-py wants an int
 MIN_INTERVAL = 0.05  # a zero interval in a config must not become a busy loop
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
-CANCEL_GRACE = 1.0
 # Transient trouble or bad input from a peer: logged without a traceback (not our bug).
 _EXPECTED = (NatsError, OSError, Unreachable, codec.CodecError, auth.AuthError)
 
@@ -118,42 +115,52 @@ class NodeAgent:
     async def start(self) -> None:
         """Load the identity, connect, and try once to join. Idempotent.
 
-        A requester that is not up yet is not an error: the info loop keeps trying.
+        A requester that is not up yet is not an error: the info loop keeps trying. A
+        stop while starting (NATS unreachable, say) cuts the start short: the status
+        stays STARTING and `close()` tidies up.
         """
         if self.status is not Status.INIT:
             return
         self.status = Status.STARTING
         try:
-            self.local = local = await asyncio.to_thread(LocalNode.load, self.cfg)
-            self.node_id = local.node_id
-            self._info = await asyncio.to_thread(collect_info, self.cfg, local.benchmark)
-            self.membership = Membership(self.cfg, local, self._announce, self.request_timeout)
-            self.ledger = await asyncio.to_thread(
-                Ledger.load, self.cfg.state_dir, self._info.allocatable
-            )
-            self.executions = Executions(
-                self.cfg, self.node_id, self.ledger, self._message_key, self._next_seq
-            )
-            if self.cfg.metrics.enabled:
-                self._metrics = await asyncio.to_thread(serve_metrics, self, self.cfg.metrics)
-                self.metrics_port = self._metrics.port
-            name = f"hive-nodeagent:{self.node_id}"
-            self.nc = await self._until_stopped(bus.connect_daemon(self.cfg.nats, name=name))
-            if self.nc is not None:
-                await self.executions.start(self.nc)
-                self._first_delay = await self._membership_step()
+            started = await until_stopped(self.stop_event, self._start())
         except BaseException:
             self.status = Status.FAILED
             raise
+        if not started:
+            return
         self.status = Status.RUNNING
-        log.info("node agent %s started", self.node_id, extra={"node_id": self.node_id})
+        assert self.local is not None
+        key = auth.fingerprint(self.local.identity.public_key)
+        extra = {"node_id": self.node_id, "fingerprint": key}
+        log.info("node agent %s started (key fingerprint %s)", self.node_id, key, extra=extra)
         # Harmless under Type=simple (systemd ignores it there); right under Type=notify.
         sd_notify(f"READY=1\nSTATUS=node {self.node_id} started")
+
+    async def _start(self) -> None:
+        self.local = local = await asyncio.to_thread(LocalNode.load, self.cfg)
+        self.node_id = local.node_id
+        self._info = await self._collect_info()
+        self.membership = Membership(self.cfg, local, self._announce, self.request_timeout)
+        self.ledger = await asyncio.to_thread(
+            Ledger.load, self.cfg.state_dir, self._info.allocatable
+        )
+        self.executions = Executions(
+            self.cfg, self.node_id, self.ledger, self._message_key, self._next_seq
+        )
+        self.executions.unavailable = self._info.unavailable
+        if self.cfg.metrics.enabled:
+            self._metrics = await asyncio.to_thread(serve_metrics, self, self.cfg.metrics)
+            self.metrics_port = self._metrics.port
+        name = f"hive-nodeagent:{self.node_id}"
+        self.nc = await bus.connect_daemon(self.cfg.nats, name=name, auth_hint=AUTH_HINT)
+        await self.executions.start(self.nc)
+        self._first_delay = await self._membership_step()
 
     async def run_forever(self) -> None:
         """Run the periodic loops until the stop event is set."""
         await self.start()
-        if self.nc is None:  # stopped while still connecting
+        if self.status is not Status.RUNNING:  # stopped while still starting
             return
         self._loops_done.clear()
         try:
@@ -171,9 +178,15 @@ class NodeAgent:
             self._loops_done.set()
 
     async def serve(self) -> None:
-        """Start, run until stopped, close: the whole life of the daemon."""
-        async with self:
+        """Start, run until stopped, close: the whole life of the daemon.
+
+        Closed whatever happened, a failed start included: what it had opened (the
+        connection, the metrics server) is closed too.
+        """
+        try:
             await self.run_forever()
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         """Publish a Leave, flush and drain. Safe to call twice."""
@@ -234,7 +247,9 @@ class NodeAgent:
         """Refresh the info, then one join or info exchange; the delay before the next."""
         assert self.nc is not None and self.membership is not None and self.local is not None
         try:
-            self._info = await asyncio.to_thread(collect_info, self.cfg, self.local.benchmark)
+            self._info = await self._collect_info()
+            if self.executions is not None:
+                self.executions.unavailable = self._info.unavailable
             delay = await self.membership.step(self.nc, self._info)
             if self.ledger is not None:
                 self.ledger.allocatable = self._info.allocatable
@@ -270,29 +285,22 @@ class NodeAgent:
             extra={"node_id": self.node_id},
         )
 
-    async def _until_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
-        """`work`'s result, or None when the stop event came first (work is cancelled).
-
-        connect_daemon retries an unreachable server forever; SIGTERM must still work.
-        """
-        task = asyncio.ensure_future(work)
-        stopper = asyncio.ensure_future(self.stop_event.wait())
-        try:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        finally:
-            stopper.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        # nats-py's connect loop can swallow a cancellation that lands inside its own
-        # wait_for; shutdown must not hang on it, so give it a moment and move on.
-        done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
-        if not done:
-            log.warning("connecting to NATS did not stop when cancelled; leaving it behind")
-        return None
+    async def _collect_info(self) -> NodeInfo:
+        """This node's info, gathered off the loop; says when an executor comes or goes."""
+        assert self.local is not None
+        info = await asyncio.to_thread(collect_info, self.cfg, self.local.benchmark)
+        before = self._info.unavailable if self._info is not None else {}
+        for engine, why in info.unavailable.items():
+            if before.get(engine) != why:
+                log.warning(
+                    "%s executor unavailable: %s; not offered to the requester until it works",
+                    engine,
+                    why,
+                    extra={"node_id": self.node_id},
+                )
+        for engine in before.keys() - info.unavailable.keys():
+            log.info("%s executor available again", engine, extra={"node_id": self.node_id})
+        return info
 
     # -- sending ---------------------------------------------------------------------
     async def _announce(self) -> None:

@@ -20,7 +20,7 @@ from hivectl.core.auth import Identity
 from hivectl.core.bus import connect_daemon
 from hivectl.core.config import RequesterConfig
 from hivectl.core.credentials import authorization_block, ensure_credentials
-from hivectl.core.daemon import Status, sd_notify
+from hivectl.core.daemon import Status, sd_notify, until_stopped
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import Health, NodeEvent
@@ -42,6 +42,10 @@ log = logging.getLogger("hive.requester")
 EXPIRE_EVERY = 60.0  # seconds between looks for finished jobs past their retention
 NODE_PENDING_MSGS = 1_000_000
 NODE_PENDING_BYTES = 512 * 1024 * 1024
+REQUESTER_AUTH_HINT = (
+    "give the requester NATS credentials that server accepts "
+    "(hive-requester run --credentials PATH, or [nats] credentials_file / user and password)"
+)
 
 
 class Requester:
@@ -76,19 +80,49 @@ class Requester:
         return self.embedded.url if self.embedded else self.config.nats.url
 
     async def start(self) -> None:
-        """Bring up NATS (embedded by default), state and subscriptions. Idempotent."""
+        """Bring up NATS (embedded by default), state and subscriptions. Idempotent.
+
+        A stop (SIGTERM) while starting cuts the start short: the status stays STARTING
+        and `close()` takes down what was brought up.
+        """
         if self.status is not Status.INIT:
             return
         self.status = Status.STARTING
+        if not await until_stopped(self.stopping, self._start()):
+            log.info("requester %s stopped while starting", self.config.name)
+            return
+        assert self.registry is not None
+        self.status = Status.RUNNING
+        log.info(
+            "requester %s serving on %s (%d nodes known)",
+            self.config.name,
+            self.nats_url,
+            len(self.registry),
+        )
+        # Only now: NATS is connected, streams and buckets exist, every subscription is
+        # live (flushed in _subscribe), so a unit ordered After= this one can use the API.
+        # Everything loaded so far (records, modules) lives as long as the daemon: move it
+        # out of the collector's sight so its passes stay short on a big cluster.
+        gc.freeze()
+        sd_notify(f"READY=1\nSTATUS=serving on {self.nats_url}, {len(self.registry)} nodes known")
+
+    async def _start(self) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.identity = Identity.load_or_create(cfg.data_dir / "requester.seed")
+        nats_settings = cfg.nats
         if cfg.embedded.enabled:
-            self.embedded = self._start_embedded()
-        nats_settings = cfg.nats.model_copy(update={"url": self.nats_url})
-        if self.embedded is not None:  # it admits role credentials only: use ours
-            nats_settings.credentials_file = self.credentials_dir / "requester.toml"
-        self.nc = await connect_daemon(nats_settings, name=f"hive-requester:{cfg.name}")
+            await self._start_embedded()
+            # It admits role credentials only: use ours.
+            nats_settings = cfg.nats.model_copy(
+                update={
+                    "url": self.nats_url,
+                    "credentials_file": self.credentials_dir / "requester.toml",
+                }
+            )
+        self.nc = await connect_daemon(
+            nats_settings, name=f"hive-requester:{cfg.name}", auth_hint=REQUESTER_AUTH_HINT
+        )
         js = self.nc.jetstream()
         self.events = Events(self.nc, self.subjects)
         await self.events.setup(js)
@@ -102,30 +136,28 @@ class Requester:
         if cfg.metrics.enabled:
             self._metrics = serve_metrics(self, cfg.metrics)
             self.metrics_port = self._metrics.port
-        self.status = Status.RUNNING
-        log.info(
-            "requester %s serving on %s (%d nodes known)",
-            cfg.name,
-            self.nats_url,
-            len(self.registry),
-        )
-        # Only now: NATS is connected, streams and buckets exist, every subscription is
-        # live (flushed in _subscribe), so a unit ordered After= this one can use the API.
-        # Everything loaded so far (records, modules) lives as long as the daemon: move it
-        # out of the collector's sight so its passes stay short on a big cluster.
-        gc.freeze()
-        sd_notify(f"READY=1\nSTATUS=serving on {self.nats_url}, {len(self.registry)} nodes known")
 
     @property
     def credentials_dir(self) -> Path:
         """Where the embedded server's role credentials live (one TOML file per role)."""
-        return self.config.data_dir / "credentials"
+        return self.config.data_dir.absolute() / "credentials"
 
-    def _start_embedded(self) -> EmbeddedNats:
+    async def _start_embedded(self) -> None:
+        """Start the embedded nats-server; wait for it off the loop, so signals still work."""
         emb = self.config.embedded
-        creds = ensure_credentials(self.credentials_dir)
+        directory = self.credentials_dir
+        first = not (directory / "compute.toml").exists()
+        creds = ensure_credentials(directory)
+        where = "wrote NATS credentials for each role to" if first else "NATS credentials in"
+        log.info(
+            "%s %s: give compute.toml to node agents (hive-nodeagent run --credentials "
+            "PATH) and operator.toml to hivectl (HIVE_NATS__CREDENTIALS_FILE)",
+            where,
+            directory,
+            extra={"credentials_dir": str(directory)},
+        )
         loop = asyncio.get_running_loop()
-        server = EmbeddedNats(
+        self.embedded = EmbeddedNats(
             emb.store_dir or self.config.data_dir / "nats",
             host=emb.host,
             port=emb.port,
@@ -133,7 +165,9 @@ class Requester:
             extra_config=authorization_block(creds, self.subjects),
             on_exit=lambda code: loop.call_soon_threadsafe(self._embedded_died, code),
         )
-        return server.start()
+        # Spawned here, on the main thread, so the server dies with us even on kill -9.
+        self.embedded.spawn()
+        await asyncio.to_thread(self.embedded.wait_ready)
 
     def _embedded_died(self, code: int | None) -> None:
         """Our own NATS is gone: stop, and exit non-zero so systemd restarts us both.
@@ -238,7 +272,8 @@ class Requester:
         """Start, then run the periodic checks until `stop()`; always close."""
         try:
             await self.start()
-            await self._health_loop()
+            if self.status is Status.RUNNING:
+                await self._health_loop()
         finally:
             await self.close()
 

@@ -44,7 +44,7 @@ from hivectl.core.api import (
     NodeRejectRequest,
     NodeView,
 )
-from hivectl.core.models import Approval, Health, NodeType, OkReply, Resources
+from hivectl.core.models import Approval, Health, NodeInfo, NodeType, OkReply, Resources
 
 app = noun_app(
     "Manage compute nodes: list and inspect them, approve, reject or delete them.\n\n"
@@ -224,10 +224,7 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ("Arch", [node_info.arch if node_info else NONE]),
         ("OS", [node_info.os if node_info else NONE]),
         ("Version", [node_info.version if node_info else NONE]),
-        (
-            "Executors",
-            [", ".join(node_info.executors) if node_info and node_info.executors else NONE],
-        ),
+        ("Executors", executor_lines(node_info)),
     ]
     lines = _field_lines(fields)
     lines += ["Resources:", *_indent(resource_table(node))]
@@ -242,6 +239,15 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ]
     )
     return lines
+
+
+def executor_lines(node_info: NodeInfo | None) -> list[str]:
+    """The executors a node offers, then each one it has enabled but cannot use, and why."""
+    if node_info is None:
+        return [NONE]
+    usable = [", ".join(node_info.executors)] if node_info.executors else []
+    missing = [f"{name}: unavailable ({why})" for name, why in node_info.unavailable.items()]
+    return usable + missing or [NONE]
 
 
 def resource_table(node: NodeView) -> list[str]:

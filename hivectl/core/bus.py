@@ -7,6 +7,7 @@ was an error" read the same everywhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, TypeVar
@@ -57,8 +58,13 @@ def _credentials(settings: NatsSettings) -> dict[str, Any]:
     return options
 
 
-async def connect_daemon(settings: NatsSettings, name: str) -> Client:
-    """A connection that reconnects forever and drains on close, for the daemons."""
+async def connect_daemon(settings: NatsSettings, name: str, *, auth_hint: str = "") -> Client:
+    """A connection that reconnects forever and drains on close, for the daemons.
+
+    Each kind of failure is logged once a minute while it lasts. A refused
+    authorization is one line that says which credentials went and, from `auth_hint`,
+    what to give instead: retrying cannot fix that, the operator must.
+    """
 
     last_logged: dict[str, float] = {}
 
@@ -68,7 +74,11 @@ async def connect_daemon(settings: NatsSettings, name: str) -> Client:
         now = time.monotonic()
         if now - last_logged.get(text, -ERROR_LOG_EVERY) >= ERROR_LOG_EVERY:
             last_logged[text] = now
-            log.warning("nats: %s", text)
+            if _is_auth_failure(text):
+                log.error("nats: %s", auth_failure(settings, auth_hint))
+            else:
+                retrying = "" if nc.is_connected else "; retrying"
+                log.warning("nats: %s: %s%s", settings.url, text.removeprefix("nats: "), retrying)
 
     async def on_disconnected() -> None:
         if not (nc.is_closed or nc.is_draining):  # a deliberate close is no news
@@ -78,22 +88,47 @@ async def connect_daemon(settings: NatsSettings, name: str) -> Client:
         log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
 
     nc = Client()
-    await nc.connect(
-        servers=settings.url.split(","),
-        name=name,
-        connect_timeout=max(1, int(settings.connect_timeout)),
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
-        ping_interval=20,
-        max_outstanding_pings=3,
-        drain_timeout=10,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
-        **_credentials(settings),
-    )
+    try:
+        await nc.connect(
+            servers=settings.url.split(","),
+            name=name,
+            connect_timeout=max(1, int(settings.connect_timeout)),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            ping_interval=20,
+            max_outstanding_pings=3,
+            drain_timeout=10,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            **_credentials(settings),
+        )
+    except BaseException:  # cancelled while retrying (a daemon told to stop): tidy up
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
     return nc
+
+
+def _is_auth_failure(text: str) -> bool:
+    return "authorization" in text.lower()
+
+
+def auth_failure(settings: NatsSettings, hint: str) -> str:
+    """One line on a refused authorization: the server, what we gave, what to do."""
+    if settings.credentials_file is not None:
+        given = f"the credentials in {settings.credentials_file}"
+    elif settings.creds_file is not None:
+        given = f"the credentials in {settings.creds_file}"
+    elif settings.user is not None:
+        given = f"user {settings.user!r}"
+    elif settings.token is not None:
+        given = "a token"
+    else:
+        given = "no credentials"
+    line = f"{settings.url} refused the connection (authorization violation) with {given}"
+    return f"{line}; {hint}" if hint else line
 
 
 async def connect_cli(settings: NatsSettings, name: str = "hivectl") -> Client:

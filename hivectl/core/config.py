@@ -127,11 +127,18 @@ def _system_dir() -> Path:
 
 
 def _data_dir(name: str) -> Path:
-    state = os.environ.get("STATE_DIRECTORY")  # systemd's StateDirectory=
+    """$STATE_DIRECTORY (systemd's StateDirectory=), else /var/lib/hive-<name> as root.
+
+    The root default is the directory the units' `StateDirectory=hive-<name>` makes, so a
+    daemon started by hand as root, the same daemon under systemd, and a
+    `hive-nodeagent register` typed beside a running agent all use one state dir (one
+    identity, one set of credentials). Other users get their own data dir.
+    """
+    state = os.environ.get("STATE_DIRECTORY")
     if state:
         return Path(state.split(":")[0])
     if os.geteuid() == 0:
-        return Path("/var/lib/hive") / name
+        return Path("/var/lib") / f"hive-{name}"
     return Path(platformdirs.user_data_dir("hive")) / name
 
 

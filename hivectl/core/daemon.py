@@ -1,4 +1,10 @@
-"""Pieces every daemon shares: its status, and signal handling with a forced second exit."""
+"""Pieces every daemon shares: its status, and signal handling with a forced second exit.
+
+A daemon stops on the first SIGTERM/SIGINT whatever it is doing: before its event loop
+runs (`exit_on_signal_until_loop`), while it starts (`until_stopped` cuts the start
+short, however long connecting or loading takes), and while it runs. A second signal
+exits at once, whatever the first one left running (a drain, a job's grace period).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,16 @@ import logging
 import os
 import signal
 import socket
+import sys
+from collections.abc import Coroutine
 from enum import StrEnum
+from types import FrameType
+from typing import Any
 
 log = logging.getLogger("hive.daemon")
+FORCED_EXIT = 130  # the status of a second signal's exit (128 + SIGINT, as shells use)
+CANCEL_GRACE = 1.0  # seconds a cancelled start may take to unwind before shutdown goes on
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Status(StrEnum):
@@ -41,6 +54,21 @@ def sd_notify(state: str) -> bool:
     return True
 
 
+def exit_on_signal_until_loop() -> None:
+    """Until `install_signal_handlers` takes over, SIGTERM/SIGINT exit at once with 0.
+
+    Before the event loop runs (reading the config, importing) nothing has been started
+    that needs stopping, so the first signal simply ends the program, quietly: no
+    KeyboardInterrupt traceback, and the same status as a clean stop.
+    """
+
+    def leave(signum: int, frame: FrameType | None) -> None:
+        sys.exit(0)
+
+    for signum in _SIGNALS:
+        signal.signal(signum, leave)
+
+
 def install_signal_handlers(stop: asyncio.Event, name: str) -> None:
     """SIGTERM/SIGINT set `stop`; a second one exits at once (as uvicorn does)."""
     loop = asyncio.get_running_loop()
@@ -48,9 +76,38 @@ def install_signal_handlers(stop: asyncio.Event, name: str) -> None:
     def on_signal(signum: int) -> None:
         if stop.is_set():
             log.warning("%s: second %s, exiting now", name, signal.Signals(signum).name)
-            os._exit(130)
+            os._exit(FORCED_EXIT)
         log.info("%s: %s received, shutting down", name, signal.Signals(signum).name)
         stop.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def until_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:
+    """Run `work` to its end (True), or cancel it when `stop` is set first (False).
+
+    Starting a daemon can wait on things that never come (a NATS that is not there is
+    retried forever, a JetStream that does not answer); a signal must still stop it.
+    """
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stopper.cancel()
+    if task.done():
+        task.result()  # its exception, if it failed
+        return True
+    task.cancel()
+    # nats-py's connect loop can swallow a cancellation that lands inside its own
+    # wait_for; shutdown must not hang on it, so give it a moment and move on.
+    done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+    if not done:
+        log.warning("starting did not stop when cancelled; leaving it behind")
+    elif not task.cancelled() and task.exception() is not None:
+        log.debug("start cut short: %s", task.exception())
+    return False

@@ -108,8 +108,18 @@ class EmbeddedNats:
 
     def start(self) -> EmbeddedNats:
         """Start the server and wait until it accepts clients. Idempotent."""
+        if self.spawn():
+            self.wait_ready()
+        return self
+
+    def spawn(self) -> bool:
+        """Start the server process without waiting for it; False if it already runs.
+
+        Call it from the main thread (see `on_main_thread`), then `wait_ready()`, which
+        may run in another thread so that a daemon's event loop keeps answering signals.
+        """
         if self._proc is not None and self._proc.poll() is None:
-            return self
+            return False
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
         conf.write_text(self.config_text())
@@ -127,11 +137,13 @@ class EmbeddedNats:
             target=self._read_log, args=(self._proc,), name="nats-server-log", daemon=True
         )
         self._reader.start()
-        self._wait_ready()
-        return self
+        return True
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
+        """Block until the spawned server accepts clients; EmbeddedNatsError if it will not."""
         deadline_hit = not self._settled.wait(self.start_timeout)
+        if self._proc is None:  # stop() came first: a daemon told to stop as it started
+            raise EmbeddedNatsError("nats-server was stopped while it started")
         if self._ready:
             log.info("embedded nats-server ready on %s (pid %s)", self.url, self.pid)
             return

@@ -12,7 +12,16 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-BOUND_FIELDS = ("node_id", "job_id", "exec_id", "subject", "reason", "code")
+BOUND_FIELDS = (
+    "node_id",
+    "job_id",
+    "exec_id",
+    "subject",
+    "reason",
+    "code",
+    "fingerprint",
+    "credentials_dir",
+)
 
 
 class JsonFormatter(logging.Formatter):

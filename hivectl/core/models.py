@@ -105,6 +105,12 @@ class NodeInfo(Model):
     version: ShortText
     labels: Labels = Field(default_factory=dict)
     executors: Annotated[list[ShortText], Field(max_length=8)] = Field(default_factory=list)
+    # Executors the node's config enables but that cannot run jobs now, each with why
+    # (its Docker engine does not answer, say). They are left out of `executors` until
+    # they work again, so nothing is placed on them meanwhile.
+    unavailable: Annotated[dict[ShortText, ShortText], Field(max_length=8)] = Field(
+        default_factory=dict
+    )
     total: Resources = Field(default_factory=Resources)
     allocatable: Resources = Field(default_factory=Resources)
     gpus: Annotated[list[GpuInfo], Field(max_length=64)] = Field(default_factory=list)

@@ -29,6 +29,8 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.utils
+import requests.exceptions
 from docker.types import DeviceRequest
 
 from hivectl.core.config import DockerExecutorSettings
@@ -42,6 +44,9 @@ API_TIMEOUT = 120
 LOG_POST_TIMEOUT = 60.0
 LABEL_NODE, LABEL_JOB, LABEL_EXEC = CONTAINER_LABEL_NODE, CONTAINER_LABEL_JOB, CONTAINER_LABEL_EXEC
 _DOCKER_ERRORS = (docker.errors.DockerException, OSError)
+PROBE_TIMEOUT = 2  # seconds a ping of the engine may take before it counts as down
+_PROBE_API = "1.24"  # given only so that making the client asks the engine nothing
+_DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 
 
 class DockerExecutor:
@@ -260,6 +265,47 @@ def _archive(tar: TarBuilder, container: Any, spec: JobSpec) -> None:
         except _DOCKER_ERRORS as exc:
             log.warning("cannot copy output %s: %s", where, _short(exc))
     tar.finish()
+
+
+def engine_problem(settings: DockerExecutorSettings) -> str | None:
+    """Why the Docker engine cannot run jobs now, or None when it answers a ping.
+
+    Cheap enough for every info update: one request on a client made for it, with a
+    short timeout, so a hung engine costs PROBE_TIMEOUT and no more.
+    """
+    params: dict[str, Any] = docker.utils.kwargs_from_env()
+    if settings.host:
+        params["base_url"] = settings.host
+    where = str(params.get("base_url") or _DEFAULT_ENDPOINT)
+    try:
+        client = docker.APIClient(version=_PROBE_API, timeout=PROBE_TIMEOUT, **params)
+    except _DOCKER_ERRORS as exc:  # a malformed host, unreadable TLS files
+        return f"cannot use {where}: {_short(exc)}"
+    try:
+        # The unversioned path: every engine answers it, whatever API versions it serves.
+        status = client.get(f"{client.base_url}/_ping", timeout=PROBE_TIMEOUT).status_code
+    except (*_DOCKER_ERRORS, requests.exceptions.RequestException) as exc:
+        return f"cannot reach {where}: {_root_cause(exc)}"
+    finally:
+        client.close()
+    return None if status == 200 else f"{where} answered a ping with HTTP {status}"
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost OS error under the layers requests and urllib3 wrap around it."""
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"no answer within {PROBE_TIMEOUT}s"
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop(0)
+        if id(item) in seen or not isinstance(item, BaseException):
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.strerror:
+            return item.strerror
+        todo += [*item.args, getattr(item, "reason", None), item.__cause__, item.__context__]
+    return _short(exc)
 
 
 def _short(exc: BaseException) -> str:

@@ -397,6 +397,19 @@ class PrivateDockerd:
         if problems:
             raise DockerCleanupError("; ".join(problems))
 
+    def halt(self) -> None:
+        """Stop the daemon as `systemctl stop docker` would, keeping its socket path and
+        state for `resume()`."""
+        self._kill_containers()
+        self._terminate_dockerd()
+
+    def resume(self) -> None:
+        """Start a halted daemon again, on the same socket and state."""
+        if self._process is not None:
+            return
+        self._launch(find_dockerd())
+        self._wait_ready(time.monotonic() + self.start_timeout)
+
     def import_busybox(self, tag: str = DEFAULT_IMAGE_TAG) -> str:
         """Import a busybox-only image (like `docker import`) and return its tag."""
         data = build_busybox_tar(find_static_busybox())

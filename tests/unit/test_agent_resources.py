@@ -123,12 +123,17 @@ def test_available_never_exceeds_allocatable(tmp_path: Path) -> None:
 def test_info_describes_the_node(tmp_path: Path) -> None:
     cfg = _config(tmp_path, labels={"zone": "a"})
     cfg.executors.process.enabled = True
+    cfg.executors.docker.host = f"unix://{tmp_path}/no-docker.sock"
     info = collect_info(cfg, 42.0)
     assert NodeInfo.model_validate(info.model_dump()) == info
     assert info.os == "linux" and info.arch and info.hostname
     assert info.version == hivectl.__version__
     assert info.labels == {"zone": "a"}
-    assert info.executors == ["docker", "process"]
+    # Docker is enabled but its engine is not there: not offered, and the info says why.
+    assert info.executors == ["process"]
+    assert info.unavailable == {
+        "docker": f"cannot reach unix://{tmp_path}/no-docker.sock: No such file or directory"
+    }
     assert info.benchmark_score == 42.0
     assert info.total.gpu == len(info.gpus)
     assert info.allocatable == info.total
@@ -138,7 +143,8 @@ def test_info_describes_the_node(tmp_path: Path) -> None:
 def test_docker_off_means_no_docker_executor(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     cfg.executors.docker.enabled = False
-    assert collect_info(cfg, 0.0).executors == []
+    info = collect_info(cfg, 0.0)
+    assert info.executors == [] and info.unavailable == {}
 
 
 def test_resource_report_is_sane(tmp_path: Path) -> None:
