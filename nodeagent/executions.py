@@ -2,8 +2,10 @@
 
 An offer (sealed with the node's message key) is accepted when its engine is enabled
 here, the executor has nothing against the spec, and the capacity ledger admits its
-resources (locking them). A repeated offer for a known execution is answered
-"accepted" again and starts nothing. Each execution then publishes ACCEPTED, STARTING,
+resources (locking them). An offer whose spec this node's JobSpec rules refuse is
+refused for good (`OfferReply.permanent`: no node would run it); every other refusal is
+transient. A repeated offer for a known execution is answered "accepted" again and
+starts nothing. Each execution then publishes ACCEPTED, STARTING,
 RUNNING and one of COMPLETED / FAILED / CANCELLED to HIVE_EXEC, its output to
 HIVE_LOGS (ending with an EOF marker) and its outputs to the results store; the lock
 is released before the final update, so the requester can place the next job at once.

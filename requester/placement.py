@@ -87,7 +87,7 @@ class Stages:
         if not self.healthy:
             return _also(f"no APPROVED node is HEALTHY: {_counted(health)}", earlier)
         earlier.update(health)
-        which = "eligible " if earlier else ""
+        which = "eligible " if +earlier else ""
         if not self.able:
             return _also(f"no {which}node has the {engine} executor enabled", earlier)
         earlier[f"without the {engine} executor"] = len(self.healthy) - len(self.able)

@@ -64,6 +64,7 @@ from hivectl.cli.jobview import (
 from hivectl.cli.output import print_data, write_out
 from hivectl.core.bus import BusError, NoReply, connect_cli
 from hivectl.core.jobs import (
+    JOB_ID_PATTERN,
     JOB_TERMINAL,
     ExecState,
     Execution,
@@ -108,7 +109,7 @@ JobIdOption = Annotated[
         show_default=False,
     ),
 ]
-_JOB_ID = re.compile(r"^j-[0-9a-f]{16}$")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 # A submit with no reply is sent again (the same job id: it never runs twice) up to this
 # many times in all, each waiting the client's timeout, with 0.2s, 0.4s, 0.8s between
 # them: under half a minute with the default timeout. Refusals are not retried.

@@ -49,7 +49,8 @@ __all__ = [
     "parse_cpu",
 ]
 
-JobId = Annotated[str, StringConstraints(strict=True, pattern=r"^j-[0-9a-f]{16}$")]
+JOB_ID_PATTERN = r"^j-[0-9a-f]{16}$"
+JobId = Annotated[str, StringConstraints(strict=True, pattern=JOB_ID_PATTERN)]
 ExecId = Annotated[str, StringConstraints(strict=True, pattern=r"^e-[0-9a-f]{16}$")]
 
 
