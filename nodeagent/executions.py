@@ -2,8 +2,10 @@
 
 An offer (sealed with the node's message key) is accepted when its engine is enabled
 here, the executor has nothing against the spec, and the capacity ledger admits its
-resources (locking them). A repeated offer for a known execution is answered
-"accepted" again and starts nothing. Each execution then publishes ACCEPTED, STARTING,
+resources (locking them). An offer whose spec this node's JobSpec rules refuse is
+refused for good (`OfferReply.permanent`: no node would run it); every other refusal is
+transient. A repeated offer for a known execution is answered "accepted" again and
+starts nothing. Each execution then publishes ACCEPTED, STARTING,
 RUNNING and one of COMPLETED / FAILED / CANCELLED to HIVE_EXEC, its output to
 HIVE_LOGS (ending with an EOF marker) and its outputs to the results store; the lock
 is released before the final update, so the requester can place the next job at once.
@@ -27,6 +29,7 @@ from typing import Any, TypeVar
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from pydantic import ValidationError
 
 from hivectl.core import auth, codec
 from hivectl.core.config import NodeAgentConfig
@@ -168,7 +171,7 @@ class Executions:
         if isinstance(offer, ErrorReply):
             self.rejected += 1
             log.warning("refused an offer (%s): %s", offer.code, offer.reason)
-            await _respond(msg, offer)
+            await _respond(msg, self._unrunnable(msg.data) or offer)
             return
         reason = self._admit(offer)
         accepted = reason is None
@@ -242,6 +245,30 @@ class Executions:
         if getattr(message, "node_id", None) != self.node_id:
             return ErrorReply(code="wrong_node", reason=f"this is node {self.node_id}")
         return message
+
+    def _unrunnable(self, data: bytes) -> OfferReply | None:
+        """For an authentic offer to this node whose spec this node's JobSpec refuses:
+        a refusal for good, since every node applies the same rules (a requester older
+        than its nodes may let such a spec through). None for any other fault."""
+        key = self.key()
+        if key is None:
+            return None
+        try:
+            body = codec.unpack(auth.open_sealed(data, key))
+            if not isinstance(body, dict) or body.get("node_id") != self.node_id:
+                return None
+            JobSpec.model_validate(body.get("spec"))
+            return None  # the spec is fine: something else is wrong with the offer
+        except (auth.AuthError, codec.CodecError):
+            return None
+        except ValidationError as exc:
+            reason = f"invalid job spec: {codec.describe_validation_error(exc)}"
+        try:
+            return OfferReply(
+                exec_id=body.get("exec_id"), accepted=False, permanent=True, reason=reason[:1024]
+            )
+        except ValidationError:
+            return None  # no usable execution id to answer for
 
     # -- executions ----------------------------------------------------------------------
     def _launch(

@@ -88,10 +88,17 @@ class JobStore:
         return job
 
     # -- writes -----------------------------------------------------------------------
-    async def create(self, job: Job) -> Job:
-        await self._view.create(job.job_id, job)  # ids are random: never taken already
+    async def create(self, job: Job) -> tuple[Job, bool]:
+        """Store a new job: (the job, True); or, when its id is taken, (the job stored
+        under it, False). The KV create is a compare-and-set, so two requesters (or one
+        submit and its retry) never both create the same id."""
+        if not await self._view.create(job.job_id, job):
+            stored = self._view.get(job.job_id)
+            if stored is None:  # deleted in between: the id is its own again
+                raise JobError("conflict", f"job {job.job_id} changed meanwhile; submit again")
+            return stored, False
         await self._publish_event(JobEvent(job_id=job.job_id, new=job.state, reason="submitted"))
-        return job
+        return job, True
 
     async def change(self, job_id: str, change: Change) -> Job | None:
         """Apply `change` by compare-and-set, retrying lost races; the job as stored after.
@@ -175,11 +182,26 @@ class JobApi(ApiRouter):
         )
 
     async def submit(self, data: bytes) -> Message:
-        # decode validates the whole spec: a bad one is an "invalid" reply naming the field.
+        """Create the job; a repeat of a submit (same id, same spec) gets the same job.
+
+        Clients pick the id, so a submit whose reply was lost can be sent again without
+        a second job; the same id with another spec is refused. `decode` validates the
+        whole spec: a bad one is an "invalid" reply naming the field.
+        """
         request = codec.decode(data, JobSubmitRequest, self._limits)
-        job = await self._store.create(Job(job_id=new_job_id(), spec=request.spec))
-        self._kick(job.job_id)
-        return JobSubmitReply(job_id=job.job_id)
+        job_id = request.job_id or new_job_id()
+        known = self._store.get(job_id)  # a retry usually finds it here, with no write
+        if known is None:
+            known, created = await self._store.create(Job(job_id=job_id, spec=request.spec))
+            if created:
+                self._kick(job_id)
+                return JobSubmitReply(job_id=job_id)
+        if not known.spec.same_as(request.spec):
+            raise JobError(
+                "exists",
+                f"job {job_id} exists with another spec: submit this one with another id (or none)",
+            )
+        return JobSubmitReply(job_id=job_id)
 
     async def list_jobs(self, data: bytes) -> Message:
         request = codec.decode(data, JobListRequest, self._limits)

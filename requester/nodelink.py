@@ -35,6 +35,7 @@ class Answer:
     accepted: bool
     reason: str = ""
     unanswered: bool = False  # timed out: the node may still have taken it
+    permanent: bool = False  # no node will run the spec (see OfferReply)
 
 
 class NodeLink:
@@ -74,7 +75,8 @@ class NodeLink:
         assert isinstance(answer, OfferReply)
         if answer.exec_id != exec_id:
             return Answer(exec_id, False, "the node answered for another execution")
-        return Answer(exec_id, answer.accepted, answer.reason)
+        permanent = answer.permanent and not answer.accepted
+        return Answer(exec_id, answer.accepted, answer.reason, permanent=permanent)
 
     def cancel(self, executions: list[Execution], reason: str) -> None:
         """Tell each execution's node to stop it, in the background; failures are logged."""

@@ -19,6 +19,8 @@ from requester.executions import EVERY_NODE, live
 from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
 
+APPROVED, HEALTHY = Approval.APPROVED, Health.HEALTHY
+
 
 @dataclass(slots=True)
 class Candidate:
@@ -40,19 +42,10 @@ def candidates(
     """Nodes the job fits on now; when there are none, a sentence saying why."""
     spec = job.spec
     approved = [r for r in records if r.approval is Approval.APPROVED]
-    if not approved:
-        return [], f"no node fits: none of the {len(records)} known nodes is APPROVED"
     healthy = [r for r in approved if liveness.health(r.node_id) is Health.HEALTHY]
-    if not healthy:
-        return [], f"no node fits: {len(approved)} nodes APPROVED, none HEALTHY"
-    base = f"{len(healthy)} nodes APPROVED and HEALTHY"
     able = [r for r in healthy if spec.engine.value in r.info.executors]
-    if not able:
-        return [], f"no node fits: {base}; none has the {spec.engine.value} executor enabled"
     selector = parse_selector(spec.selector)
     matching = [r for r in able if selector.matches(r.info.labels)]
-    if not matching:
-        return [], f"constraint {spec.selector} matches no node ({base})"
     want = Room.of(spec.resources)
     active, report = ledger.active, liveness.resources
     free = [(r, ledger.free(r.node_id, r.info.allocatable, report(r.node_id))) for r in matching]
@@ -61,24 +54,76 @@ def candidates(
         for r, f in free
         if f.fits(want)
     ]
-    if not fitting:
-        return [], f"no node fits: {base}; {shortfall(want, [f for _, f in free])}"
-    return fitting, ""
+    if fitting:
+        return fitting, ""
+    stages = Stages(records, approved, healthy, able, matching)
+    return [], stages.why_none(job, liveness, [f for _, f in free])
 
 
-def shortfall(want: Room, free: list[Room]) -> str:
-    """The first resource no node has enough of, with the most any node has."""
-    for name, unit in (("cpu", "CPU"), ("memory", "memory"), ("disk", "disk"), ("gpu", "GPU")):
+@dataclass(slots=True)
+class Stages:
+    """The nodes left after each filter, to say what kept a job from all of them."""
+
+    records: list[NodeRecord]
+    approved: list[NodeRecord]
+    healthy: list[NodeRecord]
+    able: list[NodeRecord]
+    matching: list[NodeRecord]
+
+    def why_none(self, job: Job, liveness: Liveness, free: list[Room]) -> str:
+        """Why no node fits, from the filter that removed the last nodes, with the
+        nodes earlier filters removed counted by cause (`; also 1 PENDING, ...`)."""
+        spec, engine = job.spec, job.spec.engine.value
+        if not self.records:
+            return "no compute node has joined the cluster"
+        earlier = Counter(r.approval.value for r in self.records if r.approval is not APPROVED)
+        if not self.approved:
+            return (
+                f"no node is APPROVED: {_counted(earlier)} (approve one: hivectl node approve ID)"
+            )
+        health = Counter(
+            h.value for r in self.approved if (h := liveness.health(r.node_id)) is not HEALTHY
+        )
+        if not self.healthy:
+            return _also(f"no APPROVED node is HEALTHY: {_counted(health)}", earlier)
+        earlier.update(health)
+        which = "eligible " if +earlier else ""
+        if not self.able:
+            return _also(f"no {which}node has the {engine} executor enabled", earlier)
+        earlier[f"without the {engine} executor"] = len(self.healthy) - len(self.able)
+        which = "eligible " if +earlier else ""
+        if not self.matching:
+            return _also(f"no {which}node matches {spec.selector}", earlier)
+        earlier[f"not matching {spec.selector}"] = len(self.able) - len(self.matching)
+        which = "eligible " if +earlier else ""
+        return _also(shortfall(Room.of(spec.resources), free, which), earlier)
+
+
+def _counted(counts: Counter[str]) -> str:
+    """`2 PENDING, 1 REJECTED`: every cause with a count, in the order first seen."""
+    return ", ".join(f"{n} {cause}" for cause, n in counts.items() if n)
+
+
+def _also(headline: str, earlier: Counter[str]) -> str:
+    others = _counted(earlier)
+    return f"{headline}; also {others}" if others else headline
+
+
+_UNITS = (("cpu", "CPU"), ("memory", "memory"), ("disk", "disk"), ("gpu", "GPU"))
+
+
+def shortfall(want: Room, free: list[Room], which: str = "") -> str:
+    """`2 nodes, none with 8 CPUs free (most free: 4 CPUs)`: the first resource no
+    node has enough of, with the most any node has."""
+    for name, unit in _UNITS:
         needed = getattr(want, name)
         largest = max(getattr(f, name) for f in free)
         if needed > largest + (1e-9 if name == "cpu" else 0):
-            shown = _size if name in ("memory", "disk") else _count
-            return f"none has {shown(needed)} {unit} free (largest: {shown(largest)})"
-    return "none has all the requested resources free at once"
-
-
-def _count(value: float) -> str:
-    return f"{value:g}"
+            asked, most = _amount(needed, unit), _amount(largest, unit)
+            if len(free) == 1:
+                return f"the only {which}node has {most} free, not {asked}"
+            return f"{len(free)} {which}nodes, none with {asked} free (most free: {most})"
+    return f"{len(free)} {which}nodes, none with all the requested resources free at once"
 
 
 def _size(value: float) -> str:
@@ -86,6 +131,12 @@ def _size(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.3g}{unit}"
     return f"{int(value)}B"
+
+
+def _amount(value: float, unit: str) -> str:
+    if unit in ("memory", "disk"):
+        return f"{_size(value)} {unit}"
+    return f"{value:g} {unit}" + ("" if value == 1 else "s")
 
 
 def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candidate]) -> list[str]:

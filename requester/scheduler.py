@@ -358,8 +358,12 @@ class Scheduler:
 
 
 def _answered(job: Job, answers: list[Answer]) -> Job | None:
-    """The job with the nodes' answers to its offers applied; None when nothing moves."""
-    now, changed = utcnow(), False
+    """The job with the nodes' answers to its offers applied; None when nothing moves.
+
+    A refusal for good (the spec breaks a rule every node applies) fails the job with
+    the node's reason: offering it elsewhere, or again each tick, cannot help.
+    """
+    now, changed, for_good = utcnow(), False, ""
     by_id = {a.exec_id: a for a in answers}
     executions: list[Execution] = []
     for execution in job.executions:  # one pass: a job may hold many executions
@@ -368,11 +372,16 @@ def _answered(job: Job, answers: list[Answer]) -> Job | None:
         if answer is not None:
             state = ExecState.ACCEPTED if answer.accepted else ExecState.REJECTED
             moved = advance(execution, state, now, error="" if answer.accepted else answer.reason)
+            if moved is not None and answer.permanent and not for_good:
+                for_good = f"{execution.node_id} refused it for good: {answer.reason}"
         changed = changed or moved is not None
         executions.append(moved or execution)
     if not changed:
         return None
-    return settle(_trim_rejected(job.model_copy(update={"executions": executions})))
+    after = settle(_trim_rejected(job.model_copy(update={"executions": executions})))
+    if for_good and after.state not in JOB_TERMINAL:
+        return finish(after, JobState.FAILED, for_good)
+    return after
 
 
 def _trim_rejected(job: Job) -> Job:

@@ -316,11 +316,11 @@ async def _connected(
     ctx: typer.Context, cfg: ClientConfig, work: Callable[[Api], Awaitable[T]]
 ) -> T:
     debug(ctx, f"connecting to {cfg.nats.url}")
-    nc = await connect_cli(cfg.nats)
+    api = Api(ctx, await connect_cli(cfg.nats), cfg)
     try:
-        return await work(Api(ctx, nc, cfg))
+        return await work(api)
     finally:
-        await nc.close()
+        await api.nc.close()  # the work may have connected again (a retried submit)
 
 
 def call(ctx: typer.Context, noun: str, verb: str, message: Message, expect: type[M]) -> M:

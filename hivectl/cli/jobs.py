@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from nats.errors import Error as NatsError
 
 from hivectl.cli import paging
 from hivectl.cli.common import (
@@ -57,9 +59,12 @@ from hivectl.cli.jobview import (
     job_row,
     result_line,
     shown_executions,
+    status_text,
 )
 from hivectl.cli.output import print_data, write_out
+from hivectl.core.bus import BusError, NoReply, connect_cli
 from hivectl.core.jobs import (
+    JOB_ID_PATTERN,
     JOB_TERMINAL,
     ExecState,
     Execution,
@@ -72,8 +77,12 @@ from hivectl.core.jobs import (
     JobStopRequest,
     JobSubmitReply,
     JobSubmitRequest,
+    new_job_id,
 )
 from hivectl.core.models import OkReply
+
+if TYPE_CHECKING:
+    from stamina.instrumentation import RetryDetails, RetryHook
 
 app = noun_app(
     "Run jobs on the cluster's compute nodes and follow them: submit, list, describe, "
@@ -90,6 +99,22 @@ SPEC_FLAG_NAMES = {"image", "engine", "name", "target", "cpu", "memory", "disk",
     "retries",
     "network",
 }
+JobIdOption = Annotated[
+    str | None,
+    typer.Option(
+        "--id",
+        metavar="JOB_ID",
+        help="The job's id ('j-' and 16 hex digits; default: a new one). A submit with the "
+        "id of an existing job and the same spec gives that job, never a second one.",
+        show_default=False,
+    ),
+]
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+# A submit with no reply is sent again (the same job id: it never runs twice) up to this
+# many times in all, each waiting the client's timeout, with 0.2s, 0.4s, 0.8s between
+# them: under half a minute with the default timeout. Refusals are not retried.
+SUBMIT_ATTEMPTS = 4
+RETRIED = (BusError, NatsError)
 MessageOption = Annotated[
     str,
     typer.Option(
@@ -129,12 +154,18 @@ def submit(
         bool, typer.Option("--id-only", help="Print only the id (no wait).")
     ] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Stream the logs as it runs.")] = False,
+    job_id: JobIdOption = None,
 ) -> None:
     """Submit a job. By default wait for it, print its output, then its result line;
     exit 0 if it COMPLETED, 1 otherwise.
 
     Flags override the fields of a `-f` spec file (`env` and resources merge key by
     key). The spec is checked before anything is sent.
+
+    Submitting is safe to retry: the job's id is chosen before it is sent, and a submit
+    that gets no reply is sent again with the same id, which the requester answers with
+    the job it already has. Give `--id` to make a later run of the same command (a
+    script retrying) name the same job too.
 
     **Examples**
 
@@ -149,14 +180,60 @@ def submit(
     flags = SpecFlags(**{k: v for k, v in locals().items() if k in SPEC_FLAG_NAMES})
     flags.command, flags.env = command or [], env or []
     flags.constraints, flags.outputs = constraint or [], outputs or []
-    request = make(JobSubmitRequest, spec=build_spec(flags, file))
+    spec = build_spec(flags, file)
+    request = make(JobSubmitRequest, spec=spec, job_id=_chosen_id(job_id))
     if id_only or no_wait:
-        job_id = call(ctx, "job", "submit", request, JobSubmitReply).job_id
-        write_out(job_id)
+        submitted = run_api(ctx, lambda api: send_submit(api, request))
+        write_out(submitted)
         if not id_only:
-            info(f"Follow it with: hivectl job logs --follow {job_id}")
+            info(f"Follow it with: hivectl job logs --follow {submitted}")
         return
     _submit_and_wait(ctx, request, follow)
+
+
+def _chosen_id(given: str | None) -> str:
+    if given is None:
+        return new_job_id()
+    if not _JOB_ID.match(given):
+        fail(f"invalid job id {given!r}: use 'j-' and 16 hex digits, like {new_job_id()}")
+    return given
+
+
+async def send_submit(api: Api, request: JobSubmitRequest) -> str:
+    """Submit, sending the same request again (same job id) while no reply comes:
+    the requester creates a job id once, so a lost reply never makes a second job.
+    The id is the requester's answer (an older one picks its own)."""
+    import stamina  # only a submit needs it
+
+    unanswered: list[BaseException] = []  # tries that may have reached the requester
+    stamina.instrumentation.set_on_retry_hooks([_retrying(request.job_id, unanswered)])
+    try:
+        async for attempt in stamina.retry_context(
+            on=RETRIED, attempts=SUBMIT_ATTEMPTS, timeout=SUBMIT_ATTEMPTS * api.cfg.timeout + 5,
+            wait_initial=0.2, wait_max=2.0, wait_jitter=0.2,
+        ):  # fmt: skip
+            with attempt:
+                if api.nc.is_closed:  # the connection broke under the last try
+                    api.nc = await connect_cli(api.cfg.nats)
+                return (await api.call("job", "submit", request, JobSubmitReply)).job_id
+    except RETRIED as exc:
+        text, job_id = str(exc) or type(exc).__name__, request.job_id
+        if not isinstance(exc, NoReply) and not unanswered:
+            raise CliError(text) from None  # it never reached a requester
+        raise CliError(
+            f"{text}. Job {job_id} may have been submitted: see `hivectl job describe {job_id}`; "
+            f"submitting again with `--id {job_id}` never makes a second job"
+        ) from None
+    raise AssertionError("retry_context ended without a result")
+
+
+def _retrying(job_id: str | None, unanswered: list[BaseException]) -> RetryHook:
+    def note(details: RetryDetails) -> None:
+        if isinstance(details.caused_by, NoReply):
+            unanswered.append(details.caused_by)
+        info(f"No reply to the submit ({details.caused_by}); sending it again as {job_id}")
+
+    return note
 
 
 def _submit_and_wait(ctx: typer.Context, request: JobSubmitRequest, follow: bool) -> None:
@@ -173,12 +250,13 @@ def _submit_and_wait(ctx: typer.Context, request: JobSubmitRequest, follow: bool
 
 
 async def _run_job(api: Api, request: JobSubmitRequest, watch: JobWatch, follow: bool) -> Job:
-    js = await check_log_stream(api)
-    watch.job_id = (await api.call("job", "submit", request, JobSubmitReply)).job_id
+    await check_log_stream(api)  # before anything is sent
+    watch.job_id = await send_submit(api, request)
+    js = api.nc.jetstream()  # of the connection now: the submit may have made a new one
     if follow:
         return await watch.follow(api, js, show_all=False)
     with status_line(f"{watch.job_id}: PENDING") as show:
-        job = await watch.wait(api, lambda job: show(f"{job.job_id}: {job.state.value}"))
+        job = await watch.wait(api, lambda job: show(status_text(job)))
     await watch.replay(api, js, job, shown_executions(job, show_all=False))
     return job
 

@@ -8,21 +8,19 @@ anything is sent: a refusal is one line naming the field.
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
+from pydantic import ValidationError
 
-from hivectl.cli.common import build, fail
+from hivectl.cli.common import describe_problem, fail
+from hivectl.cli.specfile import load_spec_file
 from hivectl.core.jobs import Engine, JobSpec, JobType
 
 WHAT = "job spec"
-SPEC_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
 
 
 class Target(StrEnum):
@@ -56,38 +54,6 @@ class SpecFlags:
     retries: int | None = None
     network: Network | None = None
     outputs: list[str] = field(default_factory=list)
-
-
-def load_spec_file(path: Path) -> dict[str, Any]:
-    """A spec document as a dict; also accepts a whole job record (`spec:` inside)."""
-    kind = SPEC_FORMATS.get(path.suffix.lower())
-    if kind is None:
-        fail(f"cannot read job spec {path}: use a .yaml, .yml, .json or .toml file")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = _parse(text, kind)
-    except OSError as exc:
-        fail(f"cannot read job spec {path}: {exc.strerror or exc}")
-    except (ValueError, yaml.YAMLError) as exc:  # JSON and TOML errors are ValueErrors
-        fail(f"cannot read job spec {path}: not valid {kind.upper()}: {_first_line(exc)}")
-    if isinstance(data, dict) and isinstance(data.get("spec"), dict) and "job_id" in data:
-        data = data["spec"]  # `hivectl job describe -o yaml` output, submitted again
-    if not isinstance(data, dict):
-        fail(f"invalid {WHAT}: {path} must hold a mapping of JobSpec fields")
-    return data
-
-
-def _parse(text: str, kind: str) -> Any:
-    if kind == "json":
-        return json.loads(text)
-    if kind == "toml":
-        return tomllib.loads(text)
-    return yaml.safe_load(text)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def flag_fields(flags: SpecFlags, engine: Engine) -> dict[str, Any]:
@@ -142,10 +108,26 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def build_spec(flags: SpecFlags, file: Path | None) -> JobSpec:
     """The validated JobSpec from the file (if any) with the flags over it."""
-    base = load_spec_file(file) if file is not None else {}
+    spec_file = load_spec_file(file) if file is not None else None
+    base = spec_file.data if spec_file is not None else {}
     engine = flags.engine or _engine_of(base)
-    data = merge(base, flag_fields(flags, engine))
-    return build(JobSpec, data, WHAT)
+    overrides = flag_fields(flags, engine)
+    try:
+        return JobSpec.model_validate(merge(base, overrides))
+    except ValidationError as exc:
+        loc = tuple(exc.errors(include_url=False)[0]["loc"])
+        if spec_file is None or _from_flags(loc, overrides):
+            fail(f"invalid {WHAT}: {describe_problem(exc)}")
+        fail(f"{spec_file.where(loc)}: {describe_problem(exc)}")
+
+
+def _from_flags(loc: tuple[str | int, ...], overrides: dict[str, Any]) -> bool:
+    """Whether the field at `loc` took its value from a flag rather than the file."""
+    if not loc or loc[0] not in overrides:
+        return False
+    if loc[0] in ("env", "resources"):  # merged key by key: the file may set the others
+        return len(loc) > 1 and loc[1] in overrides[str(loc[0])]
+    return True
 
 
 def _engine_of(data: dict[str, Any]) -> Engine:

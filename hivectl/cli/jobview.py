@@ -7,10 +7,10 @@ from collections import Counter
 from datetime import datetime
 
 from hivectl.cli.output import NONE, age, human_bytes, human_cpu, plain_lines, timestamp
-from hivectl.core.jobs import ExecState, Execution, Job, JobSpec
+from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobSpec
 
 COLUMNS = ["ID", "NAME", "TYPE", "ENGINE", "STATE", "EXECUTIONS", "CREATED"]
-WIDE_COLUMNS = [*COLUMNS, "IMAGE", "COMMAND", "NODES"]
+WIDE_COLUMNS = [*COLUMNS, "IMAGE", "COMMAND", "NODES", "REASON"]
 EXEC_COLUMNS = ["EXEC", "NODE", "ATTEMPT", "STATE", "EXIT", "STARTED", "ENDED", "ERROR"]
 UNSUCCESSFUL = frozenset({ExecState.FAILED, ExecState.CANCELLED, ExecState.LOST})
 
@@ -19,6 +19,13 @@ def result_line(job: Job) -> str:
     """`Job j-… COMPLETED`, or `Job j-… FAILED: <reason>`."""
     reason = job.reason or _first_error(job)
     return f"Job {job.job_id} {job.state.value}" + (f": {reason}" if reason else "")
+
+
+def status_text(job: Job) -> str:
+    """The live line of a waiting `job submit`: the state and, while it waits, why
+    (`j-…: QUEUED: no node has the docker executor enabled`)."""
+    text = f"{job.job_id}: {job.state.value}"
+    return f"{text}: {job.reason}" if job.reason and job.state not in JOB_TERMINAL else text
 
 
 def _first_error(job: Job) -> str:
@@ -60,7 +67,8 @@ def job_row(job: Job, wide: bool, now: datetime) -> list[str]:
         age(job.created_at, now),
     ]
     if wide:
-        row += [spec.image or NONE, command_text(spec), job_nodes(job)]
+        reason = " ".join(job.reason.split()) or NONE  # why it waits, or why it ended
+        row += [spec.image or NONE, command_text(spec), job_nodes(job), reason]
     return row
 
 

@@ -31,6 +31,10 @@ class BusError(RuntimeError):
     """NATS could not be reached, or nobody answered: the message is one line for a person."""
 
 
+class NoReply(BusError):
+    """A request went out and no reply came in time: it may or may not have been acted on."""
+
+
 class RemoteError(RuntimeError):
     """The other side answered with an error reply."""
 
@@ -190,7 +194,7 @@ async def ask(nc: Client, subject: str, message: Message, timeout: float) -> byt
     except NoRespondersError:
         raise BusError(f"no requester is answering on {subject}") from None
     except (NatsTimeoutError, TimeoutError):
-        raise BusError(f"no answer on {subject} within {timeout:g}s") from None
+        raise NoReply(f"no answer on {subject} within {timeout:g}s") from None
     return reply.data
 
 

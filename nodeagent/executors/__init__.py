@@ -58,7 +58,11 @@ class Executor(Protocol):
     engine: str
 
     def refusal(self, spec: JobSpec) -> str | None:
-        """Why this executor will not run `spec` (checked before capacity is locked)."""
+        """Why this executor will not run `spec` here (checked before capacity is locked).
+
+        Only what this node's settings decide belongs here, and such a refusal is
+        transient for the job (another node may run it). A rule every node applies
+        belongs in JobSpec, which refuses the spec at submit."""
 
     async def run(self, job: JobRun) -> Outcome:
         """Set up, run, watch (timeout, cancel), collect outputs and clean up."""

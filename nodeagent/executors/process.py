@@ -46,13 +46,8 @@ class ProcessExecutor:
         self.work_dir = work_dir
 
     def refusal(self, spec: JobSpec) -> str | None:
-        if spec.resources.gpu:
-            return "the process executor does not hand out GPUs"
-        if spec.workdir and not _inside(Path("/w"), spec.workdir):
-            return f"workdir {spec.workdir!r} must be a relative path inside the job's work dir"
-        for path in spec.outputs:
-            if not _inside(Path("/w"), path):
-                return f"output {path!r} must be a relative path inside the job's work dir"
+        # What a process job may ask for (no GPUs, paths inside its work dir) is the
+        # same on every node: JobSpec checks it, at submit and when an offer is read.
         return None
 
     async def clean_up_after_crash(self, exec_id: str, handle: str, admitted: str) -> None:
@@ -116,13 +111,6 @@ class ProcessExecutor:
         if outcome.exit_code is not None and outcome.exit_code < 0:
             outcome.exit_code = 128 - outcome.exit_code  # killed by a signal, as a shell says
         return outcome
-
-
-def _inside(root: Path, relative: str) -> bool:
-    if os.path.isabs(relative):
-        return False
-    resolved = os.path.normpath(root / relative)
-    return resolved == str(root) or resolved.startswith(f"{root}/")
 
 
 def _make_dirs(root: Path, workdir: str) -> Path:

@@ -119,9 +119,12 @@ class Cluster:
     def log(self, name: str) -> str:
         return (self.base / f"{name}.log").read_text(errors="replace")
 
-    def hivectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def hivectl(
+        self, *args: str, check: bool = True, url: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """hivectl as an operator runs it; `url`: another way to the NATS server."""
         result = subprocess.run(
-            [sys.executable, "-m", "hivectl.cli.main", "--nats-url", self.url, *args],
+            [sys.executable, "-m", "hivectl.cli.main", "--nats-url", url or self.url, *args],
             env=self.env | {"HIVE_NATS__CREDENTIALS_FILE": str(self.operator)},
             capture_output=True,
             text=True,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 import psutil
 import pytest
 
+from hivectl.core import codec
+from hivectl.core.jobs import JobSubmitRequest
 from tests.e2e.conftest import Cluster, poll
 from tests.support.dockerd import PrivateDockerd
+from tests.support.replycut import ReplyCut
 
 pytestmark = pytest.mark.e2e
 
@@ -60,12 +64,61 @@ def test_jobs_that_cannot_be_placed_say_why(cluster: Cluster) -> None:
     approved(cluster, "node-1")
     too_big = cluster.submit("--engine", "process", "--cpu", "500", "--queue-timeout", "2s",
                              "--", "true")  # fmt: skip
-    assert cluster.wait_job(too_big, "QUEUED")["reason"].startswith("no node fits")
+    queued = cluster.wait_job(too_big, "QUEUED")["reason"]
+    assert queued.startswith("the only node has ") and queued.endswith(" free, not 500 CPUs")
     failed = cluster.wait_job(too_big, "FAILED")
-    assert "queue timeout" in failed["reason"] and "CPU" in failed["reason"]
+    assert failed["reason"] == f"queue timeout (2s): {queued}"
+    wide = cluster.hivectl("job", "list", "-o", "wide").stdout
+    assert f"queue timeout (2s): {queued}" in wide
     nowhere = cluster.submit("--engine", "process", "-l", "zone=mars", "--queue-timeout", "2s",
                              "--", "true")  # fmt: skip
-    assert "zone=mars" in cluster.wait_job(nowhere, "FAILED")["reason"]
+    assert cluster.wait_job(nowhere, "QUEUED")["reason"] == "no node matches zone=mars"
+    docker = cluster.submit("busybox", "--queue-timeout", "2s", "--", "true")
+    assert cluster.wait_job(docker, "QUEUED")["reason"] == "no node has the docker executor enabled"
+    described = cluster.hivectl("job", "describe", docker).stdout
+    assert "Reason:        no node has the docker executor enabled" in described
+
+
+def test_a_spec_no_node_can_run_is_refused_at_submit(cluster: Cluster) -> None:
+    approved(cluster, "node-1")
+    result = cluster.hivectl("job", "submit", "--engine", "process", "--output", "/etc/passwd",
+                             "--", "cat", "/etc/passwd", check=False)  # fmt: skip
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.strip() == (
+        "Error: invalid job spec: outputs.0: '/etc/passwd' must be a relative path inside "
+        "the job's work dir, like 'out'"
+    )
+    assert cluster.hivectl("job", "list").stderr.strip() == "No jobs found."
+
+
+def test_a_submit_whose_reply_is_lost_is_retried_and_runs_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """hivectl reaches NATS through a proxy that drops the requester's reply to the
+    first submit and cuts the connection: hivectl connects again, sends the same
+    submit (same job id), and gets the job the first one made. It runs once."""
+    approved(cluster, "node-1")
+    runs = tmp_path / "runs"
+    with ReplyCut(f"127.0.0.1:{cluster.port}", "hive.api.job.submit") as proxy:
+        result = cluster.hivectl(
+            "--timeout", "2s", "job", "submit", "--engine", "process",
+            "--", "sh", "-c", f"echo ran >> {runs}; echo done", url=proxy.url,
+        )  # fmt: skip
+    assert proxy.cut.is_set()
+    sent = [codec.decode(payload(command), JobSubmitRequest) for command in proxy.requests]
+    assert len(sent) == 2 and sent[0] == sent[1]  # the same id and spec, sent twice
+    job_id = sent[0].job_id
+    assert result.stdout == "done\n"
+    assert f"sending it again as {job_id}" in result.stderr
+    assert f"Job {job_id} COMPLETED" in result.stderr
+    assert runs.read_text() == "ran\n"  # one run
+    listed = json.loads(cluster.hivectl("job", "list", "-o", "json").stdout)
+    assert [job["job_id"] for job in listed] == [job_id]  # one job
+
+
+def payload(command: bytes) -> bytes:
+    """The payload of a PUB command as the proxy saw it."""
+    return command.split(b"\r\n", 1)[1][:-2]
 
 
 def test_pending_and_rejected_nodes_never_get_work(cluster: Cluster) -> None:

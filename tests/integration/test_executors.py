@@ -336,6 +336,30 @@ async def test_disabled_process_executor_rejects(manager_factory: Any, jobs: Job
     assert manager.runs == {} and offer.exec_id not in manager.ledger
 
 
+async def test_a_spec_the_nodes_rules_refuse_is_refused_for_good(
+    manager_factory: Any, jobs: Jobs
+) -> None:
+    """A requester with older rules than its nodes may offer what no node will run: the
+    node says so for good (the requester then fails the job), and no capacity moves."""
+    manager = await manager_factory()
+    lax = process("true").model_copy(update={"outputs": ["out", "/etc"]})  # not validated
+    offer = Offer.model_construct(
+        node_id=NODE, exec_id=new_exec_id(), job_id=new_job_id(), attempt=0, spec=lax, v=1
+    )
+    reply = await jobs.request("offer", offer)
+    assert reply == OfferReply(
+        exec_id=offer.exec_id,
+        accepted=False,
+        permanent=True,
+        reason="invalid job spec: outputs.1: '/etc' must be a relative path inside the "
+        "job's work dir, like 'out'",
+    )
+    assert manager.runs == {} and offer.exec_id not in manager.ledger
+    # No room is not for good: another node, or this one later, may run it.
+    _, full = await jobs.offer(process("true", resources={"cpu": 1000}))
+    assert isinstance(full, OfferReply) and not full.accepted and not full.permanent
+
+
 async def test_cancel_kills_and_reports_cancelled(manager_factory: Any, jobs: Jobs) -> None:
     manager = await manager_factory()
     offer, _ = await jobs.offer(process("sleep", "30"))

@@ -31,6 +31,7 @@ from hivectl.core.config import (
     ProcessExecutorSettings,
 )
 from hivectl.core.embedded import EmbeddedNats
+from hivectl.core.jobs import OfferReply
 from hivectl.core.models import MESSAGES, ErrorReply, Health, InfoReply, Message
 from hivectl.core.subjects import Subjects
 from nodeagent.service import NodeAgent
@@ -284,7 +285,10 @@ def test_agent_takes_5000_hostile_offers_and_cancels(harness: Harness) -> None:
 
     storm()
     assert len(replies) >= PER_TEST
-    assert all(isinstance(r, ErrorReply) or r.kind == "ok" for r in replies)
+    # An authentic offer for this node whose spec breaks the rules is refused for good.
+    refused = [r for r in replies if isinstance(r, OfferReply)]
+    assert all(not r.accepted and r.permanent for r in refused)
+    assert all(isinstance(r, ErrorReply | OfferReply) or r.kind == "ok" for r in replies)
     assert executions.accepted == 0
     assert h.agent.ledger.available == available
     assert h.requester.liveness.health("agent-1") is Health.HEALTHY

@@ -48,6 +48,7 @@ class SimCompute(SimNode):
         super().__init__(nc, node_id, subjects)
         self.policy = policy
         self.on_accept = on_accept
+        self.for_good = False  # its refusals say no node will run the spec (OfferReply)
         self.offers: list[Offer] = []
         self.accepted: list[Offer] = []
         self.cancels: list[Cancel] = []
@@ -76,7 +77,11 @@ class SimCompute(SimNode):
             return
         self.offers.append(offer)
         accepted, reason = self.policy(offer)
-        await self._answer(msg, OfferReply(exec_id=offer.exec_id, accepted=accepted, reason=reason))
+        permanent = self.for_good and not accepted
+        reply = OfferReply(
+            exec_id=offer.exec_id, accepted=accepted, reason=reason, permanent=permanent
+        )
+        await self._answer(msg, reply)
         if accepted:
             self.accepted.append(offer)
             if self.on_accept is not None:

@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 from typer.testing import CliRunner, Result
 
+from hivectl.cli.jobview import status_text
 from hivectl.cli.main import mount
 from hivectl.core import codec
 from hivectl.core.embedded import EmbeddedNats
@@ -89,8 +90,10 @@ class CannedJobRequester:
         pages: int = 1,
         errors: dict[str, ErrorReply] | None = None,
         logs_stream: bool = True,
+        unanswered_submits: int = 0,
     ) -> None:
         self.url = url
+        self.unanswered_submits = unanswered_submits  # the first N submits get no reply
         self.timelines = {steps[0].job.job_id: steps for steps in timelines}
         self.pages = pages
         self.errors = errors or {}
@@ -138,6 +141,9 @@ class CannedJobRequester:
     async def _on_request(self, msg: Msg) -> None:
         request: Message = codec.decode(msg.data)
         self.requests.append(request)
+        if isinstance(request, JobSubmitRequest) and self.unanswered_submits > 0:
+            self.unanswered_submits -= 1  # as if the reply were lost on the way back
+            return
         reply = await self.answer(request)
         await msg.respond(codec.encode(reply))
 
@@ -179,6 +185,7 @@ class CannedJobRequester:
 
     def submitted(self) -> JobSpec:
         (request,) = self.sent(JobSubmitRequest)
+        assert isinstance(request, JobSubmitRequest) and request.job_id  # chosen by hivectl
         assert isinstance(request, JobSubmitRequest)
         return request.spec
 
@@ -381,11 +388,106 @@ def test_invalid_spec_is_one_line_and_sends_nothing(
     assert requester.requests == []
 
 
-def test_unreadable_spec_file(requester: CannedJobRequester, tmp_path: Path) -> None:
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.json", '{"image": "x",\n "cpu" 1}', ":2: not valid JSON: Expecting ':' delimiter"),
+        ("bad.toml", 'image = "x"\ncpu = \n', ":2: not valid TOML: Invalid value"),
+        ("bad.yaml", "image: x\n  cpu: : 1\n", ":2: not valid YAML: mapping values are not"),
+    ],
+)
+def test_unreadable_spec_file_names_the_line(
+    requester: CannedJobRequester, tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    bad = tmp_path / name
+    bad.write_text(text)
     line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(bad)))
-    assert line.startswith(f"Error: cannot read job spec {bad}: not valid JSON")
+    assert line.startswith(f"Error: {bad}{message}")
+    assert requester.requests == []
+
+
+JOB_YAML = """\
+name: nightly
+engine: process
+command: [sh, -c, "echo hi"]
+env:
+  MODE: fast
+resources:
+  cpu: 2x
+outputs:
+  - out
+  - /etc/passwd
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("command:", "comand:"), ":3: unknown field 'comand' (did you mean 'command'?)"),
+        (("  cpu: 2x", "  cpus: 2"), ":7: unknown field 'resources.cpus' (did you mean "
+         "'resources.cpu'?)"),
+        (("name:", "colour: red\nname:"), ":1: unknown field 'colour' (known fields: name,"),
+        (("", ""), ":7: resources.cpu: '2x' is not a CPU amount (like 0.5 or 500m)"),
+        (("cpu: 2x", "cpu: 2"), ":10: outputs.1: '/etc/passwd' must be a relative path inside "
+         "the job's work dir, like 'out'"),
+        (("MODE: fast", "1MODE: fast"), ":5: env.1MODE.[key]: String should match pattern"),
+    ],
+)  # fmt: skip
+def test_a_spec_file_error_names_the_field_and_its_line(
+    requester: CannedJobRequester, tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(JOB_YAML.replace(*change))
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(spec_file)))
+    assert line.startswith(f"Error: {spec_file}{message}"), line
+    assert requester.requests == []
+
+
+def test_a_field_in_a_described_job_names_its_line_and_json_names_the_field(
+    requester: CannedJobRequester, tmp_path: Path
+) -> None:
+    described = tmp_path / "again.yaml"
+    record = job().model_dump(mode="json")
+    record["spec"]["resources"]["gpu"] = -1
+    described.write_text(yaml.safe_dump(record, sort_keys=False))
+    gpu_line = described.read_text().splitlines().index("    gpu: -1") + 1
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(described)))
+    assert line.startswith(f"Error: {described}:{gpu_line}: resources.gpu: Input should be")
+    as_json = tmp_path / "job.json"
+    as_json.write_text(json.dumps({"image": "x", "resources": {"cpu": "2x"}, "comand": []}))
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(as_json)))
+    assert line == f"Error: {as_json}: unknown field 'comand' (did you mean 'command'?)"
+    as_json.write_text(json.dumps({"image": "x", "resources": {"cpu": "2x"}}))
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(as_json)))
+    assert line.startswith(f"Error: {as_json}: resources.cpu: '2x' is not a CPU amount")
+    assert requester.requests == []
+
+
+def test_a_bad_flag_over_a_spec_file_is_not_blamed_on_the_file(
+    requester: CannedJobRequester, tmp_path: Path
+) -> None:
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(JOB_YAML.replace("cpu: 2x", "cpu: 2"))
+    args = ["job", "submit", "-f", str(spec_file), "--output", "out", "--cpu", "lots"]
+    line = one_line_error(hivectl(requester.url, *args))
+    assert line.startswith("Error: invalid job spec: resources.cpu: 'lots' is not a CPU")
+    assert requester.requests == []
+
+
+def test_impossible_paths_are_refused_before_anything_is_sent(
+    requester: CannedJobRequester,
+) -> None:
+    """What a node refuses for every node (here: a process job's paths) is refused at
+    submit, by the same JobSpec rule the requester and the nodes apply."""
+    cases = {
+        ("--output", "/etc"): "outputs.0: '/etc' must be a relative path inside",
+        ("--output", "a/../../b"): "outputs.0: 'a/../../b' must be a relative path",
+        ("--gpu", "1"): "resources.gpu: the process executor does not hand out GPUs",
+    }
+    for args, message in cases.items():
+        submit = ["job", "submit", "--engine", "process", *args, "--", "true"]
+        line = one_line_error(hivectl(requester.url, *submit))
+        assert line.startswith(f"Error: invalid job spec: {message}"), line
     assert requester.requests == []
 
 
@@ -393,6 +495,88 @@ def test_no_wait_prints_the_id_and_a_hint(requester: CannedJobRequester) -> None
     result = hivectl(requester.url, "job", "submit", "--no-wait", "ubuntu", "--", "true")
     assert (result.exit_code, result.stdout) == (0, f"{JOB}\n"), result.stderr
     assert f"hivectl job logs --follow {JOB}" in result.stderr
+
+
+# -- submit: safe to retry -----------------------------------------------------------
+
+
+def test_submit_names_the_job_it_creates_and_id_chooses_it(
+    requester: CannedJobRequester,
+) -> None:
+    for _ in range(2):
+        assert hivectl(requester.url, "job", "submit", "--id-only", "ubuntu").exit_code == 0
+    chosen = "j-0123456789abcdef"
+    given = hivectl(requester.url, "job", "submit", "--id-only", "--id", chosen, "ubuntu")
+    assert given.exit_code == 0, given.stderr
+    ids = [r.job_id for r in requester.sent(JobSubmitRequest) if isinstance(r, JobSubmitRequest)]
+    assert len(set(ids[:2])) == 2 and all(i and i.startswith("j-") for i in ids)
+    assert ids[2] == chosen
+    # The requester's answer is the id: an older one ignores ours and picks its own.
+    assert given.stdout == f"{JOB}\n"
+    line = one_line_error(hivectl(requester.url, "job", "submit", "--id", "job-1", "ubuntu"))
+    assert line.startswith("Error: invalid job id 'job-1': use 'j-' and 16 hex digits, like j-")
+    assert len(requester.sent(JobSubmitRequest)) == 3
+
+
+def test_a_submit_whose_reply_is_lost_is_sent_again_with_the_same_id(
+    nats_server: EmbeddedNats,
+) -> None:
+    with CannedJobRequester(
+        nats_server.url, [running_then(job(), HELLO_LOGS)], unanswered_submits=1
+    ) as canned:
+        result = hivectl(canned.url, "--timeout", "0.5s", "job", "submit", "ubuntu")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "hello world\n"
+    sent = canned.sent(JobSubmitRequest)
+    assert len(sent) == 2 and sent[0] == sent[1]  # the same job id and spec, twice
+    assert "No reply to the submit (no answer on hive.api.job.submit within 0.5s); " in (
+        result.stderr
+    )
+
+
+def test_a_submit_that_never_gets_a_reply_says_how_to_retry_safely(
+    nats_server: EmbeddedNats,
+) -> None:
+    with CannedJobRequester(nats_server.url, [[Step(job())]], unanswered_submits=9) as canned:
+        result = hivectl(canned.url, "--timeout", "0.2s", "job", "submit", "--id-only", "x")
+    sent = canned.sent(JobSubmitRequest)
+    assert len(sent) == 4 and len({r.job_id for r in sent if isinstance(r, JobSubmitRequest)}) == 1
+    job_id = sent[0].job_id  # type: ignore[attr-defined]
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.exit_code == 1 and result.stdout == ""
+    assert last == (
+        f"Error: no answer on hive.api.job.submit within 0.2s. Job {job_id} may have been "
+        f"submitted: see `hivectl job describe {job_id}`; submitting again with "
+        f"`--id {job_id}` never makes a second job"
+    )
+
+
+def test_a_submit_nobody_answers_is_tried_again_then_one_plain_line(
+    nats_server: EmbeddedNats,
+) -> None:
+    """No requester listens at all (one restarting, say): sent a few times over about
+    a second and a half, then the usual error, without a hint that it went through."""
+    result = hivectl(nats_server.url, "job", "submit", "--id-only", "ubuntu")
+    assert result.stderr.count("No reply to the submit (no requester is answering") == 3
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: no requester is answering on hive.api.job.submit"
+    )
+    assert (result.exit_code, result.stdout) == (1, "")
+
+
+def test_a_refused_submit_is_not_sent_again(nats_server: EmbeddedNats) -> None:
+    errors = {"job_submit": ErrorReply(code="exists", reason="job j-1 exists with another spec")}
+    with CannedJobRequester(nats_server.url, [[Step(job())]], errors=errors) as canned:
+        line = one_line_error(hivectl(canned.url, "job", "submit", "--id-only", "ubuntu"))
+    assert line == "Error: job j-1 exists with another spec"
+    assert len(canned.sent(JobSubmitRequest)) == 1
+
+
+def test_the_waiting_line_says_why_a_job_waits() -> None:
+    queued = job(JobState.QUEUED, [], reason="no node has the docker executor enabled")
+    assert status_text(queued) == f"{JOB}: QUEUED: no node has the docker executor enabled"
+    assert status_text(job(JobState.PENDING, [])) == f"{JOB}: PENDING"
+    assert status_text(job(JobState.FAILED, reason="queue timeout")) == f"{JOB}: FAILED"
 
 
 # -- submit: waiting -----------------------------------------------------------------
@@ -471,7 +655,14 @@ def other_job(job_id: str, minutes_ago: int, **kw: object) -> Job:
 
 @pytest.fixture
 def many(nats_server: EmbeddedNats) -> Iterator[CannedJobRequester]:
-    jobs = [job(), other_job("j-00000000000000bb", 3), other_job("j-00000000000000cc", 30)]
+    queued = other_job(
+        "j-00000000000000cc",
+        30,
+        state=JobState.QUEUED,
+        executions=[],
+        reason="no node has the process executor enabled",
+    )
+    jobs = [job(), other_job("j-00000000000000bb", 3), queued]
     with CannedJobRequester(nats_server.url, [[Step(j)] for j in jobs], pages=2) as canned:
         yield canned
 
@@ -493,8 +684,9 @@ def test_list_table_newest_first_over_every_page(many: CannedJobRequester) -> No
 
 def test_list_wide_json_and_filter(many: CannedJobRequester) -> None:
     wide = table(hivectl(many.url, "job", "list", "-o", "wide", "--no-headers").stdout)
-    assert wide[0][-3:] == ["-", "df -h", "node-0,node-1,node-2"]
-    assert wide[1][-3:] == ["ubuntu", "echo 'hello world'", "node-a"]
+    assert wide[0][-4:] == ["-", "df -h", "node-0,node-1,node-2", "-"]
+    assert wide[1][-4:] == ["ubuntu", "echo 'hello world'", "node-a", "-"]
+    assert wide[2][-1] == "no node has the process executor enabled"  # why it waits
     as_json = json.loads(hivectl(many.url, "job", "list", "-o", "json").stdout)
     assert as_json[1] == many.timelines[JOB][-1].job.model_dump(mode="json")
     hivectl(many.url, "job", "list", "--filter-state", "running")

@@ -58,6 +58,57 @@ def test_refused_with_the_reason(fields: dict[str, Any], reason: str) -> None:
     assert reason in refused(**fields)
 
 
+def problem(**fields: Any) -> tuple[tuple[Any, ...], str]:
+    """The first refusal of a spec: the field's location and the message."""
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(fields)
+    first = info.value.errors(include_url=False)[0]
+    return tuple(first["loc"]), first["msg"]
+
+
+PROCESS = {"engine": "process", "command": ["true"]}
+INSIDE = "must be a relative path inside the job's work dir, like 'out'"
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc", "message"),
+    [
+        ({**PROCESS, "outputs": ["out", "/etc"]}, ("outputs", 1), f"'/etc' {INSIDE}"),
+        ({**PROCESS, "outputs": ["a/../../b"]}, ("outputs", 0), f"'a/../../b' {INSIDE}"),
+        ({**PROCESS, "workdir": ".."}, ("workdir",), f"'..' {INSIDE}"),
+        ({**PROCESS, "resources": {"gpu": 1}}, ("resources", "gpu"),
+         "the process executor does not hand out GPUs (use the docker engine)"),
+        ({**PROCESS, "network": "bridge"}, ("network",), "network applies to docker jobs only"),
+        ({"engine": "process"}, ("command",), "a process job needs a command"),
+        ({"image": "busybox", "workdir": "work"}, ("workdir",),
+         "'work' must be an absolute path in the container, like '/work'"),
+        ({"image": "busybox", "outputs": ["/run/docker.sock"]}, ("outputs", 0),
+         "the Docker socket is not available to jobs"),
+        ({"image": ""}, ("image",), "a docker job needs an image"),
+        ({"image": "busybox", "privileged": True}, ("privileged",),
+         "privileged mode is not allowed"),
+    ],
+)  # fmt: skip
+def test_what_a_node_would_refuse_is_refused_naming_the_field(
+    fields: dict[str, Any], loc: tuple[Any, ...], message: str
+) -> None:
+    assert problem(**fields) == (loc, message)
+
+
+def test_paths_that_stay_inside_are_fine() -> None:
+    spec = JobSpec(**PROCESS, workdir="src/./app", outputs=["out", "a/../b", "./c"])
+    assert spec.outputs == ["out", "a/../b", "./c"]
+    docker = JobSpec(image="busybox", workdir="/work", outputs=["/outputs", "rel"])
+    assert docker.workdir == "/work"
+
+
+def test_same_as_compares_what_is_sent_and_stored() -> None:
+    spec = JobSpec(image="busybox", resources={"cpu": "500m"})
+    stored = JobSpec.model_validate(codec.unpack(codec.pack_model(spec)))
+    assert spec.same_as(stored) and spec.same_as(JobSpec(image="busybox", resources={"cpu": 0.5}))
+    assert not spec.same_as(spec.model_copy(update={"count": 2}))
+
+
 def test_harmless_false_values_are_accepted() -> None:
     spec = JobSpec.model_validate({"image": "busybox", "privileged": False, "volumes": []})
     assert spec.image == "busybox"

@@ -99,7 +99,7 @@ def test_held_capacity_is_not_offered_again_until_released() -> None:
     third = job(cpu=1.0)
     fitting, why = placement.candidates(third, records, liveness, ledger)
     assert fitting == []
-    assert why == "no node fits: 1 nodes APPROVED and HEALTHY; none has 1 CPU free (largest: 0)"
+    assert why == "the only node has 0 CPUs free, not 1 CPU"
     ledger.release("node-0", Room(cpu=1.0))  # the node declined one of the two offers
     assert place(third, records, liveness, ledger) == ["node-0"]
     assert ledger.active["node-0"] == 2
@@ -130,3 +130,79 @@ def test_a_new_resource_report_or_record_counts_at_once() -> None:
     info = records[0].info.model_copy(update={"total": bigger, "allocatable": bigger})
     records[0] = records[0].model_copy(update={"info": info})
     assert place(job(cpu=1.5), records, liveness, ledger) == ["node-0"]
+
+
+# -- why a job waits -------------------------------------------------------------------
+
+
+def node(
+    node_id: str,
+    *,
+    approval: Approval = Approval.APPROVED,
+    executors: tuple[str, ...] = ("docker",),
+    labels: dict[str, str] | None = None,
+    cpu: float = 4.0,
+) -> NodeRecord:
+    total = Resources(cpu=cpu, memory=8 * 2**30, disk=100 * 2**30)
+    info = sample_info(labels).model_copy(
+        update={"total": total, "allocatable": total, "executors": list(executors)}
+    )
+    return NodeRecord(node_id=node_id, public_key=KEY, info=info, approval=approval)
+
+
+def why(spec: JobSpec, records: list[NodeRecord], healthy: int | None = None) -> str:
+    """The reason the job waits; the first `healthy` nodes heartbeat (default: all)."""
+    liveness = Liveness(30.0, 60.0, _no_events)
+    for record in records[:healthy]:
+        liveness.heard(record.node_id, time.monotonic())
+    fitting, reason = placement.candidates(Job(job_id=new_job_id(), spec=spec), records,
+                                           liveness, Ledger())  # fmt: skip
+    assert fitting == []
+    return reason
+
+
+DOCKER = JobSpec(image="busybox")
+PROCESS = JobSpec(engine="process", command=["true"])
+P, R = Approval.PENDING, Approval.REJECTED
+
+
+def test_no_node_at_all_or_none_approved() -> None:
+    assert why(DOCKER, []) == "no compute node has joined the cluster"
+    nodes = [node("a", approval=P), node("b", approval=R), node("c", approval=P)]
+    assert why(DOCKER, nodes) == "no node is APPROVED: 2 PENDING, 1 REJECTED " \
+        "(approve one: hivectl node approve ID)"  # fmt: skip
+
+
+def test_approved_nodes_that_are_not_healthy() -> None:
+    nodes = [node("a"), node("b", approval=P)]
+    assert why(DOCKER, nodes, healthy=0) == "no APPROVED node is HEALTHY: 1 UNKNOWN; also 1 PENDING"
+
+
+def test_no_node_has_the_engine() -> None:
+    nodes = [node("a"), node("b")]
+    assert why(PROCESS, nodes) == "no node has the process executor enabled"
+    with_others = [*nodes, node("c", approval=P, executors=("process",)), node("d")]
+    assert why(PROCESS, with_others, healthy=2) == (
+        "no eligible node has the process executor enabled; also 1 PENDING, 1 UNKNOWN"
+    )
+
+
+def test_constraints_that_match_nothing() -> None:
+    nodes = [node("a", labels={"zone": "earth"}), node("b", labels={"zone": "moon"})]
+    mars = JobSpec(image="busybox", constraints=["zone=mars"])
+    assert why(mars, nodes) == "no node matches zone=mars"
+    assert why(mars, [*nodes, node("c", executors=("process",))]) == (
+        "no eligible node matches zone=mars; also 1 without the docker executor"
+    )
+
+
+def test_not_enough_resources_names_the_first_one_short_and_the_most_free() -> None:
+    eight = JobSpec(image="busybox", resources=ResourceRequest(cpu=8))
+    assert why(eight, [node("a", cpu=4), node("b", cpu=2)]) == (
+        "2 nodes, none with 8 CPUs free (most free: 4 CPUs)"
+    )
+    memory = JobSpec(image="busybox", resources=ResourceRequest(memory="16GiB"))
+    assert why(memory, [node("a"), node("b", labels={"x": "y"}), node("c", approval=P)]) == (
+        "2 eligible nodes, none with 16GiB memory free (most free: 8GiB memory); also 1 PENDING"
+    )
+    assert why(eight, [node("a", cpu=4)]) == "the only node has 4 CPUs free, not 8 CPUs"
