@@ -7,6 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import ServiceUnavailableError
 
 from hivectl.core import codec
 from hivectl.core.models import ErrorReply, Message
@@ -27,8 +29,25 @@ class Refusal(Exception):
         self.reason = reason
 
 
+# What a store that cannot answer raises: the request timed out, JetStream refused it
+# for now (a leader election, a full store), or the connection is between servers.
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    TimeoutError,
+    NatsTimeoutError,
+    ServiceUnavailableError,
+)
+
+
+def no_trouble() -> str:
+    return ""
+
+
 class ApiRouter:
-    """Dispatches one noun's requests to `handlers` by verb; every request gets a reply."""
+    """Dispatches one noun's requests to `handlers` by verb; every request gets a reply.
+
+    `store_trouble` names a known storage problem (a full disk) for the reply when the
+    store does not answer; the requester sets it.
+    """
 
     noun = "api"
 
@@ -36,6 +55,7 @@ class ApiRouter:
         self.handlers: dict[str, Handler] = {}
         self.served = 0
         self.errors = 0
+        self.store_trouble: Callable[[], str] = no_trouble
 
     async def on_request(self, msg: Msg) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
@@ -48,6 +68,8 @@ class ApiRouter:
             reply = exc.reply()
         except Refusal as exc:
             reply = ErrorReply(code=exc.code, reason=exc.reason)
+        except STORE_ERRORS as exc:
+            reply = self._store_error(verb, exc)
         except Exception:  # never let one request take the daemon down
             log.exception("%s api %s failed", self.noun, verb)
             reply = ErrorReply(code="internal", reason="internal error in the requester")
@@ -55,3 +77,14 @@ class ApiRouter:
         self.errors += isinstance(reply, ErrorReply)
         if msg.reply:
             await msg.respond(reply if isinstance(reply, bytes) else codec.encode(reply))
+
+    def _store_error(self, verb: str, exc: Exception) -> ErrorReply:
+        trouble = self.store_trouble()
+        log.warning("%s api %s: the store did not answer (%s)", self.noun, verb, trouble or exc)
+        if trouble:
+            return ErrorReply(code="storage_full", reason=trouble)
+        return ErrorReply(
+            code="store_unavailable",
+            reason="the requester's JetStream store did not answer in time "
+            "(is NATS up, with JetStream enabled?); try again",
+        )

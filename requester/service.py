@@ -19,7 +19,6 @@ from hivectl.core import codec
 from hivectl.core.auth import Identity
 from hivectl.core.bus import connect_daemon
 from hivectl.core.config import RequesterConfig
-from hivectl.core.credentials import authorization_block, ensure_credentials
 from hivectl.core.daemon import Status, sd_notify, until_stopped
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.metrics import MetricsServer
@@ -33,6 +32,7 @@ from requester.liveness import Liveness
 from requester.membership import Membership
 from requester.metrics import serve_metrics
 from requester.nodelink import NodeLink
+from requester.ownnats import OwnNats
 from requester.registry import Registry
 from requester.scheduler import Scheduler
 from requester.streams import ensure_job_streams
@@ -73,7 +73,7 @@ class Requester:
         self.scheduler: Scheduler | None = None
         self.job_api: JobApi | None = None
         self.exec_consumer: ExecConsumer | None = None
-        self.failure = ""  # why the requester stopped on its own (exit code 1), if it did
+        self.own_nats = OwnNats(config, self.subjects, on_crash=self.stopping.set)
 
     @property
     def nats_url(self) -> str:
@@ -112,7 +112,7 @@ class Requester:
         self.identity = Identity.load_or_create(cfg.data_dir / "requester.seed")
         nats_settings = cfg.nats
         if cfg.embedded.enabled:
-            await self._start_embedded()
+            self.embedded = await self.own_nats.start()
             # It admits role credentials only: use ours.
             nats_settings = cfg.nats.model_copy(
                 update={
@@ -123,13 +123,18 @@ class Requester:
         self.nc = await connect_daemon(
             nats_settings, name=f"hive-requester:{cfg.name}", auth_hint=REQUESTER_AUTH_HINT
         )
-        js = self.nc.jetstream()
+        # Shorter than hivectl's 5s default: a store that does not answer gets an error
+        # reply (say, "storage full") before the client gives up on us.
+        js = self.nc.jetstream(timeout=cfg.store_timeout)
         self.events = Events(self.nc, self.subjects)
         await self.events.setup(js)
         self.registry = Registry(self.subjects.nodes_bucket, self.identity, self._node_event)
         await self.registry.start(js)
         self._build_handlers()
         await self._start_jobs(js)
+        for api in (self.node_api, self.job_api):
+            if api is not None:
+                api.store_trouble = self.own_nats.trouble
         await self._subscribe()
         assert self.scheduler is not None
         self.scheduler.start()
@@ -140,45 +145,12 @@ class Requester:
     @property
     def credentials_dir(self) -> Path:
         """Where the embedded server's role credentials live (one TOML file per role)."""
-        return self.config.data_dir.absolute() / "credentials"
+        return self.own_nats.credentials_dir
 
-    async def _start_embedded(self) -> None:
-        """Start the embedded nats-server; wait for it off the loop, so signals still work."""
-        emb = self.config.embedded
-        directory = self.credentials_dir
-        first = not (directory / "compute.toml").exists()
-        creds = ensure_credentials(directory)
-        where = "wrote NATS credentials for each role to" if first else "NATS credentials in"
-        log.info(
-            "%s %s: give compute.toml to node agents (hive-nodeagent run --credentials "
-            "PATH) and operator.toml to hivectl (HIVE_NATS__CREDENTIALS_FILE)",
-            where,
-            directory,
-            extra={"credentials_dir": str(directory)},
-        )
-        loop = asyncio.get_running_loop()
-        self.embedded = EmbeddedNats(
-            emb.store_dir or self.config.data_dir / "nats",
-            host=emb.host,
-            port=emb.port,
-            max_payload=emb.max_payload,
-            extra_config=authorization_block(creds, self.subjects),
-            on_exit=lambda code: loop.call_soon_threadsafe(self._embedded_died, code),
-        )
-        # Spawned here, on the main thread, so the server dies with us even on kill -9.
-        self.embedded.spawn()
-        await asyncio.to_thread(self.embedded.wait_ready)
-
-    def _embedded_died(self, code: int | None) -> None:
-        """Our own NATS is gone: stop, and exit non-zero so systemd restarts us both.
-
-        Running on without it would be a silent outage; restarting it in-process would
-        leave every watch and consumer to recover on its own, which nats-py does not
-        promise. A clean start does.
-        """
-        self.failure = f"the embedded nats-server exited (code {code})"
-        log.error("%s; stopping the requester so that it is restarted with it", self.failure)
-        self.stopping.set()
+    @property
+    def failure(self) -> str:
+        """Why the requester stopped on its own (exit code 1), if it did."""
+        return self.own_nats.failure
 
     def _build_handlers(self) -> None:
         assert self.registry is not None and self.identity is not None
@@ -287,6 +259,7 @@ class Requester:
         while not self.stopping.is_set():
             self.liveness.sweep(time.monotonic())
             await self.liveness.publish()
+            await self.own_nats.recover()
             if silent_check is not None and time.monotonic() >= silent_check:
                 silent_check = None
                 self._lose_silent_nodes()
@@ -347,8 +320,7 @@ class Requester:
                 await (self.nc.close() if self.failure else self.nc.drain())
             except Exception as exc:
                 log.debug("drain failed: %s", exc)
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
+        await self.own_nats.stop()
         if self._metrics is not None:
             await asyncio.to_thread(self._metrics.close)
             self._metrics = None

@@ -155,6 +155,9 @@ class RequesterConfig(HiveSettings):
     health_check_interval: Duration = 1.0
     scheduler_interval: Duration = 1.0
     offer_timeout: Duration = 2.0
+    # How long a JetStream call may take before the API answers "store unavailable" (or
+    # "storage full"): shorter than hivectl's own 5s, so the answer reaches it.
+    store_timeout: Duration = 2.0
     # A finished job's record is deleted this long after it ended (its logs, events and
     # results expire after 7 days in their streams too); 0 keeps finished jobs forever.
     job_retention: Duration = 7 * 24 * 3600.0

@@ -27,6 +27,9 @@ log = logging.getLogger("hive.nats")
 _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _READY = "Server is ready"
 _PORT_TAKEN = re.compile(r"address already in use|Error listening on port")
+# JetStream could not write its store: the disk (or its quota) is full. The stream that
+# hit it refuses writes until the server restarts, even once space is back.
+_STORAGE_FULL = re.compile(r"no space left on device|disk quota exceeded", re.IGNORECASE)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -78,6 +81,8 @@ class EmbeddedNats:
         # Called (from the log reader's thread, with the exit code) when a server that
         # had become ready exits without stop() asking it to: a crash, a kill -9.
         self.on_exit = on_exit
+        # The server's log line saying its store is full, until the next start.
+        self.storage_error: str | None = None
 
     @property
     def url(self) -> str:
@@ -125,6 +130,7 @@ class EmbeddedNats:
         conf.write_text(self.config_text())
         self._settled.clear()
         self._ready = False
+        self.storage_error = None
         self._proc = subprocess.Popen(
             [str(nats_server_binary()), "-c", str(conf)],
             stdin=subprocess.DEVNULL,
@@ -160,6 +166,9 @@ class EmbeddedNats:
             line = raw.decode(errors="replace").rstrip()
             self._tail.append(line)
             if self._settled.is_set():
+                if self.storage_error is None and _STORAGE_FULL.search(line):
+                    log.error("embedded nats-server: %s", line)
+                    self.storage_error = line
                 log.debug("%s", line)
             elif match := _LISTENING.search(line):
                 self.port = int(match[2])

@@ -61,11 +61,13 @@ class Cluster:
         self.env["HIVE_CONFIG"] = str(empty)
         self.env["HIVE_LOG__FORMAT"] = "json"
 
-    def start_requester(self, *, auto_approve: bool = False) -> None:
+    def start_requester(
+        self, *, auto_approve: bool = False, extra_env: dict[str, str] | None = None
+    ) -> None:
         approve = "--auto-approve" if auto_approve else "--no-auto-approve"
         args = ["requester", "run", "--port", str(self.port), "--data-dir",
                 str(self.base / "req"), approve]  # fmt: skip
-        self._spawn("requester", args, REQUESTER_ENV)
+        self._spawn("requester", args, REQUESTER_ENV | (extra_env or {}))
         # The embedded server admits role credentials only; the requester writes them.
         creds = self.base / "req" / "credentials"
         poll(lambda: (creds / "operator.toml").exists(), what="the role credentials")

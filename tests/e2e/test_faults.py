@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -46,3 +49,54 @@ def test_a_requester_whose_embedded_nats_dies_exits_non_zero(cluster: Cluster) -
     assert time.monotonic() - started < 10
     assert "the embedded nats-server exited (code -9)" in cluster.log("requester")
     cluster.procs.pop("requester")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs: a file system that can really fill up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write zeros into `directory` until its file system is full."""
+    filler = directory / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
+    return filler
+
+
+def test_a_full_store_says_storage_full_and_recovers(cluster: Cluster, small_disk: Path) -> None:
+    cluster.start_requester(extra_env={"HIVE_EMBEDDED__STORE_DIR": str(small_disk / "nats")})
+    before = cluster.submit("--engine", "process", "--", "true")
+    filler = fill(small_disk)
+
+    # A store's last pages still take a write or two: submit until it is really full.
+    for _ in range(30):
+        started = time.monotonic()
+        refused = cluster.hivectl("job", "submit", "--id-only", "--engine", "process",
+                                  "--name", "x" * 100, "--", "true", check=False)  # fmt: skip
+        if refused.returncode != 0:
+            break
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr.startswith("Error: storage full: NATS cannot write to")
+    assert f"{small_disk}/nats" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 10  # an answer, not the client giving up
+
+    filler.unlink()
+    after = poll(
+        lambda: cluster.hivectl("job", "submit", "--id-only", "--engine", "process", "--",
+                                "true", check=False).stdout.strip(),
+        timeout=30, what="submits to work again",
+    )  # fmt: skip
+    assert cluster.job(before)["job_id"] == before  # nothing stored before was lost
+    assert cluster.job(after)["job_id"] == after
+    assert "restarting the embedded nats-server" in cluster.log("requester")
