@@ -111,6 +111,17 @@ def test_help_as_a_process() -> None:
         assert done.stdout
 
 
+def test_version_as_a_process_imports_no_command_tree() -> None:
+    """`hivectl --version` answers before Typer, pydantic or nats-py are imported."""
+    code = (
+        "import sys; sys.argv = ['hivectl', '--version'];"
+        "from hivectl.cli.entry import run; run();"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'pydantic', 'nats'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == f"hivectl {__version__}\n[]\n"
+
+
 def test_value_options_are_exactly_the_root_options_that_take_a_value() -> None:
     """`named_nouns` skips the word after these; a new root option must be listed."""
     import typer.main
