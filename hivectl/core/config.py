@@ -45,7 +45,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: hivectl never builds the daemons' sections (see models.Model).
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class NatsSettings(Section):
@@ -83,7 +84,11 @@ class HiveSettings(BaseSettings):
     """Common behaviour: HIVE_ env prefix, `__` nesting, unknown keys refused."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HIVE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="HIVE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        defer_build=True,
     )
 
     nats: NatsSettings = Field(default_factory=NatsSettings)
