@@ -526,3 +526,19 @@ def test_installed_hivectl_as_a_process(requester: CannedRequester) -> None:
     assert refused.stdout == ""
     assert refused.stderr.startswith("Error: cannot reach NATS at nats://127.0.0.1:1")
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("url_of", [lambda canned: canned.url, lambda _: "nats://127.0.0.1:1"])
+def test_list_and_its_errors_in_a_pipe_do_without_rich(
+    requester: CannedRequester, url_of: Callable[[CannedRequester], str]
+) -> None:
+    """rich is for terminals: a table or an error read by a script never imports it."""
+    code = (
+        "import sys; from hivectl.cli import main;"
+        f"sys.argv = ['hivectl', '--nats-url', {url_of(requester)!r}, 'node', 'list'];"
+        "import atexit; atexit.register(lambda: print('rich' in sys.modules, file=sys.stderr));"
+        "main.run()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stderr.splitlines()[-1] == "False", done.stderr
+    assert done.stdout.startswith("ID ") or done.stderr.startswith("Error: cannot reach NATS")
