@@ -48,8 +48,11 @@ T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 B = TypeVar("B", bound=BaseModel)
 
+# As `hivectl --help` says: 1 when the cluster says no, cannot be reached, or a job
+# fails; 2 for a bad command line or configuration (click's code for usage errors).
+# Whatever the command line alone shows to be wrong is refused before connecting.
 EXIT_ERROR = 1
-EXIT_USAGE = 2  # bad configuration or arguments, as click uses for usage errors
+EXIT_USAGE = 2
 _ID_RE = re.compile(ID_PATTERN)
 
 # -- apps and options shared by commands -----------------------------------------------
@@ -269,7 +272,7 @@ def make(model: type[M], **fields: object) -> M:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        fail(f"invalid {model.kind} request: {describe_validation_error(exc)}")
+        fail(f"invalid {model.kind} request: {describe_validation_error(exc)}", EXIT_USAGE)
 
 
 def build(model: type[B], data: object, what: str) -> B:
@@ -277,7 +280,7 @@ def build(model: type[B], data: object, what: str) -> B:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        fail(f"invalid {what}: {describe_problem(exc)}")
+        fail(f"invalid {what}: {describe_problem(exc)}", EXIT_USAGE)
 
 
 def describe_problem(exc: ValidationError) -> str:
@@ -295,7 +298,8 @@ def check_id(value: str, what: str = "node") -> str:
     if not _ID_RE.match(value):
         fail(
             f"invalid {what} id {value!r}: use lowercase letters, digits, '-' and '_' "
-            "(up to 63, starting with a letter or digit); a unique prefix is enough"
+            "(up to 63, starting with a letter or digit); a unique prefix is enough",
+            EXIT_USAGE,
         )
     return value
 
@@ -309,7 +313,7 @@ def check_selector(text: str | None) -> str:
     try:
         parse_selector(text)
     except SelectorError as exc:
-        fail(f"invalid selector: {exc}")
+        fail(f"invalid selector: {exc}", EXIT_USAGE)
     return text
 
 

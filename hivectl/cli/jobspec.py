@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hivectl.cli.common import build, fail
+from hivectl.cli.common import EXIT_USAGE, build, fail
 from hivectl.core.jobs import Engine, JobSpec, JobType
 
 WHAT = "job spec"
@@ -63,18 +63,20 @@ def load_spec_file(path: Path) -> dict[str, Any]:
 
     kind = SPEC_FORMATS.get(path.suffix.lower())
     if kind is None:
-        fail(f"cannot read job spec {path}: use a .yaml, .yml, .json or .toml file")
+        fail(f"cannot read job spec {path}: use a .yaml, .yml, .json or .toml file", EXIT_USAGE)
     try:
         text = path.read_text(encoding="utf-8")
         data = _parse(text, kind)
     except OSError as exc:
-        fail(f"cannot read job spec {path}: {exc.strerror or exc}")
+        fail(f"cannot read job spec {path}: {exc.strerror or exc}", EXIT_USAGE)
     except (ValueError, yaml.YAMLError) as exc:  # JSON and TOML errors are ValueErrors
-        fail(f"cannot read job spec {path}: not valid {kind.upper()}: {_first_line(exc)}")
+        fail(
+            f"cannot read job spec {path}: not valid {kind.upper()}: {_first_line(exc)}", EXIT_USAGE
+        )
     if isinstance(data, dict) and isinstance(data.get("spec"), dict) and "job_id" in data:
         data = data["spec"]  # `hivectl job describe -o yaml` output, submitted again
     if not isinstance(data, dict):
-        fail(f"invalid {WHAT}: {path} must hold a mapping of JobSpec fields")
+        fail(f"invalid {WHAT}: {path} must hold a mapping of JobSpec fields", EXIT_USAGE)
     return data
 
 
@@ -127,7 +129,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            fail(f"invalid {WHAT}: env: {pair!r} is not KEY=VALUE")
+            fail(f"invalid {WHAT}: env: {pair!r} is not KEY=VALUE", EXIT_USAGE)
         env[key] = value
     return env
 

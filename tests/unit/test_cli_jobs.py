@@ -375,7 +375,7 @@ def test_submit_accepts_a_described_job_as_its_spec(
 def test_invalid_spec_is_one_line_and_sends_nothing(
     requester: CannedJobRequester, args: list[str], message: str
 ) -> None:
-    line = one_line_error(hivectl(requester.url, "job", "submit", *args))
+    line = one_line_error(hivectl(requester.url, "job", "submit", *args), code=2)
     assert line.startswith("Error: invalid job spec: ")
     assert message in line
     assert requester.requests == []
@@ -384,7 +384,7 @@ def test_invalid_spec_is_one_line_and_sends_nothing(
 def test_unreadable_spec_file(requester: CannedJobRequester, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(bad)))
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(bad)), code=2)
     assert line.startswith(f"Error: cannot read job spec {bad}: not valid JSON")
     assert requester.requests == []
 

@@ -336,7 +336,7 @@ def test_list_empty(nats_server: EmbeddedNats) -> None:
 
 
 def test_bad_selector_is_one_line_and_sends_nothing(requester: CannedRequester) -> None:
-    line = one_line_error(hivectl(requester.url, "node", "list", "-l", "zone in (eu-1"))
+    line = one_line_error(hivectl(requester.url, "node", "list", "-l", "zone in (eu-1"), code=2)
     assert "invalid selector" in line
     assert requester.requests == []
 
@@ -460,7 +460,7 @@ def test_error_replies_are_one_line(
 
 
 def test_invalid_id_is_refused_locally(requester: CannedRequester) -> None:
-    line = one_line_error(hivectl(requester.url, "node", "describe", "A.B"))
+    line = one_line_error(hivectl(requester.url, "node", "describe", "A.B"), code=2)
     assert "invalid node id 'A.B'" in line
     assert requester.requests == []
 
