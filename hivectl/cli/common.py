@@ -355,7 +355,9 @@ def run_api(
         with spinner(status) if status else nullcontext():
             return asyncio.run(_connected(ctx, cfg, work))
     except BusError as exc:
-        fail(str(exc))
+        from hivectl.cli.problems import explain
+
+        fail(*explain(exc, global_options(ctx), cfg))
     except RemoteError as exc:
         detail = f" ({exc.code})" if global_options(ctx).verbose else ""
         fail(f"{exc.reason or exc.code}{detail}")

@@ -213,6 +213,11 @@ class ConfigError(ValueError):
     """A config file that is missing, unreadable or invalid; the message says which key."""
 
 
+def config_path(cls: type[HiveSettings], config_file: Path | None = None) -> Path:
+    """The TOML file `cls` reads: `config_file`, else $HIVE_CONFIG, else its usual place."""
+    return config_file or _env_path("HIVE_CONFIG") or cls.usual_file()
+
+
 def load_config(cls: type[S], config_file: Path | None = None, **flags: Any) -> S:
     """`cls` from its layers. `flags` holds command-line values; None means 'not given'."""
     explicit = config_file or _env_path("HIVE_CONFIG")

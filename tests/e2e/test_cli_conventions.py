@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from hivectl.core.embedded import EmbeddedNats
 from tests.e2e.conftest import Cluster, poll
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +67,34 @@ def test_usage_errors_exit_2(env: dict[str, str], args: list[str]) -> None:
     done = run(*args, env=env)  # a noun alone shows its help, as click does
     assert done.returncode == 2, done.stderr
     assert "Usage" in done.stderr + done.stdout
+
+
+def test_a_missing_credentials_file_is_configuration(env: dict[str, str]) -> None:
+    creds = {"HIVE_NATS__CREDENTIALS_FILE": "/nonexistent/operator.toml"}
+    line = one_error_line(run("--nats-url", NOWHERE, "node", "list", env=env | creds), 2)
+    assert "/nonexistent/operator.toml" in line and "credentials_file" in line
+
+
+def test_unreachable_nats_exits_1_saying_where_and_what_to_check(env: dict[str, str]) -> None:
+    line = one_error_line(run("--nats-url", NOWHERE, "node", "list", env=env), 1)
+    assert line.startswith(f"Error: cannot reach NATS at {NOWHERE} (from --nats-url): ")
+    assert "connection refused" in line
+    assert "systemctl status hive-requester" in line
+    assert "--nats-url" in line and "HIVE_NATS__URL" in line
+
+    from_env = env | {"HIVE_NATS__URL": NOWHERE}
+    line = one_error_line(run("job", "list", env=from_env), 1)
+    assert f"{NOWHERE} (from HIVE_NATS__URL)" in line
+
+
+def test_no_requester_exits_1_saying_how_to_check(
+    env: dict[str, str], nats_server: EmbeddedNats
+) -> None:
+    line = one_error_line(run("--nats-url", nats_server.url, "node", "list", env=env), 1)
+    assert "no requester is answering" in line
+    assert f"{nats_server.url} (from --nats-url)" in line
+    assert "hive-requester is running and connected to that NATS" in line
+    assert "systemctl status hive-requester" in line and "--nats-url" in line
 
 
 def test_against_a_cluster_0_on_success_1_when_it_says_no(
