@@ -41,16 +41,29 @@ class OutputFormat(StrEnum):
 # -- units ---------------------------------------------------------------------------
 
 
-def human_bytes(value: int | None) -> str:
-    """Bytes in IEC units with one decimal: `512B`, `1.5KiB`, `12.3GiB`."""
+def human_bytes(value: int | None, *, short: bool = False) -> str:
+    """Bytes in IEC units with one decimal: `512B`, `1.5KiB`, `12.3GiB`. `short`: the
+    decimal only below 10, as `df -h` writes sizes: `1.5KiB`, `12GiB`."""
     if value is None:
         return NONE
     size = float(value)
     for unit in _IEC:
         if size < 1024 or unit == _IEC[-1]:
-            return f"{int(size)}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+            break
         size /= 1024
-    raise AssertionError("unreachable")
+    if unit == "B":
+        return f"{int(size)}B"
+    return f"{size:.0f}{unit}" if short and size >= 9.95 else f"{size:.1f}{unit}"
+
+
+def human_bytes_of(part: int | None, whole: int | None, *, short: bool = False) -> str:
+    """`part/whole` in bytes, the unit written once when both share it: `12.3/16.0GiB`,
+    `512.0MiB/2.0GiB`, `-/16.0GiB`; `short` as for `human_bytes`."""
+    left, right = human_bytes(part, short=short), human_bytes(whole, short=short)
+    unit = right.lstrip("0123456789.")
+    if part is not None and whole is not None and left.lstrip("0123456789.") == unit:
+        left = left.removesuffix(unit)
+    return f"{left}/{right}"
 
 
 def human_cpu(value: float | None) -> str:

@@ -12,6 +12,7 @@ from hivectl.cli.output import (
     dump_json,
     dump_yaml,
     human_bytes,
+    human_bytes_of,
     human_cpu,
     join_labels,
     plain_lines,
@@ -29,6 +30,16 @@ def test_human_bytes_uses_iec_units() -> None:
     assert human_bytes(int(12.3 * 1024**3)) == "12.3GiB"
     assert human_bytes(2 * 1024**4) == "2.0TiB"
     assert human_bytes(None) == "-"
+    short = [human_bytes(v, short=True) for v in (1023, 1536, int(9.96 * 1024**3), 252 * 1024**3)]
+    assert short == ["1023B", "1.5KiB", "10GiB", "252GiB"]
+
+
+def test_human_bytes_of_writes_a_shared_unit_once() -> None:
+    assert human_bytes_of(int(12.3 * 1024**3), 16 * 1024**3) == "12.3/16.0GiB"
+    assert human_bytes_of(512 * 1024**2, 2 * 1024**3) == "512.0MiB/2.0GiB"
+    assert human_bytes_of(None, 16 * 1024**3) == "-/16.0GiB"
+    assert human_bytes_of(100, 1000) == "100/1000B"
+    assert human_bytes_of(int(40.2 * 1024**3), 64 * 1024**3, short=True) == "40/64GiB"
 
 
 def test_human_cpu() -> None:
