@@ -23,6 +23,7 @@ from typing import Annotated
 import typer
 
 from hivectl.cli.common import APP_SETTINGS, info
+from hivectl.cli.output import counted
 from hivectl.core.api import NodeListReply, NodeListRequest
 from hivectl.core.bus import BusError, RemoteError, connect_cli, request
 from hivectl.core.config import ClientConfig, NatsSettings
@@ -275,7 +276,7 @@ def _announce(stack: DevStack, url: str, context: Path | None) -> None:
     subprocess.run(argv, check=False, env=env)
     lines = [
         "",
-        f"Hive devstack is up: a requester and {stack.computes} node agents "
+        f"Hive devstack is up: a requester and {counted(stack.computes, 'node agent')} "
         f"({stack.executor} executor), NATS at {url}.",
         f"hivectl in another shell uses it ({context} points there)."
         if context

@@ -58,7 +58,7 @@ from hivectl.cli.jobview import (
     result_line,
     shown_executions,
 )
-from hivectl.cli.output import print_data, write_out
+from hivectl.cli.output import counted, print_data, write_out
 from hivectl.core.jobs import (
     JOB_TERMINAL,
     ExecState,
@@ -366,4 +366,4 @@ def results(
     for problem in refused:
         info(f"Skipped {problem}")
     write_out("\n".join(str(path) for path in written))
-    info(f"Wrote {len(written)} file(s) under {dest}")
+    info(f"Wrote {counted(len(written), 'file')} under {dest}")

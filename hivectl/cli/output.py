@@ -102,6 +102,11 @@ def timestamp(when: datetime | None, now: datetime | None = None) -> str:
     return f"{utc:%Y-%m-%d %H:%M:%S} UTC ({age(utc, now)})"
 
 
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """`1 node`, `3 nodes`, `0 nodes`: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def join_labels(labels: dict[str, str] | None) -> str:
     """`k=v` pairs sorted by key and comma-joined; `-` when there are none."""
     if not labels:

@@ -646,7 +646,7 @@ def test_results_extract_into_dir_per_execution(
     written = dest / EXEC / "out" / "result.txt"
     assert written.read_bytes() == b"42\n"
     assert result.stdout == f"{written}\n"
-    assert f"Wrote 1 file(s) under {dest}" in result.stderr
+    assert f"Wrote 1 file under {dest}" in result.stderr
 
 
 def test_results_never_write_outside_dir(requester: CannedJobRequester, tmp_path: Path) -> None:
@@ -673,6 +673,7 @@ def test_results_never_write_outside_dir(requester: CannedJobRequester, tmp_path
     for name in ("../evil", "passwd", "up"):
         assert f"Skipped {EXEC}: {name}: " in result.stderr
     assert set(result.stdout.split()) == {str(dest / EXEC / "abs"), str(dest / EXEC / "ok.txt")}
+    assert f"Wrote 2 files under {dest}" in result.stderr
 
 
 def test_results_when_there_are_none(requester: CannedJobRequester, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import yaml
 
 from hivectl.cli.output import (
     age,
+    counted,
     dump_json,
     dump_yaml,
     human_bytes,
@@ -69,6 +70,12 @@ def test_age_picks_one_unit() -> None:
 def test_timestamp() -> None:
     assert timestamp(NOW - timedelta(seconds=3), NOW) == "2025-01-02 03:04:02 UTC (3s ago)"
     assert timestamp(None, NOW) == "-"
+
+
+def test_counted_says_1_node_and_2_nodes() -> None:
+    assert [counted(n, "node") for n in (0, 1, 2)] == ["0 nodes", "1 node", "2 nodes"]
+    assert counted(1, "node agent") == "1 node agent"
+    assert counted(3, "match", "matches") == "3 matches"
 
 
 def test_labels_sorted_and_joined() -> None:
