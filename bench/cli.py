@@ -24,10 +24,12 @@ run fills with bytecode:
                 sources are compiled again on every run.
 
 The targets apply to `cached`; `hive_cold` shows what compiling costs. `--hivectl`
-measures another build (a wrapper script running an older tree, say) the same way.
-JSON on stdout, progress on stderr; exit 0 when every target is met.
+measures another build (a wrapper script running an older tree, say) the same way;
+`--compare PATH` times a second build in the same rounds, against the same stack, for
+a before/after under the same load. JSON on stdout, progress on stderr; exit 0 when
+every target is met.
 
-    .venv/bin/python bench/cli.py [--runs 20] [--hivectl PATH]
+    .venv/bin/python bench/cli.py [--runs 20] [--hivectl PATH] [--compare PATH]
 """
 
 from __future__ import annotations
@@ -63,19 +65,20 @@ FLOORS: dict[str, list[str]] = {
     "python -c 'import nats, msgpack'": [PYTHON, "-c", "import nats, msgpack"],
 }
 CONDITIONS = ("cached", "hive_cold")
+COMPARED = "compare: "  # names of the figures of the --compare build
 NODES, JOBS = 3, 3
 Outputs = dict[tuple[str, str], tuple[int, bytes]]
 
 
-def figures(hivectl: str) -> dict[str, list[str]]:
-    """Each timed figure's command line."""
+def figures(hivectl: str, label: str = "") -> dict[str, list[str]]:
+    """Each timed figure's command line (names prefixed with `label`)."""
     args = {
         "hivectl --version": ["--version"],
         "hivectl node list": ["node", "list"],
         "hivectl job list": ["job", "list"],
         "hivectl node list (tty)": ["node", "list"],
     }
-    return {name: [hivectl, *argv] for name, argv in args.items()}
+    return {label + name: [hivectl, *argv] for name, argv in args.items()}
 
 
 class DevStack:
@@ -137,7 +140,7 @@ def condition_env(base: dict[str, str], cache: Path, cold: bool) -> dict[str, st
 def run_once(name: str, argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes]:
     """(seconds, exit status, output) of one run; `(tty)` figures get a pseudo-terminal
     for stdout and stderr. Output is stdout, or stderr when the run failed."""
-    if not name.endswith("(tty)"):
+    if "(tty)" not in name:
         t = time.perf_counter()
         done = subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
         seconds = time.perf_counter() - t
@@ -241,6 +244,14 @@ def report(times: Any, outputs: Outputs, args: argparse.Namespace, started: floa
         by_cond = {cond: stats(times[(cond, name)]) for cond in CONDITIONS}
         passed = by_cond["cached"]["median_ms"] < target
         result["figures"][name] = {**by_cond, "target": f"< {target:g} ms", "pass": passed}
+    if args.compare:
+        result["compare"] = {
+            "hivectl": args.compare,
+            "figures": {
+                name: {c: stats(times[(c, COMPARED + name)]) for c in CONDITIONS}
+                for name in TARGETS_MS
+            },
+        }
     result["checks"] = check = checks(outputs)
     result["pass"] = all(f["pass"] for f in result["figures"].values()) and all(check.values())
     if not check["every_run_exit_0"]:
@@ -260,6 +271,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--hivectl", default=str(BIN / "hivectl"), help="the hivectl to time")
+    parser.add_argument("--compare", help="another hivectl to time in the same rounds")
     args = parser.parse_args()
     started, args.host = time.monotonic(), _sim.host_info()
     base = Path(tempfile.mkdtemp(prefix="hive-bench-cli-"))
@@ -271,7 +283,10 @@ def main() -> int:
             cond: condition_env(stack.env, base / f"pycache-{cond}", cond == "hive_cold")
             for cond in CONDITIONS
         }
-        times, outputs = measure(figures(args.hivectl) | FLOORS, args.runs, envs)
+        commands = figures(args.hivectl) | FLOORS
+        if args.compare:
+            commands |= figures(args.compare, COMPARED)
+        times, outputs = measure(commands, args.runs, envs)
     finally:
         stack.stop()
         shutil.rmtree(base, ignore_errors=True)
