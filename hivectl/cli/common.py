@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -37,18 +38,21 @@ from hivectl.core.bus import BusError, RemoteError, ask, connect_cli, read_reply
 from hivectl.core.codec import CodecError, describe_validation_error
 from hivectl.core.config import ClientConfig, ConfigError, load_config
 from hivectl.core.models import ID_PATTERN, Message
-from hivectl.core.selectors import SelectorError, parse_selector
 from hivectl.core.subjects import Subjects
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.status import Status
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 B = TypeVar("B", bound=BaseModel)
 
+# As `hivectl --help` says: 1 when the cluster says no, cannot be reached, or a job
+# fails; 2 for a bad command line or configuration (click's code for usage errors).
+# Whatever the command line alone shows to be wrong is refused before connecting.
 EXIT_ERROR = 1
-EXIT_USAGE = 2  # bad configuration or arguments, as click uses for usage errors
+EXIT_USAGE = 2
 _ID_RE = re.compile(ID_PATTERN)
 
 # -- apps and options shared by commands -----------------------------------------------
@@ -124,8 +128,6 @@ def output_format(ctx: typer.Context, given: OutputFormat | None) -> OutputForma
 
 def stderr_console() -> Console:
     """Messages, progress and errors: stderr, so stdout stays data."""
-    # rich is imported when something is to be said: a command that prints only
-    # data (`-o json` in a script) never pays its 20 ms of imports.
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, soft_wrap=True)
@@ -138,16 +140,29 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
+def say(text: str, *, error: bool = False, dim: bool = False) -> None:
+    """One message on stderr: styled by rich on a terminal, plain text anywhere else.
+
+    rich costs 45 ms of imports, more than the rest of a `node list`; a script that
+    reads stderr gets the same words without them.
+    """
+    if not sys.stderr.isatty():
+        sys.stderr.write(f"{'Error: ' if error else ''}{text}\n")
+        sys.stderr.flush()
+        return
+    markup = f"[dim]{escape(text)}[/]" if dim else escape(text)
+    stderr_console().print(f"[bold red]Error:[/] {markup}" if error else markup)
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """Print `Error: <message>` (one line) on stderr and exit with `code`."""
-    line = " ".join(message.split())  # one line, whatever the reason contained
-    stderr_console().print(f"[bold red]Error:[/] {escape(line)}")
+    say(" ".join(message.split()), error=True)  # one line, whatever the reason held
     raise typer.Exit(code)
 
 
 def info(message: str) -> None:
     """A note for the person at the terminal (stderr)."""
-    stderr_console().print(escape(message))
+    say(message)
 
 
 @dataclass(frozen=True)
@@ -176,7 +191,7 @@ class Listing(Generic[T]):
 def debug(ctx: typer.Context, message: str) -> None:
     """A `-v` detail (stderr)."""
     if global_options(ctx).verbose:
-        stderr_console().print(f"[dim]{escape(message)}[/]")
+        say(message, dim=True)
 
 
 def print_ok() -> None:
@@ -184,26 +199,61 @@ def print_ok() -> None:
     write_out("Ok")
 
 
-@contextmanager
-def spinner(text: str) -> Iterator[None]:
-    """A transient spinner on stderr, only when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        yield
-        return
-    console = stderr_console()
-    with console.status(escape(text)) if console.is_terminal else nullcontext():
-        yield
+SPINNER_DELAY = 0.5  # seconds of work before a spinner shows: quick commands show none
+
+
+class _Status:
+    """A spinner and a line of text on stderr, shown once the work has taken
+    SPINNER_DELAY: a command that answers at once neither flickers nor imports rich."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._lock = threading.Lock()
+        self._shown: Status | None = None
+        self._closed = False
+        self._timer = threading.Timer(SPINNER_DELAY, self._show)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _show(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._shown = stderr_console().status(escape(self._text))
+                self._shown.start()
+
+    def update(self, text: str) -> None:
+        with self._lock:
+            self._text = text
+            if self._shown is not None:
+                self._shown.update(escape(text))
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            if self._shown is not None:
+                self._shown.stop()
 
 
 @contextmanager
 def status_line(text: str) -> Iterator[Callable[[str], None]]:
-    """Like `spinner`, yielding a function that changes the text while it spins."""
-    console = stderr_console()
-    if not console.is_terminal:
+    """A spinner with `text` while the block runs, only when stderr is a terminal;
+    yields a function that changes the text."""
+    if not sys.stderr.isatty():
         yield lambda _text: None
         return
-    with console.status(escape(text)) as status:
-        yield lambda new: status.update(escape(new))
+    status = _Status(text)
+    try:
+        yield status.update
+    finally:
+        status.close()
+
+
+@contextmanager
+def spinner(text: str) -> Iterator[None]:
+    """Like `status_line`, with a text that stays."""
+    with status_line(text):
+        yield
 
 
 # -- validation ------------------------------------------------------------------------
@@ -222,7 +272,7 @@ def make(model: type[M], **fields: object) -> M:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        fail(f"invalid {model.kind} request: {describe_validation_error(exc)}")
+        fail(f"invalid {model.kind} request: {describe_validation_error(exc)}", EXIT_USAGE)
 
 
 def build(model: type[B], data: object, what: str) -> B:
@@ -230,7 +280,7 @@ def build(model: type[B], data: object, what: str) -> B:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        fail(f"invalid {what}: {describe_problem(exc)}")
+        fail(f"invalid {what}: {describe_problem(exc)}", EXIT_USAGE)
 
 
 def describe_problem(exc: ValidationError) -> str:
@@ -248,7 +298,8 @@ def check_id(value: str, what: str = "node") -> str:
     if not _ID_RE.match(value):
         fail(
             f"invalid {what} id {value!r}: use lowercase letters, digits, '-' and '_' "
-            "(up to 63, starting with a letter or digit); a unique prefix is enough"
+            "(up to 63, starting with a letter or digit); a unique prefix is enough",
+            EXIT_USAGE,
         )
     return value
 
@@ -257,10 +308,12 @@ def check_selector(text: str | None) -> str:
     """A label selector that parses, else a one-line error; '' when none was given."""
     if not text:
         return ""
+    from hivectl.core.selectors import SelectorError, parse_selector
+
     try:
         parse_selector(text)
     except SelectorError as exc:
-        fail(f"invalid selector: {exc}")
+        fail(f"invalid selector: {exc}", EXIT_USAGE)
     return text
 
 
@@ -302,7 +355,9 @@ def run_api(
         with spinner(status) if status else nullcontext():
             return asyncio.run(_connected(ctx, cfg, work))
     except BusError as exc:
-        fail(str(exc))
+        from hivectl.cli.problems import explain
+
+        fail(*explain(exc, global_options(ctx), cfg))
     except RemoteError as exc:
         detail = f" ({exc.code})" if global_options(ctx).verbose else ""
         fail(f"{exc.reason or exc.code}{detail}")

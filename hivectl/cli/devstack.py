@@ -27,6 +27,7 @@ from typing import Annotated
 import typer
 
 from hivectl.cli.common import APP_SETTINGS, info, status_line
+from hivectl.cli.output import counted
 from hivectl.cli.stackprocs import Child, Supervisor, python_child, remove_left_containers
 from hivectl.core.api import NodeListReply, NodeListRequest
 from hivectl.core.bus import BusError, RemoteError, connect_cli, request
@@ -292,7 +293,7 @@ def _announce(stack: DevStack, url: str, context: Path | None) -> None:
     subprocess.run(argv, check=False, env=env)
     lines = [
         "",
-        f"Hive devstack is up: a requester and {stack.computes} node agents "
+        f"Hive devstack is up: a requester and {counted(stack.computes, 'node agent')} "
         f"({stack.executor} executor), NATS at {url}.",
         f"hivectl in another shell uses it ({context} points there)."
         if context

@@ -11,7 +11,6 @@ neither write outside the target directory nor stop the safe members from landin
 from __future__ import annotations
 
 import sys
-import tarfile
 import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -244,6 +243,8 @@ async def download_results(
 
 def extract(archive: IO[bytes], target: Path, label: str) -> tuple[list[Path], list[str]]:
     """Extract a tar(.gz) under `target` with the `data` filter, member by member."""
+    import tarfile  # here: only `job results` needs it
+
     target.mkdir(parents=True, exist_ok=True)
     root = str(target.resolve())
     written: list[Path] = []

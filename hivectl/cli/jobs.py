@@ -61,8 +61,8 @@ from hivectl.cli.jobview import (
     shown_executions,
     status_text,
 )
-from hivectl.cli.output import print_data, write_out
-from hivectl.core.bus import BusError, NoReply, connect_cli
+from hivectl.cli.output import counted, print_data, write_out
+from hivectl.core.bus import BusError, NoAnswer, connect_cli
 from hivectl.core.jobs import (
     JOB_ID_PATTERN,
     JOB_TERMINAL,
@@ -218,7 +218,7 @@ async def send_submit(api: Api, request: JobSubmitRequest) -> str:
                 return (await api.call("job", "submit", request, JobSubmitReply)).job_id
     except RETRIED as exc:
         text, job_id = str(exc) or type(exc).__name__, request.job_id
-        if not isinstance(exc, NoReply) and not unanswered:
+        if not isinstance(exc, NoAnswer) and not unanswered:
             raise CliError(text) from None  # it never reached a requester
         raise CliError(
             f"{text}. Job {job_id} may have been submitted: see `hivectl job describe {job_id}`; "
@@ -229,7 +229,7 @@ async def send_submit(api: Api, request: JobSubmitRequest) -> str:
 
 def _retrying(job_id: str | None, unanswered: list[BaseException]) -> RetryHook:
     def note(details: RetryDetails) -> None:
-        if isinstance(details.caused_by, NoReply):
+        if isinstance(details.caused_by, NoAnswer):
             unanswered.append(details.caused_by)
         info(f"No reply to the submit ({details.caused_by}); sending it again as {job_id}")
 
@@ -444,4 +444,4 @@ def results(
     for problem in refused:
         info(f"Skipped {problem}")
     write_out("\n".join(str(path) for path in written))
-    info(f"Wrote {len(written)} file(s) under {dest}")
+    info(f"Wrote {counted(len(written), 'file')} under {dest}")

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from hivectl.cli.common import describe_problem, fail
+from hivectl.cli.common import EXIT_USAGE, describe_problem, fail
 from hivectl.cli.specfile import load_spec_file
 from hivectl.core.jobs import Engine, JobSpec, JobType
 
@@ -90,7 +90,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            fail(f"invalid {WHAT}: env: {pair!r} is not KEY=VALUE")
+            fail(f"invalid {WHAT}: env: {pair!r} is not KEY=VALUE", EXIT_USAGE)
         env[key] = value
     return env
 
@@ -117,8 +117,8 @@ def build_spec(flags: SpecFlags, file: Path | None) -> JobSpec:
     except ValidationError as exc:
         loc = tuple(exc.errors(include_url=False)[0]["loc"])
         if spec_file is None or _from_flags(loc, overrides):
-            fail(f"invalid {WHAT}: {describe_problem(exc)}")
-        fail(f"{spec_file.where(loc)}: {describe_problem(exc)}")
+            fail(f"invalid {WHAT}: {describe_problem(exc)}", EXIT_USAGE)
+        fail(f"{spec_file.where(loc)}: {describe_problem(exc)}", EXIT_USAGE)
 
 
 def _from_flags(loc: tuple[str | int, ...], overrides: dict[str, Any]) -> bool:

@@ -26,6 +26,7 @@ from hivectl.cli.output import (
     NONE,
     age,
     human_bytes,
+    human_bytes_of,
     human_count,
     human_cpu,
     join_labels,
@@ -52,8 +53,12 @@ app = noun_app(
     "Ids may be shortened to any unique prefix."
 )
 
-COLUMNS = ["ID", "TYPE", "APPROVAL", "STATUS", "LABELS", "CPU", "MEMORY", "DISK", "GPU"]
-WIDE_COLUMNS = [*COLUMNS, "VERSION", "ARCH", "LAST HEARTBEAT"]
+# The default table fits 80 columns for nodes with a few labels: TYPE (the requester is
+# the one row without resources, listed first) and DISK wait for `-o wide`. LABELS come
+# last, as kubectl's --show-labels has them, so a long label list widens its own row only.
+COLUMNS = ["ID", "APPROVAL", "STATUS", "CPU", "MEMORY", "GPU", "LABELS"]
+WIDE_COLUMNS = ["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU"]
+WIDE_COLUMNS += ["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS"]
 
 IdArgument = Annotated[
     str,
@@ -141,26 +146,25 @@ async def fetch_all(api: Api, query: NodeListRequest) -> list[NodeView]:
 
 
 def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
-    labels = node.info.labels if node.info else None
-    row = [
+    cpu, memory, disk, gpu = resource_cells(node, short=not wide)
+    labels = join_labels(node.info.labels if node.info else None)
+    if not wide:
+        return [node.node_id, node.approval.value, node.health.value, cpu, memory, gpu, labels]
+    return [
         node.node_id,
         node.type.value,
         node.approval.value,
         node.health.value,
-        join_labels(labels),
-        *resource_cells(node),
+        *(cpu, memory, disk, gpu),
+        node.info.version if node.info else NONE,
+        node.info.arch if node.info else NONE,
+        age(node.last_heartbeat, now),
+        labels,
     ]
-    if wide:
-        row += [
-            node.info.version if node.info else NONE,
-            node.info.arch if node.info else NONE,
-            age(node.last_heartbeat, now),
-        ]
-    return row
 
 
-def resource_cells(node: NodeView) -> list[str]:
-    """CPU, MEMORY, DISK, GPU as available/total."""
+def resource_cells(node: NodeView, *, short: bool = False) -> list[str]:
+    """CPU, MEMORY, DISK, GPU as available/total (`short`: sizes as `df -h` has them)."""
     if node.type is NodeType.REQUESTER:  # runs no jobs: it has no capacity to show
         return [NONE] * 4
     if node.resources is not None:
@@ -172,8 +176,8 @@ def resource_cells(node: NodeView) -> list[str]:
         return [NONE] * 4
     return [
         f"{human_cpu(free.cpu if free else None)}/{human_cpu(total.cpu)}",
-        f"{human_bytes(free.memory if free else None)}/{human_bytes(total.memory)}",
-        f"{human_bytes(free.disk if free else None)}/{human_bytes(total.disk)}",
+        human_bytes_of(free.memory if free else None, total.memory, short=short),
+        human_bytes_of(free.disk if free else None, total.disk, short=short),
         f"{human_count(free.gpu if free else None)}/{human_count(total.gpu)}",
     ]
 

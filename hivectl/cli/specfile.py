@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from hivectl.cli.common import fail
+from hivectl.cli.common import EXIT_USAGE, fail
 from hivectl.core.jobs import REFUSED_FIELDS, JobSpec, ResourceRequest
 
 SPEC_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
@@ -54,20 +54,20 @@ def load_spec_file(path: Path) -> SpecFile:
     """The spec document in `path`; also accepts a whole job record (`spec:` inside)."""
     kind = SPEC_FORMATS.get(path.suffix.lower())
     if kind is None:
-        fail(f"cannot read job spec {path}: use a .yaml, .yml, .json or .toml file")
+        fail(f"cannot read job spec {path}: use a .yaml, .yml, .json or .toml file", EXIT_USAGE)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read job spec {path}: {getattr(exc, 'strerror', None) or exc}")
+        fail(f"cannot read job spec {path}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
     data = _parse(path, text, kind)
     prefix: Loc = ()
     if isinstance(data, dict) and isinstance(data.get("spec"), dict) and "job_id" in data:
         data, prefix = data["spec"], ("spec",)  # `hivectl job describe -o yaml`, again
     if not isinstance(data, dict):
-        fail(f"{path}: a job spec file must hold a mapping of JobSpec fields")
+        fail(f"{path}: a job spec file must hold a mapping of JobSpec fields", EXIT_USAGE)
     spec_file = SpecFile(path, kind, text, data, prefix)
     for loc in _unknown(data):
-        fail(f"{spec_file.where(loc)}: {_unknown_text(loc)}")
+        fail(f"{spec_file.where(loc)}: {_unknown_text(loc)}", EXIT_USAGE)
     return spec_file
 
 
@@ -80,17 +80,17 @@ def _parse(path: Path, text: str, kind: str) -> Any:
             return tomllib.loads(text)
         return yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        fail(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}")
+        fail(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}", EXIT_USAGE)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc).splitlines()[0] if str(exc) else "TOMLDecodeError"
         found = _TOML_LINE.search(message)
         where = f"{path}:{found[1]}" if found else str(path)
-        fail(f"{where}: not valid TOML: {_TOML_LINE.sub('', message)}")
+        fail(f"{where}: not valid TOML: {_TOML_LINE.sub('', message)}", EXIT_USAGE)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        fail(f"{where}: not valid YAML: {problem}")
+        fail(f"{where}: not valid YAML: {problem}", EXIT_USAGE)
 
 
 def _unknown(data: dict[Any, Any]) -> Iterator[Loc]:

@@ -31,8 +31,46 @@ class BusError(RuntimeError):
     """NATS could not be reached, or nobody answered: the message is one line for a person."""
 
 
-class NoReply(BusError):
-    """A request went out and no reply came in time: it may or may not have been acted on."""
+class CredentialsError(BusError):
+    """The configured credentials file is missing or unreadable."""
+
+
+# Why a connection failed, and what to look at (callers with more context say more).
+REFUSED, TIMED_OUT, UNAUTHORIZED = "connection refused", "timed out", "authorization failed"
+_HINTS = {
+    REFUSED: "is the requester or nats-server running?",
+    TIMED_OUT: "is it a NATS server?",
+    UNAUTHORIZED: "check the credentials",
+}
+
+
+class NatsUnreachable(BusError):
+    """No connection to NATS at `url`; `reason` is REFUSED, TIMED_OUT, UNAUTHORIZED or
+    what nats-py said."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        hint = f" ({_HINTS[reason]})" if reason in _HINTS else ""
+        super().__init__(f"cannot reach NATS at {url}: {reason}{hint}")
+        self.url = url
+        self.reason = reason
+
+
+class NoResponder(BusError):
+    """Nobody listens on `subject`: for the API, no requester is connected to this NATS."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"no requester is answering on {subject}")
+        self.subject = subject
+
+
+class NoAnswer(BusError):
+    """A responder exists but sent nothing within `timeout` seconds: the request went
+    out, and may or may not have been acted on."""
+
+    def __init__(self, subject: str, timeout: float) -> None:
+        super().__init__(f"no answer on {subject} within {timeout:g}s")
+        self.subject = subject
+        self.timeout = timeout
 
 
 class RemoteError(RuntimeError):
@@ -57,7 +95,7 @@ def _credentials(settings: NatsSettings) -> dict[str, Any]:
         try:
             user, password = read_credentials_file(settings.credentials_file)
         except ValueError as exc:
-            raise BusError(str(exc)) from None
+            raise CredentialsError(str(exc)) from None
         options["user"], options["password"] = user, password
     return options
 
@@ -162,17 +200,17 @@ async def connect_cli(settings: NatsSettings, name: str = "hivectl") -> Client:
             return nc
     except (OSError, NatsError, TimeoutError) as exc:
         cause = seen[-1] if isinstance(exc, NoServersError) and seen else exc
-        raise BusError(f"cannot reach NATS at {settings.url}: {_reason(cause)}") from None
+        raise NatsUnreachable(settings.url, _reason(cause)) from None
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the requester or nats-server running?)"
+        return REFUSED
     if isinstance(exc, TimeoutError):
-        return "timed out (is it a NATS server?)"
+        return TIMED_OUT
     text = str(exc).strip()
     if "Authorization" in text or "authorization" in text:
-        return "authorization failed (check the credentials)"
+        return UNAUTHORIZED
     return text or type(exc).__name__
 
 
@@ -192,9 +230,9 @@ async def ask(nc: Client, subject: str, message: Message, timeout: float) -> byt
     try:
         reply = await nc.request(subject, codec.encode(message), timeout=timeout)
     except NoRespondersError:
-        raise BusError(f"no requester is answering on {subject}") from None
+        raise NoResponder(subject) from None
     except (NatsTimeoutError, TimeoutError):
-        raise NoReply(f"no answer on {subject} within {timeout:g}s") from None
+        raise NoAnswer(subject, timeout) from None
     return reply.data
 
 

@@ -54,7 +54,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: hivectl never builds the daemons' sections (see models.Model).
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class NatsSettings(Section):
@@ -92,7 +93,11 @@ class HiveSettings(BaseSettings):
     """Common behaviour: HIVE_ env prefix, `__` nesting, unknown keys refused."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HIVE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="HIVE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        defer_build=True,
     )
 
     nats: NatsSettings = Field(default_factory=NatsSettings)
@@ -229,6 +234,11 @@ S = TypeVar("S", bound=HiveSettings)
 
 class ConfigError(ValueError):
     """A config file that is missing, unreadable or invalid; the message says which key."""
+
+
+def config_path(cls: type[HiveSettings], config_file: Path | None = None) -> Path:
+    """The TOML file `cls` reads: `config_file`, else $HIVE_CONFIG, else its usual place."""
+    return config_file or _env_path("HIVE_CONFIG") or cls.usual_file()
 
 
 def load_config(cls: type[S], config_file: Path | None = None, **flags: Any) -> S:

@@ -382,7 +382,7 @@ def test_submit_accepts_a_described_job_as_its_spec(
 def test_invalid_spec_is_one_line_and_sends_nothing(
     requester: CannedJobRequester, args: list[str], message: str
 ) -> None:
-    line = one_line_error(hivectl(requester.url, "job", "submit", *args))
+    line = one_line_error(hivectl(requester.url, "job", "submit", *args), code=2)
     assert line.startswith("Error: invalid job spec: ")
     assert message in line
     assert requester.requests == []
@@ -401,7 +401,7 @@ def test_unreadable_spec_file_names_the_line(
 ) -> None:
     bad = tmp_path / name
     bad.write_text(text)
-    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(bad)))
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(bad)), code=2)
     assert line.startswith(f"Error: {bad}{message}")
     assert requester.requests == []
 
@@ -438,7 +438,7 @@ def test_a_spec_file_error_names_the_field_and_its_line(
 ) -> None:
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(JOB_YAML.replace(*change))
-    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(spec_file)))
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(spec_file)), code=2)
     assert line.startswith(f"Error: {spec_file}{message}"), line
     assert requester.requests == []
 
@@ -451,14 +451,14 @@ def test_a_field_in_a_described_job_names_its_line_and_json_names_the_field(
     record["spec"]["resources"]["gpu"] = -1
     described.write_text(yaml.safe_dump(record, sort_keys=False))
     gpu_line = described.read_text().splitlines().index("    gpu: -1") + 1
-    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(described)))
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(described)), code=2)
     assert line.startswith(f"Error: {described}:{gpu_line}: resources.gpu: Input should be")
     as_json = tmp_path / "job.json"
     as_json.write_text(json.dumps({"image": "x", "resources": {"cpu": "2x"}, "comand": []}))
-    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(as_json)))
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(as_json)), code=2)
     assert line == f"Error: {as_json}: unknown field 'comand' (did you mean 'command'?)"
     as_json.write_text(json.dumps({"image": "x", "resources": {"cpu": "2x"}}))
-    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(as_json)))
+    line = one_line_error(hivectl(requester.url, "job", "submit", "-f", str(as_json)), code=2)
     assert line.startswith(f"Error: {as_json}: resources.cpu: '2x' is not a CPU amount")
     assert requester.requests == []
 
@@ -469,7 +469,7 @@ def test_a_bad_flag_over_a_spec_file_is_not_blamed_on_the_file(
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(JOB_YAML.replace("cpu: 2x", "cpu: 2"))
     args = ["job", "submit", "-f", str(spec_file), "--output", "out", "--cpu", "lots"]
-    line = one_line_error(hivectl(requester.url, *args))
+    line = one_line_error(hivectl(requester.url, *args), code=2)
     assert line.startswith("Error: invalid job spec: resources.cpu: 'lots' is not a CPU")
     assert requester.requests == []
 
@@ -486,7 +486,7 @@ def test_impossible_paths_are_refused_before_anything_is_sent(
     }
     for args, message in cases.items():
         submit = ["job", "submit", "--engine", "process", *args, "--", "true"]
-        line = one_line_error(hivectl(requester.url, *submit))
+        line = one_line_error(hivectl(requester.url, *submit), code=2)
         assert line.startswith(f"Error: invalid job spec: {message}"), line
     assert requester.requests == []
 
@@ -838,7 +838,7 @@ def test_results_extract_into_dir_per_execution(
     written = dest / EXEC / "out" / "result.txt"
     assert written.read_bytes() == b"42\n"
     assert result.stdout == f"{written}\n"
-    assert f"Wrote 1 file(s) under {dest}" in result.stderr
+    assert f"Wrote 1 file under {dest}" in result.stderr
 
 
 def test_results_never_write_outside_dir(requester: CannedJobRequester, tmp_path: Path) -> None:
@@ -865,6 +865,7 @@ def test_results_never_write_outside_dir(requester: CannedJobRequester, tmp_path
     for name in ("../evil", "passwd", "up"):
         assert f"Skipped {EXEC}: {name}: " in result.stderr
     assert set(result.stdout.split()) == {str(dest / EXEC / "abs"), str(dest / EXEC / "ok.txt")}
+    assert f"Wrote 2 files under {dest}" in result.stderr
 
 
 def test_results_when_there_are_none(requester: CannedJobRequester, tmp_path: Path) -> None:

@@ -101,6 +101,14 @@ def test_bad_timeout_flag_is_exit_2() -> None:
     assert "timeout" in one_line_error(result, 2)
 
 
+def test_unreachable_nats_names_the_config_file_it_came_from(tmp_path: Path) -> None:
+    conf = tmp_path / "mine.toml"
+    conf.write_text('[nats]\nurl = "nats://127.0.0.1:1"\n')
+    line = one_line_error(invoke("--config", str(conf), "node", "list"), 1)
+    assert line.startswith(f"Error: cannot reach NATS at nats://127.0.0.1:1 (from {conf}): ")
+    assert f"[nats] url in {conf}" in line
+
+
 def test_help_as_a_process() -> None:
     exe = Path(sys.executable).parent / "hivectl"
     for args in (["--help"], ["node", "--help"], ["--version"]):
@@ -109,6 +117,17 @@ def test_help_as_a_process() -> None:
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout
+
+
+def test_version_as_a_process_imports_no_command_tree() -> None:
+    """`hivectl --version` answers before Typer, pydantic or nats-py are imported."""
+    code = (
+        "import sys; sys.argv = ['hivectl', '--version'];"
+        "from hivectl.cli.entry import run; run();"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'pydantic', 'nats'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == f"hivectl {__version__}\n[]\n"
 
 
 def test_value_options_are_exactly_the_root_options_that_take_a_value() -> None:

@@ -242,34 +242,86 @@ def test_list_table_columns_values_and_order(requester: CannedRequester) -> None
     result = hivectl(requester.url, "node", "list")
     assert result.exit_code == 0, result.stderr
     rows = table(result.stdout)
-    assert rows[0] == ["ID", "TYPE", "APPROVAL", "STATUS", "LABELS", "CPU", "MEMORY", "DISK", "GPU"]
-    assert rows[1] == ["zz-requester", "Requester", "APPROVED", "HEALTHY", "-", "-", "-", "-", "-"]
+    assert rows[0] == ["ID", "APPROVAL", "STATUS", "CPU", "MEMORY", "GPU", "LABELS"]
+    assert rows[1] == ["zz-requester", "APPROVED", "HEALTHY", "-", "-", "-", "-"]
     assert rows[2] == [
         "node-a",
-        "Compute",
         "APPROVED",
         "HEALTHY",
-        "gpu=true,zone=eu-1",
         "6.5/8",
-        "12.3GiB/16.0GiB",
-        "80.0GiB/100.0GiB",
+        "12/16GiB",
         "0/1",
+        "gpu=true,zone=eu-1",
     ]
     # No resource report yet: the total the node registered, nothing available.
-    assert rows[3][:4] == ["node-b", "Compute", "PENDING", "UNKNOWN"]
-    assert rows[3][5:] == ["-/8", "-/16.0GiB", "-/100.0GiB", "-/1"]
+    assert rows[3] == ["node-b", "PENDING", "UNKNOWN", "-/8", "-/16GiB", "-/1", rows[2][-1]]
     assert len(rows) == 4
     assert requester.sent(NodeListRequest) == [NodeListRequest()]
 
 
-def test_list_wide_adds_version_arch_and_heartbeat_age(requester: CannedRequester) -> None:
+def test_list_wide_adds_type_disk_version_arch_and_heartbeat_age(
+    requester: CannedRequester,
+) -> None:
     result = hivectl(requester.url, "node", "list", "-o", "wide")
     assert result.exit_code == 0, result.stderr
     rows = table(result.stdout)
-    assert rows[0][-3:] == ["VERSION", "ARCH", "LAST HEARTBEAT"]
-    assert rows[1][-3:] == ["-", "-", "-"]
-    assert rows[2][-3:] == ["0.1.0", "amd64", "5h ago"]
-    assert rows[3][-3:] == ["0.1.0", "amd64", "-"]
+    assert rows[0] == [
+        *["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU"],
+        *["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS"],
+    ]
+    assert rows[1][:2] == ["zz-requester", "Requester"]
+    assert rows[1][-4:] == ["-", "-", "-", "-"]
+    assert rows[2][1] == "Compute"
+    assert rows[2][5:7] == ["12.3/16.0GiB", "80.0/100.0GiB"]  # wide: one decimal
+    assert rows[2][-4:] == ["0.1.0", "amd64", "5h ago", "gpu=true,zone=eu-1"]
+    assert rows[3][-4:] == ["0.1.0", "amd64", "-", "gpu=true,zone=eu-1"]
+
+
+def devstack_nodes() -> list[NodeView]:
+    """What `hivectl devstack` lists (requester, node-1..3), plus a GPU machine with a
+    few labels, as a 2-core laptop and a 16-core server report themselves."""
+    laptop = Resources(cpu=2, memory=int(23.5 * GiB), disk=252 * GiB)
+    idle = NodeResources(
+        total=laptop,
+        allocatable=laptop,
+        available=Resources(cpu=2, memory=int(22.2 * GiB), disk=int(77.3 * GiB)),
+    )
+    plain = compute_node("node-1").info.model_copy(update={"labels": {}})  # type: ignore[union-attr]
+    agents = [
+        compute_node(f"node-{i}").model_copy(update={"info": plain, "resources": idle})
+        for i in (1, 2, 3)
+    ]
+    server = Resources(cpu=16, memory=64 * GiB, disk=2048 * GiB, gpu=1)
+    busy = NodeResources(
+        total=server,
+        allocatable=server,
+        available=Resources(cpu=12.5, memory=int(40.2 * GiB), disk=1900 * GiB, gpu=0),
+    )
+    requester = NodeView(
+        node_id="requester",
+        type=NodeType.REQUESTER,
+        approval=Approval.APPROVED,
+        health=Health.HEALTHY,
+    )
+    return [requester, *agents, compute_node("gpu-1").model_copy(update={"resources": busy})]
+
+
+def test_default_table_fits_80_columns(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """At an 80-column terminal (COLUMNS=80) `node list` fits; `-o wide` may not."""
+    exe = Path(sys.executable).parent / "hivectl"
+    env = {"PATH": str(exe.parent), "COLUMNS": "80", "HIVE_CONFIG": str(tmp_path / "hivectl.toml")}
+    with CannedRequester(nats_server.url, pages=[devstack_nodes()]) as canned:
+        argv = [str(exe), "--nats-url", canned.url, "node", "list"]
+        listed = [
+            subprocess.run([*argv, *more], capture_output=True, text=True, env=env, check=True)
+            for more in ([], ["-o", "wide"])
+        ]
+    lines = listed[0].stdout.splitlines()
+    ids = [line.split()[0] for line in lines]
+    assert ids == ["ID", "requester", "gpu-1", "node-1", "node-2", "node-3"]
+    assert lines[2].split()[3:] == ["12.5/16", "40/64GiB", "0/1", "gpu=true,zone=eu-1"]
+    assert max(len(line) for line in lines) <= 80, listed[0].stdout
+    assert max(len(line) for line in listed[1].stdout.splitlines()) > 80
 
 
 def test_list_no_headers(requester: CannedRequester) -> None:
@@ -336,7 +388,7 @@ def test_list_empty(nats_server: EmbeddedNats) -> None:
 
 
 def test_bad_selector_is_one_line_and_sends_nothing(requester: CannedRequester) -> None:
-    line = one_line_error(hivectl(requester.url, "node", "list", "-l", "zone in (eu-1"))
+    line = one_line_error(hivectl(requester.url, "node", "list", "-l", "zone in (eu-1"), code=2)
     assert "invalid selector" in line
     assert requester.requests == []
 
@@ -460,7 +512,7 @@ def test_error_replies_are_one_line(
 
 
 def test_invalid_id_is_refused_locally(requester: CannedRequester) -> None:
-    line = one_line_error(hivectl(requester.url, "node", "describe", "A.B"))
+    line = one_line_error(hivectl(requester.url, "node", "describe", "A.B"), code=2)
     assert "invalid node id 'A.B'" in line
     assert requester.requests == []
 
@@ -526,3 +578,19 @@ def test_installed_hivectl_as_a_process(requester: CannedRequester) -> None:
     assert refused.stdout == ""
     assert refused.stderr.startswith("Error: cannot reach NATS at nats://127.0.0.1:1")
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("url_of", [lambda canned: canned.url, lambda _: "nats://127.0.0.1:1"])
+def test_list_and_its_errors_in_a_pipe_do_without_rich(
+    requester: CannedRequester, url_of: Callable[[CannedRequester], str]
+) -> None:
+    """rich is for terminals: a table or an error read by a script never imports it."""
+    code = (
+        "import sys; from hivectl.cli import main;"
+        f"sys.argv = ['hivectl', '--nats-url', {url_of(requester)!r}, 'node', 'list'];"
+        "import atexit; atexit.register(lambda: print('rich' in sys.modules, file=sys.stderr));"
+        "main.run()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stderr.splitlines()[-1] == "False", done.stderr
+    assert done.stdout.startswith("ID ") or done.stderr.startswith("Error: cannot reach NATS")

@@ -9,9 +9,11 @@ import yaml
 
 from hivectl.cli.output import (
     age,
+    counted,
     dump_json,
     dump_yaml,
     human_bytes,
+    human_bytes_of,
     human_cpu,
     join_labels,
     plain_lines,
@@ -29,6 +31,16 @@ def test_human_bytes_uses_iec_units() -> None:
     assert human_bytes(int(12.3 * 1024**3)) == "12.3GiB"
     assert human_bytes(2 * 1024**4) == "2.0TiB"
     assert human_bytes(None) == "-"
+    short = [human_bytes(v, short=True) for v in (1023, 1536, int(9.96 * 1024**3), 252 * 1024**3)]
+    assert short == ["1023B", "1.5KiB", "10GiB", "252GiB"]
+
+
+def test_human_bytes_of_writes_a_shared_unit_once() -> None:
+    assert human_bytes_of(int(12.3 * 1024**3), 16 * 1024**3) == "12.3/16.0GiB"
+    assert human_bytes_of(512 * 1024**2, 2 * 1024**3) == "512.0MiB/2.0GiB"
+    assert human_bytes_of(None, 16 * 1024**3) == "-/16.0GiB"
+    assert human_bytes_of(100, 1000) == "100/1000B"
+    assert human_bytes_of(int(40.2 * 1024**3), 64 * 1024**3, short=True) == "40/64GiB"
 
 
 def test_human_cpu() -> None:
@@ -58,6 +70,12 @@ def test_age_picks_one_unit() -> None:
 def test_timestamp() -> None:
     assert timestamp(NOW - timedelta(seconds=3), NOW) == "2025-01-02 03:04:02 UTC (3s ago)"
     assert timestamp(None, NOW) == "-"
+
+
+def test_counted_says_1_node_and_2_nodes() -> None:
+    assert [counted(n, "node") for n in (0, 1, 2)] == ["0 nodes", "1 node", "2 nodes"]
+    assert counted(1, "node agent") == "1 node agent"
+    assert counted(3, "match", "matches") == "3 matches"
 
 
 def test_labels_sorted_and_joined() -> None:
