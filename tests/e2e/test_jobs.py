@@ -83,7 +83,7 @@ def test_a_spec_no_node_can_run_is_refused_at_submit(cluster: Cluster) -> None:
     approved(cluster, "node-1")
     result = cluster.hivectl("job", "submit", "--engine", "process", "--output", "/etc/passwd",
                              "--", "cat", "/etc/passwd", check=False)  # fmt: skip
-    assert (result.returncode, result.stdout) == (1, "")
+    assert (result.returncode, result.stdout) == (2, "")  # refused before anything is sent
     assert result.stderr.strip() == (
         "Error: invalid job spec: outputs.0: '/etc/passwd' must be a relative path inside "
         "the job's work dir, like 'out'"

@@ -62,9 +62,10 @@ def test_quickstart_as_written(checkout: Path, tmp_path: Path) -> None:
     try:
         stack.wait_for("Press Ctrl-C", INSTALL_AND_START)
         # The node list devstack printed: the requester and three HEALTHY agents.
-        listed = [line.split() for line in stack.output.splitlines() if "Compute" in line]
+        rows = [line.split() for line in stack.output.splitlines()]
+        listed = [row for row in rows if row and row[0].startswith("node-")]
         assert sorted(row[0] for row in listed) == ["node-1", "node-2", "node-3"]
-        assert all(row[2:4] == ["APPROVED", "HEALTHY"] for row in listed), stack.output
+        assert all(row[1:3] == ["APPROVED", "HEALTHY"] for row in listed), stack.output
         stack_dir = Path(stack.output.split("State and logs: ")[1].split()[0])
 
         # Another shell, same HOME: no flags, no exports.
