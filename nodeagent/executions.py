@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +64,7 @@ class Run:
     logs: LogBatcher
     task: asyncio.Task[None] | None = None
     cancel_reason: str = ""
+    started: float = field(default_factory=time.monotonic)  # when this agent took it on
 
 
 class Executions:
@@ -86,7 +88,7 @@ class Executions:
         if cfg.executors.docker.enabled:
             self.executors["docker"] = DockerExecutor(cfg.executors.docker, node_id)
         if cfg.executors.process.enabled:
-            self.executors["process"] = ProcessExecutor(cfg.resolved_work_dir)
+            self.executors["process"] = ProcessExecutor(cfg.resolved_work_dir, node_id)
         # Enabled executors that cannot run jobs now, with why (the agent's latest info).
         self.unavailable: dict[str, str] = {}
         self.runs: dict[str, Run] = {}
@@ -148,14 +150,43 @@ class Executions:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    def cancel(self, exec_id: str, reason: str) -> bool:
+    def cancel(self, exec_id: str, reason: str, *, at_once: bool = False) -> bool:
+        """Stop one execution; `at_once`: no grace between SIGTERM and SIGKILL."""
         run = self.runs.get(exec_id)
         if run is None:
             return False
+        if at_once:
+            run.job.kill_grace = 0.0
         if not run.job.cancel.is_set():
             run.cancel_reason = reason
             run.job.cancel.set()
         return True
+
+    def held(self) -> list[str]:
+        """The executions this node holds: running, or ended with the report still to go."""
+        return list(self.ledger.held)
+
+    def stop_stale(self, exec_ids: list[str]) -> None:
+        """The requester has these active elsewhere or not at all: stop any still running."""
+        for exec_id in exec_ids:
+            if self.cancel(exec_id, "the requester has no active record of it on this node"):
+                log.warning(
+                    "stopping execution %s: the requester wrote it off or placed it elsewhere",
+                    exec_id,
+                    extra=self._fields(None, exec_id),
+                )
+
+    def fence(self, reason: str, before: float) -> int:
+        """Stop at once every execution taken on before monotonic time `before` (the
+        node was cut off since then); how many."""
+        running = [
+            exec_id
+            for exec_id, run in self.runs.items()
+            if run.started < before and not run.job.cancel.is_set()
+        ]
+        for exec_id in running:
+            self.cancel(exec_id, reason, at_once=True)
+        return len(running)
 
     async def _unsubscribe(self) -> None:
         subs, self._subs = self._subs, []
@@ -364,6 +395,9 @@ class Executions:
     # -- after a restart -----------------------------------------------------------------
     async def _recover(self) -> None:
         await asyncio.to_thread(_prune_archives, self.results_dir, set(self.ledger.held))
+        process = self.executors.get("process")
+        if isinstance(process, ProcessExecutor):
+            await process.kill_orphans(set(self.ledger.held))
         docker = self.executors.get("docker")
         containers: dict[str, str] = {}
         # An engine known to be down was reported already; asking it again only fails.
@@ -399,19 +433,21 @@ class Executions:
         process = self.executors.get("process")
         if held.engine == "process" and isinstance(process, ProcessExecutor):
             await process.clean_up_after_crash(held.exec_id, held.handle, held.started)
-        error = "lost while the agent was down"
-        self.ledger.finish(held.exec_id, ExecState.FAILED.value, None, error)
+        # Nothing was wrong with the work: the agent went away under it. CANCELLED (as
+        # when the agent stops it on shutdown), so it is placed again without a retry.
+        error = "the agent restarted while it ran"
+        self.ledger.finish(held.exec_id, ExecState.CANCELLED.value, None, error)
         self._forget(held.exec_id)
         await self.publisher.eof(held.job_id, held.exec_id, NEVER_RAN)
-        self.ended[ExecState.FAILED.value] += 1
+        self.ended[ExecState.CANCELLED.value] += 1
         log.info(
             "execution %s %s %s",
             held.exec_id,
-            ExecState.FAILED,
+            ExecState.CANCELLED,
             error,
             extra=self._fields(held.job_id, held.exec_id),
         )
-        await self._report(held.exec_id, held.job_id, ExecState.FAILED, None, error)
+        await self._report(held.exec_id, held.job_id, ExecState.CANCELLED, None, error)
 
     async def _report_again(self, held: Held) -> None:
         """An execution that ended before the agent stopped, its report not yet out."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from nats.aio.client import Client
 
@@ -29,6 +30,18 @@ from nodeagent.protocol import UNAUTHENTICATED, LocalNode
 log = logging.getLogger("hive.nodeagent")
 
 
+@dataclass(frozen=True)
+class Reports:
+    """What info updates carry about executions, and what to do with the answer."""
+
+    held: Callable[[], list[str]]  # the executions this node holds now
+    next_seq: Callable[[], int]
+    stop: Callable[[list[str]], None]  # the requester has these active elsewhere, or not at all
+
+    def now(self) -> tuple[list[str], int]:
+        return self.held(), self.next_seq()
+
+
 class Membership:
     """The join / info state machine of one agent. Exchanges raise protocol.Unreachable."""
 
@@ -38,6 +51,7 @@ class Membership:
         local: LocalNode,
         on_admitted: Callable[[], Awaitable[None]],
         request_timeout: float,
+        reports: Reports | None = None,
     ) -> None:
         self.cfg = cfg
         self.local = local
@@ -52,6 +66,10 @@ class Membership:
         self.register_refusals = 0
         self.info_updates_sent = 0
         self._on_admitted = on_admitted  # first heartbeat and resources, at once
+        self._reports = reports
+        # After this long without our heartbeats the requester writes our work off (0:
+        # it has not said); the agent stops that work itself before then.
+        self.lost_after = 0.0
         self._rejoin_key = self._sentinel_key()  # dropped once the requester says no
         # What `hivectl node describe` shows: an operator compares the two before approving.
         self.fingerprint = auth.fingerprint(local.identity.public_key)
@@ -96,6 +114,7 @@ class Membership:
             self._refused(reply)
             return self.interval
         self.registrations += 1
+        self.lost_after = reply.lost_after
         self.key = identity.message_key(reply.requester_key)
         sentinel = protocol.sentinel_for(reply, self.subjects)
         await asyncio.to_thread(write_sentinel, self.cfg.state_dir, sentinel)
@@ -198,10 +217,15 @@ class Membership:
         self.approval = approval
 
     async def _send_info(self, nc: Client, info: NodeInfo, key: bytes) -> InfoReply | ErrorReply:
+        held, seq = (None, 0) if self._reports is None else self._reports.now()
         reply = await protocol.info(
-            nc, self.subjects, self.node_id, info, key, self.request_timeout
+            nc, self.subjects, self.node_id, info, key, self.request_timeout, held, seq
         )
         self.info_updates_sent += 1
+        if isinstance(reply, InfoReply) and reply.known:
+            self.lost_after = reply.lost_after
+            if reply.stale and self._reports is not None:
+                self._reports.stop(reply.stale)
         return reply
 
     def _sentinel_key(self) -> bytes | None:

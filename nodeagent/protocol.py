@@ -98,9 +98,13 @@ async def info(
     node_info: NodeInfo,
     key: bytes,
     timeout: float,
+    executions: list[str] | None = None,
+    seq: int = 0,
 ) -> InfoReply | ErrorReply:
-    """One sealed info update; the reply says whether the requester still knows this node."""
-    data = sealed(InfoUpdate(node_id=node_id, info=node_info), key)
+    """One sealed info update; the reply says whether the requester still knows this node
+    (and, given the executions the node holds, which of them to stop)."""
+    update = InfoUpdate(node_id=node_id, info=node_info, executions=executions, seq=seq)
+    data = sealed(update, key)
     reply = await _request(nc, subjects.node_info(node_id), data, timeout)
     return _narrow(codec.decode(reply, (InfoReply, ErrorReply)), InfoReply)
 

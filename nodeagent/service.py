@@ -24,11 +24,19 @@ from hivectl.core import auth, bus, codec
 from hivectl.core.config import NodeAgentConfig
 from hivectl.core.daemon import Status, install_signal_handlers, sd_notify, until_stopped
 from hivectl.core.metrics import MetricsServer
-from hivectl.core.models import Heartbeat, Leave, Message, NodeInfo, ResourceUpdate
+from hivectl.core.models import (
+    Heartbeat,
+    Leave,
+    Message,
+    NodeInfo,
+    ResourceUpdate,
+    build_models,
+)
 from hivectl.core.subjects import Subjects
 from nodeagent.capacity import Ledger
 from nodeagent.executions import Executions
-from nodeagent.membership import Membership
+from nodeagent.fencing import Fence
+from nodeagent.membership import Membership, Reports
 from nodeagent.metrics import serve_metrics
 from nodeagent.protocol import AUTH_HINT, LocalNode, Unreachable, sealed
 from nodeagent.resources import collect_info, collect_resources
@@ -83,6 +91,7 @@ class NodeAgent:
         self.metrics_port: int | None = None
         self._metrics: MetricsServer | None = None
         self._info: NodeInfo | None = None
+        self.fence = Fence(lambda reason, before: 0)  # the real one once executions exist
         self._first_delay = 0.0
         self._unreachable_logged = False
         self._loops_done = asyncio.Event()
@@ -122,6 +131,7 @@ class NodeAgent:
         if self.status is not Status.INIT:
             return
         self.status = Status.STARTING
+        build_models()  # before any thread (info collection, Docker) can race to
         try:
             started = await until_stopped(self.stop_event, self._start())
         except BaseException:
@@ -141,14 +151,16 @@ class NodeAgent:
         self.local = local = await asyncio.to_thread(LocalNode.load, self.cfg)
         self.node_id = local.node_id
         self._info = await self._collect_info()
-        self.membership = Membership(self.cfg, local, self._announce, self.request_timeout)
         self.ledger = await asyncio.to_thread(
             Ledger.load, self.cfg.state_dir, self._info.allocatable
         )
-        self.executions = Executions(
+        self.executions = executions = Executions(
             self.cfg, self.node_id, self.ledger, self._message_key, self._next_seq
         )
-        self.executions.unavailable = self._info.unavailable
+        executions.unavailable = self._info.unavailable
+        self.fence = Fence(executions.fence)
+        reports = Reports(executions.held, self._next_seq, executions.stop_stale)
+        self.membership = Membership(self.cfg, local, self._announce, self.request_timeout, reports)
         if self.cfg.metrics.enabled:
             self._metrics = await asyncio.to_thread(serve_metrics, self, self.cfg.metrics)
             self.metrics_port = self._metrics.port
@@ -169,6 +181,7 @@ class NodeAgent:
                     tg.create_task(self._info_loop(), name=f"{self.node_id}:info"),
                     tg.create_task(self._resource_loop(), name=f"{self.node_id}:resources"),
                     tg.create_task(self._heartbeat_loop(), name=f"{self.node_id}:heartbeat"),
+                    tg.create_task(self._fence_loop(), name=f"{self.node_id}:fence"),
                 ]
                 await self.stop_event.wait()
                 # Cut an in-flight request short: everything the loops send is idempotent.
@@ -239,6 +252,10 @@ class NodeAgent:
             if self.active:
                 await self._guarded("heartbeat", self._send_heartbeat)
 
+    async def _fence_loop(self) -> None:
+        while await self._wait(self.fence.check_every):
+            self.fence.check()
+
     async def _wait(self, seconds: float) -> bool:
         """Wait `seconds` or until stopped; True while the agent should keep going."""
         return not await _wait_event(self.stop_event, max(seconds, MIN_INTERVAL))
@@ -250,7 +267,11 @@ class NodeAgent:
             self._info = await self._collect_info()
             if self.executions is not None:
                 self.executions.unavailable = self._info.unavailable
+            sent = time.monotonic()
             delay = await self.membership.step(self.nc, self._info)
+            if self.membership.active:  # the requester answered: contact, and its terms
+                self.fence.lost_after = self.membership.lost_after
+                self.fence.contact(sent)
             if self.ledger is not None:
                 self.ledger.allocatable = self._info.allocatable
             await self._sync_executions()
@@ -312,9 +333,16 @@ class NodeAgent:
         await self._guarded("resource update", self._send_resources)
 
     async def _send_heartbeat(self) -> None:
+        assert self.nc is not None
         message = Heartbeat(node_id=self.node_id, seq=self._next_seq())
+        sent = time.monotonic()
         await self._publish(self.subjects.node_heartbeat(self.node_id), message)
         self.heartbeats_sent += 1
+        try:
+            await self.nc.flush(timeout=FLUSH_TIMEOUT)  # the server has it: contact proved
+        except (NatsError, TimeoutError):
+            return  # cut off: the fence loop counts the silence (said once it acts)
+        self.fence.contact(sent)
 
     async def _send_resources(self) -> None:
         assert self._info is not None

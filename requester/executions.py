@@ -181,6 +181,18 @@ def mark_lost(job: Job, node_id: str) -> Job | None:
     return settle(job)
 
 
+def mark_gone(job: Job, exec_ids: frozenset[str], reason: str) -> Job | None:
+    """These executions are not on their node (it lost them: a crash, lost state): they
+    end CANCELLED as stopped by the node, so the work is placed again without a retry."""
+    now, error = utcnow(), f"{STOPPED_BY_NODE}{reason}"
+    if job.state in JOB_TERMINAL:
+        return None
+    gone = [e for e in job.executions if e.exec_id in exec_ids and e.state in ACTIVE]
+    for execution in gone:
+        job = with_exec(job, advance(execution, ES.CANCELLED, now, error=error) or execution)
+    return settle(job) if gone else None
+
+
 # -- the consumer -----------------------------------------------------------------------
 CancelSink = Callable[[list[Execution], str], None]
 

@@ -60,8 +60,17 @@ class JobStore:
         self._subjects = subjects
         self._on_cancel = on_cancel
         self._view: KvView[Job] = KvView(
-            subjects.jobs_bucket, Job, noun="job", error=JobError, attempts=CAS_ATTEMPTS
+            subjects.jobs_bucket,
+            Job,
+            noun="job",
+            error=JobError,
+            attempts=CAS_ATTEMPTS,
+            on_set=self._index,
         )
+        # node id -> {exec id: job id} of the executions active there, and what each job
+        # put in it, so "what runs on node X" costs no scan of every job.
+        self._active: dict[str, dict[str, str]] = {}
+        self._indexed: dict[str, list[tuple[str, str]]] = {}
 
     async def start(self, js: JetStreamContext) -> None:
         """Open (or create) the bucket and load every job before serving."""
@@ -79,6 +88,25 @@ class JobStore:
 
     def __len__(self) -> int:
         return len(self._view)
+
+    def active_on(self, node_id: str) -> dict[str, str]:
+        """{exec id: job id} of the executions active on `node_id`, as stored now."""
+        return dict(self._active.get(node_id, {}))
+
+    def _index(self, job_id: str, job: Job | None) -> None:
+        for node_id, exec_id in self._indexed.pop(job_id, ()):
+            held = self._active.get(node_id)
+            if held is not None:
+                held.pop(exec_id, None)
+                if not held:
+                    del self._active[node_id]
+        if job is None:
+            return
+        entries = [(e.node_id, e.exec_id) for e in job.executions if e.state in ACTIVE]
+        for node_id, exec_id in entries:
+            self._active.setdefault(node_id, {})[exec_id] = job_id
+        if entries:
+            self._indexed[job_id] = entries
 
     def resolve(self, prefix: str) -> Job:
         """The one job whose id equals, or else starts with, `prefix`."""

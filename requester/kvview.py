@@ -39,7 +39,8 @@ class KvView(Generic[M]):
     """`noun` names the values in errors ("node", "job"); `error` is the Refusal raised.
 
     `on_drop(key)` runs when a value leaves memory or is replaced by someone else's
-    write, so an owner can drop what it derived from the old value.
+    write, so an owner can drop what it derived from the old value. `on_set(key, value)`
+    sees every value memory takes in (None when the key goes), for an owner's indexes.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class KvView(Generic[M]):
         noun: str,
         error: type[Refusal] = Refusal,
         on_drop: Callable[[str], None] | None = None,
+        on_set: Callable[[str, M | None], None] | None = None,
         attempts: int = CAS_ATTEMPTS,
     ) -> None:
         self.bucket = bucket
@@ -57,6 +59,7 @@ class KvView(Generic[M]):
         self._noun = noun
         self._error = error
         self._on_drop = on_drop or (lambda key: None)
+        self._on_set = on_set or (lambda key, value: None)  # every value taken in, or None
         self._attempts = attempts
         self._entries: dict[str, Entry[M]] = {}
         self._sorted: list[str] | None = None  # sorted keys, until a key comes or goes
@@ -115,11 +118,13 @@ class KvView(Generic[M]):
         if key not in self._entries:
             self._sorted = None
         self._entries[key] = entry
+        self._on_set(key, entry.value)
 
     def forget(self, key: str) -> None:
         if self._entries.pop(key, None) is not None:
             self._sorted = None
         self._on_drop(key)
+        self._on_set(key, None)
 
     # -- reads --------------------------------------------------------------------------
     def get(self, key: str) -> M | None:

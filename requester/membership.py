@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TypeVar
 
 from nats.aio.msg import Msg
@@ -37,6 +38,8 @@ from requester.registry import Registry, RegistryError
 log = logging.getLogger("hive.requester.membership")
 M = TypeVar("M", bound=Message)
 S = TypeVar("S", Heartbeat, ResourceUpdate, Leave)  # the sequenced messages nodes publish
+# (node id, the executions it reports holding) -> those it should stop
+Reconcile = Callable[[str, list[str]], list[str]]
 
 
 class Membership:
@@ -51,6 +54,8 @@ class Membership:
         requester_id: str,
         auto_approve: bool,
         limits: codec.Limits,
+        lost_after: float = 0.0,
+        reconcile: Reconcile | None = None,
     ) -> None:
         self._subjects = subjects
         self._registry = registry
@@ -60,6 +65,8 @@ class Membership:
         self._requester_id = requester_id
         self._auto_approve = auto_approve
         self._limits = limits
+        self._lost_after = lost_after
+        self._reconcile = reconcile
         self._seq: dict[tuple[str, str], int] = {}
         self._drops = Drops(subjects, log, "message")
         self.received: Counter[str] = Counter()
@@ -93,6 +100,8 @@ class Membership:
             return
         try:
             update = self._open(msg, InfoUpdate)
+            if update.executions is not None:
+                self._check_seq(node_id, "info", update.seq)
             record = await self._registry.update_info(update.node_id, update.info)
         except Dropped as drop:
             self._drop(msg.subject, drop)
@@ -102,7 +111,13 @@ class Membership:
             await self._reply(msg, ErrorReply(code=exc.code, reason=exc.reason))
             return
         self.received["info"] += 1
-        await self._reply(msg, InfoReply(known=True, approval=record.approval))
+        stale: list[str] = []
+        if update.executions is not None and self._reconcile is not None:
+            stale = self._reconcile(node_id, update.executions)
+        reply = InfoReply(
+            known=True, approval=record.approval, lost_after=self._lost_after, stale=stale
+        )
+        await self._reply(msg, reply)
 
     async def on_register(self, msg: Msg) -> None:
         try:
@@ -124,6 +139,7 @@ class Membership:
             approval=record.approval,
             requester_key=self._identity.public_key,
             cluster=self._cluster,
+            lost_after=self._lost_after,
         )
         await self._reply(msg, reply)
 
@@ -182,7 +198,7 @@ class Membership:
 
     def forget(self, node_id: str) -> None:
         """A deleted node starts afresh if it registers again."""
-        for kind in ("heartbeat", "resources", "leave"):
+        for kind in ("heartbeat", "resources", "leave", "info"):
             self._seq.pop((node_id, kind), None)
 
     async def _reply(self, msg: Msg, message: Message) -> None:

@@ -39,6 +39,7 @@ from requester.executions import (
     advance,
     failures,
     finish,
+    mark_gone,
     mark_lost,
     missing,
     settle,
@@ -86,6 +87,7 @@ class Scheduler:
         self._parallel = max(1, parallel)
         self._wanted: dict[str, None] = {}  # ordered set: first kicked, first placed
         self._node_changes: list[tuple[str, bool]] = []  # (node, lost?)
+        self._gone: list[tuple[str, dict[str, str]]] = []  # (node, {exec: job}) it lacks
         self._cancelled_lost: set[str] = set()
         self._inflight: set[str] = set()  # executions whose offers await an answer
         self._busy: set[str] = set()  # jobs being placed now
@@ -115,6 +117,12 @@ class Scheduler:
 
     def node_back(self, node_id: str) -> None:
         self._node_changes.append((node_id, False))
+        self._wake.set()
+        self._progress.set()
+
+    def executions_gone(self, node_id: str, gone: dict[str, str]) -> None:
+        """`node_id` does not hold these executions ({exec id: job id}) any more."""
+        self._gone.append((node_id, gone))
         self._wake.set()
         self._progress.set()
 
@@ -162,6 +170,9 @@ class Scheduler:
                 placing.create_task(self._place(job_id, ledger), name=f"place-{job_id}")
 
     async def _node_changes_now(self) -> None:
+        while self._gone:
+            node_id, gone = self._gone.pop(0)
+            await self._drop_gone(node_id, gone)
         while self._node_changes:
             node_id, lost = self._node_changes.pop(0)
             try:
@@ -341,6 +352,21 @@ class Scheduler:
                 after = await self._store.change(job.job_id, lambda j: mark_lost(j, node_id))
                 if after is not None and missing(after)[0]:
                     self._wanted.setdefault(job.job_id, None)
+
+    async def _drop_gone(self, node_id: str, gone: dict[str, str]) -> None:
+        by_job: dict[str, set[str]] = {}
+        for exec_id, job_id in gone.items():
+            by_job.setdefault(job_id, set()).add(exec_id)
+        reason = f"node {node_id} does not hold it (the node restarted or lost its state)"
+        for job_id, exec_ids in by_job.items():
+            try:
+                change = functools.partial(mark_gone, exec_ids=frozenset(exec_ids), reason=reason)
+                after = await self._store.change(job_id, change)
+            except Exception:  # one job's trouble must not keep the others from moving
+                log.exception("writing off executions of %s failed", job_id)
+                continue
+            if after is not None and missing(after)[0]:
+                self._wanted.setdefault(job_id, None)
 
     async def _welcome(self, node_id: str) -> None:
         """A lost node is back: it must stop what was re-placed elsewhere."""

@@ -22,7 +22,7 @@ from hivectl.core.config import RequesterConfig
 from hivectl.core.daemon import Status, sd_notify, until_stopped
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.metrics import MetricsServer
-from hivectl.core.models import Health, NodeEvent
+from hivectl.core.models import Health, NodeEvent, build_models
 from hivectl.core.subjects import Subjects
 from requester.api import NodeApi
 from requester.events import Events
@@ -33,6 +33,7 @@ from requester.membership import Membership
 from requester.metrics import serve_metrics
 from requester.nodelink import NodeLink
 from requester.ownnats import OwnNats
+from requester.reconcile import Reconciler
 from requester.registry import Registry
 from requester.scheduler import Scheduler
 from requester.streams import ensure_job_streams
@@ -73,6 +74,7 @@ class Requester:
         self.scheduler: Scheduler | None = None
         self.job_api: JobApi | None = None
         self.exec_consumer: ExecConsumer | None = None
+        self.reconciler: Reconciler | None = None
         self.own_nats = OwnNats(config, self.subjects, on_crash=self.stopping.set)
 
     @property
@@ -107,6 +109,7 @@ class Requester:
         sd_notify(f"READY=1\nSTATUS=serving on {self.nats_url}, {len(self.registry)} nodes known")
 
     async def _start(self) -> None:
+        build_models()  # before any thread (metrics, key derivation) can race to
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.identity = Identity.load_or_create(cfg.data_dir / "requester.seed")
@@ -165,6 +168,8 @@ class Requester:
             requester_id=cfg.name,
             auto_approve=cfg.auto_approve,
             limits=limits,
+            lost_after=cfg.disconnected_after,
+            reconcile=self._reconcile,
         )
         self.node_api = NodeApi(
             self.registry,
@@ -197,6 +202,7 @@ class Requester:
         self.job_api = JobApi(
             self.jobs, kick=self.scheduler.kick, max_payload=self._max_payload(), limits=limits
         )
+        self.reconciler = Reconciler(self.jobs, self.scheduler.executions_gone)
         self.exec_consumer = ExecConsumer(
             self.subjects,
             self.registry,
@@ -332,10 +338,15 @@ class Requester:
             os.getpid(),
         )
 
+    def _reconcile(self, node_id: str, held: list[str]) -> list[str]:
+        return [] if self.reconciler is None else self.reconciler.check(node_id, held)
+
     def _forget_node(self, node_id: str) -> None:
         self.liveness.forget(node_id)
         if self.membership is not None:
             self.membership.forget(node_id)
+        if self.reconciler is not None:
+            self.reconciler.forget(node_id)
 
     async def _node_event(self, event: NodeEvent) -> None:
         if self.events is not None:

@@ -28,6 +28,7 @@ from hivectl.core.jobspec import (
     parse_cpu,
 )
 from hivectl.core.models import (
+    ExecId,
     Message,
     Model,
     NodeId,
@@ -51,7 +52,6 @@ __all__ = [
 
 JOB_ID_PATTERN = r"^j-[0-9a-f]{16}$"
 JobId = Annotated[str, StringConstraints(strict=True, pattern=JOB_ID_PATTERN)]
-ExecId = Annotated[str, StringConstraints(strict=True, pattern=r"^e-[0-9a-f]{16}$")]
 
 
 def new_job_id() -> str:

@@ -27,6 +27,9 @@ Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=64)]
 ShortText = Annotated[str, StringConstraints(strict=True, max_length=256)]
 Reason = Annotated[str, StringConstraints(strict=True, max_length=1024)]
 PublicKey = Annotated[str, StringConstraints(strict=True, pattern=r"^U[A-Z2-7]{55}$")]
+ExecId = Annotated[str, StringConstraints(strict=True, pattern=r"^e-[0-9a-f]{16}$")]
+# The executions one node holds, as it reports them (a node runs hundreds, not thousands).
+MAX_HELD = 4096
 NonNegInt = Annotated[int, Strict(), Field(ge=0, le=2**62)]
 NonNegFloat = Annotated[float, Strict(), Field(ge=0, le=1e12, allow_inf_nan=False)]
 
@@ -162,18 +165,30 @@ class RegisterReply(Message):
     approval: Approval
     requester_key: PublicKey  # the node derives its message key from this
     cluster: ShortText = ""
+    # Seconds without a heartbeat after which the requester writes the node's work off
+    # (LOST) and places it again: the node stops that work itself before then (0: the
+    # requester does not say, and the node fences nothing).
+    lost_after: NonNegFloat = 0.0
 
 
 class InfoUpdate(Message):
     kind: ClassVar[str] = "info"
     node_id: NodeId
     info: NodeInfo
+    seq: NonNegInt = 0  # moves forward when `executions` is sent: a replay says nothing
+    # The executions the node holds (running, or ended with the report still to go
+    # out), so the requester can compare them with its own records; None: not said.
+    executions: Annotated[list[ExecId], Field(max_length=MAX_HELD)] | None = None
 
 
 class InfoReply(Message):
     kind: ClassVar[str] = "info_reply"
     known: Annotated[bool, Strict()]
     approval: Approval | None = None
+    lost_after: NonNegFloat = 0.0  # as in RegisterReply
+    # Executions the node reported that the requester has no active record of on it
+    # (written off, re-placed, finished or unknown): the node stops them.
+    stale: Annotated[list[ExecId], Field(max_length=MAX_HELD)] = Field(default_factory=list)
 
 
 class ResourceUpdate(Message):
@@ -249,3 +264,24 @@ def register_messages(*models: type[Message]) -> None:
         if model.kind in MESSAGES and MESSAGES[model.kind] is not model:
             raise ValueError(f"duplicate message kind {model.kind!r}")
         MESSAGES[model.kind] = model
+
+
+def build_models() -> int:
+    """Build every model's validator now; how many were built.
+
+    For the daemons, once at start, before any thread runs: models are built on first
+    use (see `Model`), and two threads that first use related models at once can race
+    in pydantic's schema building (a model then reads as "not fully defined"). The CLI,
+    one thread, keeps building only what a command needs.
+    """
+    import hivectl.core.api
+    import hivectl.core.jobs  # noqa: F401  (every wire model is defined once imported)
+
+    built, pending = 0, list(Model.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        if not model.__pydantic_complete__:
+            model.model_rebuild()
+            built += 1
+    return built

@@ -39,6 +39,7 @@ class JobRun:
     log: Callable[[str, bytes], Coroutine[Any, Any, None]]  # ("stdout" | "stderr", chunk)
     set_handle: Callable[[str], None]
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    kill_grace: float = KILL_GRACE  # between SIGTERM and SIGKILL; 0 when fenced
     results_file: Path = Path("results.tar.gz")  # where the outputs' archive goes
     max_output_bytes: int = 0  # the node's cap on a job's outputs; 0: none
 

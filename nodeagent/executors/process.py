@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 from hivectl.core.jobs import ExecState, JobSpec
-from nodeagent.executors import KILL_GRACE, ExecutorError, JobRun, Outcome, TarBuilder, watch
+from nodeagent.executors import ExecutorError, JobRun, Outcome, TarBuilder, watch
 
 log = logging.getLogger("hive.nodeagent")
 
@@ -42,8 +42,9 @@ ORPHAN_WINDOW = 60.0  # seconds from admission within which a job's process has 
 class ProcessExecutor:
     engine = "process"
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, node_id: str = "") -> None:
         self.work_dir = work_dir
+        self.node_id = node_id
 
     def refusal(self, spec: JobSpec) -> str | None:
         # What a process job may ask for (no GPUs, paths inside its work dir) is the
@@ -58,6 +59,16 @@ class ProcessExecutor:
         if killed:
             log.info("killed the processes execution %s left running", exec_id)
         await asyncio.to_thread(shutil.rmtree, self.work_dir / exec_id, True)
+
+    async def kill_orphans(self, held: set[str]) -> list[str]:
+        """Kill the process jobs of this node that no ledger entry holds (the agent died
+        and its ledger was lost or damaged), and remove their work dirs; their ids."""
+        found = await asyncio.to_thread(_orphans, self.node_id, held)
+        for exec_id, pgid in found.items():
+            log.warning("killing execution %s: it runs here but no record holds it", exec_id)
+            _killpg(pgid, signal.SIGKILL)
+        await asyncio.to_thread(_remove_dirs, self.work_dir, held)
+        return sorted(found)
 
     async def run(self, job: JobRun) -> Outcome:
         await job.state(ExecState.STARTING)
@@ -80,6 +91,10 @@ class ProcessExecutor:
 
     async def _spawn(self, job: JobRun, root: Path, cwd: Path) -> asyncio.subprocess.Process:
         env = {"PATH": PATH, "HOME": str(root), "LANG": "C.UTF-8", **job.spec.env}
+        # Ours last, so a spec cannot set them: they also let a restarted agent that
+        # lost its ledger find the job's processes (see kill_orphans).
+        env |= {"HIVE_NODE_ID": self.node_id, "HIVE_JOB_ID": job.job_id}
+        env["HIVE_EXEC_ID"] = job.exec_id
         try:
             return await asyncio.create_subprocess_exec(
                 *job.spec.command,
@@ -102,7 +117,7 @@ class ProcessExecutor:
         ]
         done: asyncio.Future[int] = asyncio.ensure_future(proc.wait())
         try:
-            outcome = await watch(done, job, lambda: _terminate(proc))
+            outcome = await watch(done, job, lambda: _terminate(proc, job.kill_grace))
         finally:
             _killpg(proc.pid, signal.SIGKILL)  # whatever the job left behind
             _, pending = await asyncio.wait(readers, timeout=READ_DRAIN)
@@ -143,11 +158,12 @@ async def _pump(stream: asyncio.StreamReader, name: str, job: JobRun) -> None:
         await job.log(name, chunk)
 
 
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM to the process group, SIGKILL after KILL_GRACE if the leader lives on."""
-    _killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_GRACE)
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM to the process group, SIGKILL after `grace` if the leader lives on."""
+    if grace > 0:
+        _killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
     _killpg(proc.pid, signal.SIGKILL)
 
 
@@ -169,6 +185,28 @@ def _kill_orphan(handle: str, admitted: str) -> bool:
         return False
     _killpg(pid, signal.SIGKILL)
     return True
+
+
+def _orphans(node_id: str, held: set[str]) -> dict[str, int]:
+    """{exec id: process group} of running jobs of `node_id` that `held` lacks."""
+    found: dict[str, int] = {}
+    for proc in psutil.process_iter(["environ"]):
+        env = proc.info.get("environ") or {}
+        exec_id = env.get("HIVE_EXEC_ID")
+        if env.get("HIVE_NODE_ID") != node_id or not exec_id or exec_id in held:
+            continue
+        with contextlib.suppress(OSError, psutil.Error):
+            found.setdefault(exec_id, os.getpgid(proc.pid))
+    return found
+
+
+def _remove_dirs(work_dir: Path, held: set[str]) -> None:
+    """Work dirs of executions nobody holds (`.results` and other dot dirs stay)."""
+    if not work_dir.is_dir():
+        return
+    for entry in work_dir.iterdir():
+        if entry.is_dir() and entry.name.startswith("e-") and entry.name not in held:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _killpg(pgid: int, sig: int) -> None:

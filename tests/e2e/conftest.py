@@ -84,8 +84,10 @@ class Cluster:
         *labels: str,
         docker_host: str | None = None,
         extra_env: dict[str, str] | None = None,
+        url: str | None = None,
     ) -> None:
-        args = ["nodeagent", "run", "--nats-url", self.url, "--name", name,
+        """A node agent; `url`: another way to the NATS server (a proxy, say)."""
+        args = ["nodeagent", "run", "--nats-url", url or self.url, "--name", name,
                 "--state-dir", str(self.base / name)]  # fmt: skip
         for label in labels:
             args += ["--label", label]

@@ -216,12 +216,41 @@ async def test_a_restarted_agent_kills_the_process_job_it_lost_and_reports_it(
     try:
         manager = await manager_factory(work_dir=tmp_path / "work")
         updates = await jobs.final(exec_id)
-        assert (updates[-1].state, updates[-1].error) == ("FAILED", "lost while the agent was down")
+        # CANCELLED, not FAILED: nothing was wrong with the work, so it is placed again
+        # without using a retry.
+        final = (updates[-1].state, updates[-1].error)
+        assert final == ("CANCELLED", "the agent restarted while it ran")
         assert await asyncio.to_thread(job.wait, 5) == -9  # SIGKILL to its process group
         assert not (tmp_path / "work" / exec_id).exists()
         assert manager.ledger.available == FULL
     finally:
         job.kill()
+
+
+def _sleeper(node_id: str, exec_id: str) -> subprocess.Popen[bytes]:
+    """A process job as the process executor starts them (its own session, our env)."""
+    env = {"PATH": "/usr/bin:/bin", "HIVE_NODE_ID": node_id, "HIVE_EXEC_ID": exec_id}
+    return subprocess.Popen(["sleep", "60"], start_new_session=True, env=env)
+
+
+async def test_a_job_no_ledger_holds_is_killed_by_its_environment(
+    manager_factory: Any, tmp_path: Path
+) -> None:
+    """The ledger was lost or damaged: the job's process still says whose it is."""
+    exec_id = new_exec_id()
+    job, other = _sleeper(NODE, exec_id), _sleeper("another-node", exec_id)
+    (tmp_path / "work" / exec_id).mkdir(parents=True)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "executions.json").write_text("{not json")
+    try:
+        await manager_factory(work_dir=tmp_path / "work")
+        assert await asyncio.to_thread(job.wait, 5) == -9
+        assert not (tmp_path / "work" / exec_id).exists()
+        assert other.poll() is None  # not this node's
+    finally:
+        for proc in (job, other):
+            proc.kill()
+            proc.wait()
 
 
 async def test_a_pid_that_names_a_newer_process_is_left_alone(
@@ -232,7 +261,7 @@ async def test_a_pid_that_names_a_newer_process_is_left_alone(
     job, exec_id = _orphan(tmp_path, admitted="2020-01-01T00:00:00+00:00")
     try:
         await manager_factory(work_dir=tmp_path / "work")
-        assert (await jobs.final(exec_id))[-1].state == "FAILED"
+        assert (await jobs.final(exec_id))[-1].state == "CANCELLED"
         assert job.poll() is None  # still running
     finally:
         job.kill()
