@@ -92,6 +92,7 @@ class Executions:
         # Enabled executors that cannot run jobs now, with why (the agent's latest info).
         self.unavailable: dict[str, str] = {}
         self.runs: dict[str, Run] = {}
+        self.epoch_seen = 0  # the newest leader's epoch among offers and cancels received
         self.finished: OrderedDict[str, None] = OrderedDict()
         self.accepted = 0
         self.rejected = 0
@@ -275,6 +276,11 @@ class Executions:
             return exc.reply()
         if getattr(message, "node_id", None) != self.node_id:
             return ErrorReply(code="wrong_node", reason=f"this is node {self.node_id}")
+        epoch = int(getattr(message, "epoch", 0))
+        if epoch < self.epoch_seen:  # a leader that lost the lead and has not noticed
+            reason = f"from leader epoch {epoch}; this node has seen epoch {self.epoch_seen}"
+            return ErrorReply(code="stale_epoch", reason=reason)
+        self.epoch_seen = epoch
         return message
 
     def _unrunnable(self, data: bytes) -> OfferReply | None:

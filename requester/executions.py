@@ -38,7 +38,7 @@ from requester.registry import Registry
 from requester.streams import EXEC_CONSUMER
 
 if TYPE_CHECKING:
-    from requester.jobs import JobStore
+    from requester.jobs import FencedJobs
 
 log = logging.getLogger("hive.requester.executions")
 ES = ExecState
@@ -204,7 +204,7 @@ class ExecConsumer:
         self,
         subjects: Subjects,
         registry: Registry,
-        store: JobStore,
+        store: FencedJobs,
         *,
         kick: Callable[[str], None],
         cancel: CancelSink,

@@ -54,6 +54,41 @@ class JobError(Refusal):
     """A request about jobs that is refused: `code` for counters and error replies."""
 
 
+class Deposed(Exception):
+    """A newer leader decides for this job now (or our lease cannot be proved): this
+    requester must not write it."""
+
+
+class FencedJobs:
+    """The job store as the leader writes it: every change carries the leader's epoch
+    and is refused once a newer leader has written the job, or once the lease cannot be
+    proved (see leadership.py). Reads pass through."""
+
+    def __init__(self, store: JobStore, epoch: int, valid: Callable[[], bool]) -> None:
+        self.store = store
+        self.epoch = epoch
+        self._valid = valid
+
+    def get(self, job_id: str) -> Job | None:
+        return self.store.get(job_id)
+
+    def jobs(self) -> Iterable[Job]:
+        return self.store.jobs()
+
+    async def change(self, job_id: str, change: Change) -> Job | None:
+        if not self._valid():
+            raise Deposed(f"epoch {self.epoch} cannot prove its lease")
+        epoch = self.epoch
+
+        def fenced(job: Job) -> Job | None:
+            if job.epoch > epoch:
+                raise Deposed(f"{job.job_id} was written by epoch {job.epoch}, we are {epoch}")
+            after = change(job)
+            return None if after is None else after.model_copy(update={"epoch": epoch})
+
+        return await self.store.change(job_id, fenced)
+
+
 class JobStore:
     def __init__(self, nc: Client, subjects: Subjects, on_cancel: CancelSink) -> None:
         self._nc = nc
@@ -71,6 +106,9 @@ class JobStore:
         # put in it, so "what runs on node X" costs no scan of every job.
         self._active: dict[str, dict[str, str]] = {}
         self._indexed: dict[str, list[tuple[str, str]]] = {}
+        # Told of every job value taken in (our writes and other requesters'), after
+        # the index: the leader places a job another requester stored at once.
+        self.watchers: list[Callable[[Job], None]] = []
 
     async def start(self, js: JetStreamContext) -> None:
         """Open (or create) the bucket and load every job before serving."""
@@ -102,6 +140,8 @@ class JobStore:
                     del self._active[node_id]
         if job is None:
             return
+        for watcher in self.watchers:
+            watcher(job)
         entries = [(e.node_id, e.exec_id) for e in job.executions if e.state in ACTIVE]
         for node_id, exec_id in entries:
             self._active.setdefault(node_id, {})[exec_id] = job_id

@@ -49,6 +49,7 @@ class NodeLink:
         self._tasks: set[asyncio.Task[None]] = set()
         self.offers = 0
         self.cancels = 0
+        self.epoch = 0  # the leader's, sent with every offer and cancel (see leadership)
         # Not in the global registry: each requester's metrics endpoint registers its own.
         self.offer_seconds = Histogram(
             "hive_offer_seconds",
@@ -65,6 +66,7 @@ class NodeLink:
             job_id=execution.job_id,
             attempt=execution.attempt,
             spec=spec,
+            epoch=self.epoch,
         )
         self.offers += 1
         started = time.perf_counter()
@@ -87,7 +89,9 @@ class NodeLink:
 
     async def _cancel(self, execution: Execution, reason: str) -> None:
         node = execution.node_id
-        message = Cancel(node_id=node, exec_id=execution.exec_id, reason=reason[:1024])
+        message = Cancel(
+            node_id=node, exec_id=execution.exec_id, reason=reason[:1024], epoch=self.epoch
+        )
         self.cancels += 1
         answer, _ = await self._request(node, "cancel", message, OkReply)
         if isinstance(answer, str):

@@ -45,7 +45,7 @@ from requester.executions import (
     settle,
     waiting_since,
 )
-from requester.jobs import JobStore
+from requester.jobs import FencedJobs
 from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
 from requester.nodelink import LATENCY_BUCKETS, Answer, NodeLink
@@ -69,7 +69,7 @@ class Pass:
 class Scheduler:
     def __init__(
         self,
-        store: JobStore,
+        store: FencedJobs,
         registry: Registry,
         liveness: Liveness,
         link: NodeLink,

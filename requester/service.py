@@ -22,25 +22,25 @@ from hivectl.core.config import RequesterConfig
 from hivectl.core.daemon import Status, sd_notify, until_stopped
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.metrics import MetricsServer
-from hivectl.core.models import Health, NodeEvent, build_models
+from hivectl.core.models import NodeEvent, build_models
 from hivectl.core.subjects import Subjects
 from requester.api import NodeApi
+from requester.duties import LeaderDuties
 from requester.events import Events
-from requester.executions import ACTIVE, ExecConsumer
+from requester.executions import ExecConsumer
 from requester.jobs import JobApi, JobStore
+from requester.leadership import Leadership
 from requester.liveness import Liveness
 from requester.membership import Membership
 from requester.metrics import serve_metrics
 from requester.nodelink import NodeLink
 from requester.ownnats import OwnNats
-from requester.reconcile import Reconciler
 from requester.registry import Registry
 from requester.scheduler import Scheduler
 from requester.streams import ensure_job_streams
 
 log = logging.getLogger("hive.requester")
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
-EXPIRE_EVERY = 60.0  # seconds between looks for finished jobs past their retention
 NODE_PENDING_MSGS = 1_000_000
 NODE_PENDING_BYTES = 512 * 1024 * 1024
 REQUESTER_AUTH_HINT = (
@@ -71,10 +71,10 @@ class Requester:
         self._metrics: MetricsServer | None = None
         self.link: NodeLink | None = None
         self.jobs: JobStore | None = None
-        self.scheduler: Scheduler | None = None
         self.job_api: JobApi | None = None
-        self.exec_consumer: ExecConsumer | None = None
-        self.reconciler: Reconciler | None = None
+        self.duties: LeaderDuties | None = None  # what only the leader does
+        self.leadership: Leadership | None = None
+        self._js: JetStreamContext | None = None
         self.own_nats = OwnNats(config, self.subjects, on_crash=self.stopping.set)
 
     @property
@@ -139,8 +139,7 @@ class Requester:
             if api is not None:
                 api.store_trouble = self.own_nats.trouble
         await self._subscribe()
-        assert self.scheduler is not None
-        self.scheduler.start()
+        await self._lead_when_elected(js)
         if cfg.metrics.enabled:
             self._metrics = serve_metrics(self, cfg.metrics)
             self.metrics_port = self._metrics.port
@@ -182,36 +181,51 @@ class Requester:
         )
 
     async def _start_jobs(self, js: JetStreamContext) -> None:
-        """Streams, the job store, the scheduler and the exec consumer, in that order:
-        each needs the one before it, and the consumer may kick the scheduler at once."""
+        """Streams, the job store and its API; what only the leader does waits for
+        `_lead_when_elected`."""
         assert self.nc is not None and self.registry is not None
         cfg = self.config
         await ensure_job_streams(js, self.subjects)
         self.link = NodeLink(self.nc, self.subjects, self.registry, cfg.offer_timeout)
         self.jobs = JobStore(self.nc, self.subjects, on_cancel=self.link.cancel)
-        await self.jobs.start(js)
-        self.scheduler = Scheduler(
-            self.jobs,
-            self.registry,
-            self.liveness,
-            self.link,
-            interval=cfg.scheduler_interval,
-            offer_timeout=cfg.offer_timeout,
+        self.duties = duties = LeaderDuties(
+            cfg, self.subjects, self.registry, self.liveness, self.jobs, self.link, self._started_at
         )
+        self.jobs.watchers.append(duties.job_seen)
+        await self.jobs.start(js)
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.job_api = JobApi(
-            self.jobs, kick=self.scheduler.kick, max_payload=self._max_payload(), limits=limits
+            self.jobs, kick=duties.kick, max_payload=self._max_payload(), limits=limits
         )
-        self.reconciler = Reconciler(self.jobs, self.scheduler.executions_gone)
-        self.exec_consumer = ExecConsumer(
-            self.subjects,
-            self.registry,
-            self.jobs,
-            kick=self.scheduler.kick,
-            cancel=self.link.cancel,
-            limits=limits,
+
+    async def _lead_when_elected(self, js: JetStreamContext) -> None:
+        """Take part in the election; lead at once when no other requester does."""
+        assert self.duties is not None
+        duties = self.duties
+
+        async def elected(epoch: int) -> None:
+            assert self.leadership is not None
+            await duties.start(js, epoch, self.leadership.valid)
+
+        async def deposed(why: str) -> None:
+            await duties.stop()
+
+        self.leadership = Leadership(
+            self.subjects.leases_bucket,
+            self.config.name,
+            self.config.leader_lease,
+            on_elected=elected,
+            on_deposed=deposed,
         )
-        await self.exec_consumer.start(js)
+        await self.leadership.start(js)
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        return self.duties.scheduler if self.duties else None
+
+    @property
+    def exec_consumer(self) -> ExecConsumer | None:
+        return self.duties.exec_consumer if self.duties else None
 
     def _max_payload(self) -> int:
         assert self.nc is not None
@@ -256,55 +270,16 @@ class Requester:
             await self.close()
 
     async def _health_loop(self) -> None:
-        """The periodic checks: node health every interval, finished jobs' expiry less often."""
+        """The periodic checks: node health, the embedded store, the leader's duties."""
         interval = self.config.health_check_interval
-        # A short retention (tests, small setups) is looked at more often than a minute.
-        expire_every = min(EXPIRE_EVERY, self.config.job_retention / 10) or EXPIRE_EVERY
-        next_expiry = time.monotonic() + expire_every
-        silent_check: float | None = time.monotonic() + self.config.disconnected_after
         while not self.stopping.is_set():
             self.liveness.sweep(time.monotonic())
             await self.liveness.publish()
             await self.own_nats.recover()
-            if silent_check is not None and time.monotonic() >= silent_check:
-                silent_check = None
-                self._lose_silent_nodes()
-            if time.monotonic() >= next_expiry:
-                next_expiry = time.monotonic() + expire_every
-                await self._expire_jobs()
+            if self.duties is not None:
+                await self.duties.tick()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
-
-    def _lose_silent_nodes(self) -> None:
-        """Once, `disconnected_after` into the run: nodes holding work that no heartbeat
-        reached since the start lose it, as if seen going away.
-
-        Health ages only nodes heard from, so a node that died while no requester ran
-        would otherwise keep its jobs RUNNING for good.
-        """
-        if self.jobs is None or self.scheduler is None:
-            return
-        holding = {
-            e.node_id for job in self.jobs.jobs() for e in job.executions if e.state in ACTIVE
-        }
-        for node_id in sorted(holding):
-            if self.liveness.health(node_id) is Health.UNKNOWN:
-                log.warning(
-                    "node %s not heard from in the %gs since the requester started; "
-                    "its executions are LOST",
-                    node_id,
-                    self.config.disconnected_after,
-                    extra={"node_id": node_id},
-                )
-                self.scheduler.node_lost(node_id)
-
-    async def _expire_jobs(self) -> None:
-        if self.jobs is None:
-            return
-        try:
-            await self.jobs.expire(self.config.job_retention)
-        except Exception:  # NATS trouble: the next round tries again
-            log.exception("deleting finished jobs failed")
 
     def stop(self) -> None:
         self.stopping.set()
@@ -316,8 +291,13 @@ class Requester:
         self.status = Status.CLOSING
         sd_notify("STOPPING=1\nSTATUS=draining")
         # Stop making decisions before the connection goes: nothing half-placed is left
-        # that the store does not already record.
-        for part in (self.scheduler, self.exec_consumer, self.jobs, self.link, self.registry):
+        # that the store does not already record. The lease goes first, so another
+        # requester leads at once.
+        if self.leadership is not None:
+            await self.leadership.close()
+        if self.duties is not None:
+            await self.duties.stop()
+        for part in (self.jobs, self.link, self.registry):
             if part is not None:
                 await part.close()
         if self.nc is not None and not self.nc.is_closed:
@@ -339,35 +319,25 @@ class Requester:
         )
 
     def _reconcile(self, node_id: str, held: list[str]) -> list[str]:
-        return [] if self.reconciler is None else self.reconciler.check(node_id, held)
+        return [] if self.duties is None else self.duties.reconcile(node_id, held)
 
     def _forget_node(self, node_id: str) -> None:
         self.liveness.forget(node_id)
         if self.membership is not None:
             self.membership.forget(node_id)
-        if self.reconciler is not None:
-            self.reconciler.forget(node_id)
+        if self.duties is not None:
+            self.duties.forget(node_id)
 
     async def _node_event(self, event: NodeEvent) -> None:
+        """Approvals and deletions come from this requester's API: published here. Health
+        changes every requester sees: only the leader publishes and acts on them."""
+        leading = self.duties is not None and self.duties.active
+        if event.event == "health" and not leading:
+            return
         if self.events is not None:
             await self.events.node(event)
-        if self.scheduler is not None:
-            self._jobs_follow(self.scheduler, event)
-
-    @staticmethod
-    def _jobs_follow(scheduler: Scheduler, event: NodeEvent) -> None:
-        """Lost nodes lose their executions; a lost node heard from again cancels them.
-
-        Only a move away from HEALTHY/UNHEALTHY counts as lost: after a restart every
-        node is UNKNOWN without any move, and its executions carry on.
-        """
-        seen = (Health.HEALTHY, Health.UNHEALTHY)
-        if event.event == "deleted" or (
-            event.event == "health" and event.new == Health.UNKNOWN and event.old in seen
-        ):
-            scheduler.node_lost(event.node_id)
-        elif event.event == "health" and event.old == Health.UNKNOWN and event.new in seen:
-            scheduler.node_back(event.node_id)
+        if self.duties is not None:
+            self.duties.follow(event)
 
     async def __aenter__(self) -> Requester:
         await self.start()

@@ -160,6 +160,9 @@ class RequesterConfig(HiveSettings):
     health_check_interval: Duration = 1.0
     scheduler_interval: Duration = 1.0
     offer_timeout: Duration = 2.0
+    # Several requesters of one cluster: the one holding this lease leads (places jobs,
+    # applies updates); the others take over this long after it stops renewing it.
+    leader_lease: Duration = Field(default=6.0, ge=0.5)
     # How long a JetStream call may take before the API answers "store unavailable" (or
     # "storage full"): shorter than hivectl's own 5s, so the answer reaches it.
     store_timeout: Duration = 2.0

@@ -112,6 +112,9 @@ class Job(Model):
     executions: list[Execution] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # The epoch of the leading requester that last decided for this job: an older
+    # leader (paused, cut off) may not write it again.
+    epoch: NonNegInt = 0
 
 
 # -- requester <-> node ------------------------------------------------------------------
@@ -126,6 +129,7 @@ class Offer(Message):
     job_id: JobId
     attempt: NonNegInt = 0
     spec: JobSpec
+    epoch: NonNegInt = 0  # the offering leader's: a node refuses one older than it has seen
 
 
 class OfferReply(Message):
@@ -150,6 +154,7 @@ class Cancel(Message):
     node_id: NodeId
     exec_id: ExecId
     reason: Reason = ""
+    epoch: NonNegInt = 0  # as in Offer
 
 
 class ExecUpdate(Message):

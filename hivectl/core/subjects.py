@@ -90,6 +90,11 @@ class Subjects:
         return f"{self._ident}_jobs"
 
     @property
+    def leases_bucket(self) -> str:
+        """Who of a cluster's requesters leads (schedules, consumes updates, decides)."""
+        return f"{self._ident}_leases"
+
+    @property
     def results_store(self) -> str:
         return f"{self._ident}_results"
 

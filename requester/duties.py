@@ -1,0 +1,172 @@
+"""What only the leading requester does; started when it is elected, stopped when not.
+
+Placing jobs (the scheduler, which also writes off unanswered offers), applying the
+nodes' execution updates (the HIVE_EXEC durable consumer), writing off the work of
+nodes that went away or lost it (node events, reconciliation), and deleting finished
+jobs past their retention. Each is a decision that must be made once in a cluster; the
+other requesters serve the API, register nodes and keep their health warm for the
+moment they lead. Every job write goes through FencedJobs with the leader's epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+
+from hivectl.core import codec
+from hivectl.core.config import RequesterConfig
+from hivectl.core.jobs import Job, JobState
+from hivectl.core.models import Health, NodeEvent
+from hivectl.core.subjects import Subjects
+from requester.executions import ACTIVE, ExecConsumer
+from requester.jobs import FencedJobs, JobStore
+from requester.liveness import Liveness
+from requester.nodelink import NodeLink
+from requester.reconcile import Reconciler
+from requester.registry import Registry
+from requester.scheduler import Scheduler
+
+log = logging.getLogger("hive.requester")
+EXPIRE_EVERY = 60.0  # seconds between looks for finished jobs past their retention
+
+
+class LeaderDuties:
+    def __init__(
+        self,
+        config: RequesterConfig,
+        subjects: Subjects,
+        registry: Registry,
+        liveness: Liveness,
+        jobs: JobStore,
+        link: NodeLink,
+        started_at: float,
+    ) -> None:
+        self.config = config
+        self.subjects = subjects
+        self.registry = registry
+        self.liveness = liveness
+        self.jobs = jobs
+        self.link = link
+        self.started_at = started_at
+        self.scheduler: Scheduler | None = None
+        self.exec_consumer: ExecConsumer | None = None
+        self.reconciler: Reconciler | None = None
+        self._silent_check: float | None = None
+        self._next_expiry = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.scheduler is not None
+
+    async def start(self, js: JetStreamContext, epoch: int, valid: Callable[[], bool]) -> None:
+        cfg = self.config
+        fenced = FencedJobs(self.jobs, epoch, valid)
+        self.link.epoch = epoch
+        self.scheduler = scheduler = Scheduler(
+            fenced,
+            self.registry,
+            self.liveness,
+            self.link,
+            interval=cfg.scheduler_interval,
+            offer_timeout=cfg.offer_timeout,
+        )
+        self.reconciler = Reconciler(self.jobs, scheduler.executions_gone)
+        self.exec_consumer = ExecConsumer(
+            self.subjects,
+            self.registry,
+            fenced,
+            kick=scheduler.kick,
+            cancel=self.link.cancel,
+            limits=codec.Limits(max_bytes=cfg.max_payload),
+        )
+        scheduler.start()
+        await self.exec_consumer.start(js)
+        # Nodes that went silent before we led, or while no requester ran, lose their
+        # work once every node has had `disconnected_after` to be heard by us.
+        self._silent_check = max(time.monotonic(), self.started_at + cfg.disconnected_after)
+        self._next_expiry = time.monotonic() + self._expire_every
+
+    async def stop(self) -> None:
+        for part in (self.scheduler, self.exec_consumer):
+            if part is not None:
+                await part.close()
+        self.scheduler = self.exec_consumer = self.reconciler = None
+
+    # -- inputs from the rest of the requester ------------------------------------------
+    def kick(self, job_id: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.kick(job_id)
+
+    def job_seen(self, job: Job) -> None:
+        """A job another requester (or we) stored: a fresh one wants placing now."""
+        if self.scheduler is not None and job.state is JobState.PENDING and not job.executions:
+            self.scheduler.kick(job.job_id)
+
+    def reconcile(self, node_id: str, held: list[str]) -> list[str]:
+        return [] if self.reconciler is None else self.reconciler.check(node_id, held)
+
+    def forget(self, node_id: str) -> None:
+        if self.reconciler is not None:
+            self.reconciler.forget(node_id)
+
+    def follow(self, event: NodeEvent) -> None:
+        """Lost nodes lose their executions; a lost node heard from again cancels them.
+
+        Only a move away from HEALTHY/UNHEALTHY counts as lost: after a restart every
+        node is UNKNOWN without any move, and its executions carry on.
+        """
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        seen = (Health.HEALTHY, Health.UNHEALTHY)
+        if event.event == "deleted" or (
+            event.event == "health" and event.new == Health.UNKNOWN and event.old in seen
+        ):
+            scheduler.node_lost(event.node_id)
+        elif event.event == "health" and event.old == Health.UNKNOWN and event.new in seen:
+            scheduler.node_back(event.node_id)
+
+    # -- periodic -----------------------------------------------------------------------
+    @property
+    def _expire_every(self) -> float:
+        # A short retention (tests, small setups) is looked at more often than a minute.
+        return min(EXPIRE_EVERY, self.config.job_retention / 10) or EXPIRE_EVERY
+
+    async def tick(self) -> None:
+        """The leader's periodic checks (the requester's health loop calls this)."""
+        if self.scheduler is None:
+            return
+        now = time.monotonic()
+        if self._silent_check is not None and now >= self._silent_check:
+            self._silent_check = None
+            self._lose_silent_nodes()
+        if now >= self._next_expiry:
+            self._next_expiry = now + self._expire_every
+            try:
+                await self.jobs.expire(self.config.job_retention)
+            except Exception:  # NATS trouble: the next round tries again
+                log.exception("deleting finished jobs failed")
+
+    def _lose_silent_nodes(self) -> None:
+        """Nodes holding work that no heartbeat reached lose it, as if seen going away.
+
+        Health ages only nodes heard from, so a node that died while no requester ran
+        (or before this one led) would otherwise keep its jobs RUNNING for good.
+        """
+        assert self.scheduler is not None
+        holding = {
+            e.node_id for job in self.jobs.jobs() for e in job.executions if e.state in ACTIVE
+        }
+        for node_id in sorted(holding):
+            if self.liveness.health(node_id) is Health.UNKNOWN:
+                log.warning(
+                    "node %s not heard from in the %gs since the requester started; "
+                    "its executions are LOST",
+                    node_id,
+                    self.config.disconnected_after,
+                    extra={"node_id": node_id},
+                )
+                self.scheduler.node_lost(node_id)
