@@ -32,7 +32,7 @@ import typer
 from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
 
-from hivectl.cli.output import OutputFormat, print_data, print_table, write_out
+from hivectl.cli.output import OutputFormat, print_data, print_table, visible, write_out
 from hivectl.core.bus import BusError, RemoteError, ask, connect_cli, read_reply
 from hivectl.core.codec import CodecError, describe_validation_error
 from hivectl.core.config import ClientConfig, ConfigError, load_config
@@ -132,10 +132,10 @@ def stderr_console() -> Console:
 
 
 def escape(text: str) -> str:
-    """`text` with rich markup characters made literal."""
+    """`text` with rich markup made literal and control characters shown as escapes."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    return rich_escape(visible(text))
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:

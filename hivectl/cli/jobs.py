@@ -61,7 +61,7 @@ from hivectl.cli.jobview import (
     shown_executions,
     status_text,
 )
-from hivectl.cli.output import print_data, write_out
+from hivectl.cli.output import print_data, write_lines, write_out
 from hivectl.core.bus import BusError, NoReply, connect_cli
 from hivectl.core.jobs import (
     JOB_ID_PATTERN,
@@ -330,7 +330,7 @@ def describe(ctx: typer.Context, job_id: IdArgument, output: OutputOption = None
     if fmt.is_data:
         print_data(job, fmt)
     else:
-        write_out("\n".join(describe_lines(job, datetime.now(UTC))))
+        write_lines(describe_lines(job, datetime.now(UTC)))
 
 
 @app.command("stop")
@@ -443,5 +443,5 @@ def results(
     written, refused = run_api(ctx, work, status="Downloading results")
     for problem in refused:
         info(f"Skipped {problem}")
-    write_out("\n".join(str(path) for path in written))
+    write_lines(str(path) for path in written)
     info(f"Wrote {len(written)} file(s) under {dest}")

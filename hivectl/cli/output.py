@@ -5,11 +5,17 @@ anywhere else they are plain columns padded with spaces, never truncated or wrap
 so `awk`, `cut` and tests can read them. JSON and YAML never touch rich: they are
 serialised by pydantic-core and PyYAML directly, because `-o json` over ten thousand
 nodes must stay fast.
+
+Text for people never carries a control character raw: a job's name, a node's hostname
+or a reason comes from someone else, and `\x1b]...` in it would drive the terminal of
+whoever lists it. Cells, describe lines and messages show them as escapes (`\x1b`);
+JSON and YAML escape them by their own rules.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -22,6 +28,13 @@ from pydantic import BaseModel, TypeAdapter
 NONE = "-"  # what a cell shows when there is nothing to show
 COLUMN_GAP = "   "
 _IEC = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+# C0 and C1 controls, DEL, the line and paragraph separators, the bidi controls that
+# reorder what a terminal shows ("Trojan Source"), and lone surrogates, which cannot be
+# encoded at all.
+_UNSEEN = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 class OutputFormat(StrEnum):
@@ -34,6 +47,20 @@ class OutputFormat(StrEnum):
     def is_data(self) -> bool:
         """JSON or YAML: the complete records, for scripts."""
         return self in (OutputFormat.JSON, OutputFormat.YAML)
+
+
+def visible(text: str) -> str:
+    """`text` on one line with every control character shown as an escape (`\\x1b`)."""
+    if _UNSEEN.search(text) is None:  # nearly always: no copy
+        return text
+    return _UNSEEN.sub(_escaped, text)
+
+
+def _escaped(found: re.Match[str]) -> str:
+    char = found[0]
+    if char in _SHORT:
+        return _SHORT[char]
+    return f"\\x{ord(char):02x}" if ord(char) <= 0xFF else f"\\u{ord(char):04x}"
 
 
 # -- units ---------------------------------------------------------------------------
@@ -99,7 +126,7 @@ def join_labels(labels: dict[str, str] | None) -> str:
 
 def plain_lines(rows: Iterable[Sequence[str]]) -> list[str]:
     """Rows as lines of left-aligned columns; the last column is not padded."""
-    table = [list(row) for row in rows]
+    table = [[visible(cell) for cell in row] for row in rows]
     if not table:
         return []
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -115,10 +142,11 @@ def print_table(
 ) -> None:
     """A table on stdout: rich on a terminal, plain aligned columns anywhere else."""
     if sys.stdout.isatty():
-        _print_rich_table(headers, rows, no_headers)
+        shown = [[visible(cell) for cell in row] for row in rows]
+        _print_rich_table(headers, shown, no_headers)
         return
     body = list(rows) if no_headers else [list(headers), *rows]
-    write_out("\n".join(plain_lines(body)))
+    _write("\n".join(plain_lines(body)))  # plain_lines made every cell visible
 
 
 def _print_rich_table(
@@ -192,13 +220,23 @@ def print_data(data: Any, fmt: OutputFormat) -> None:
         binary.write(_json_bytes(data) + b"\n")
         binary.flush()
     elif fmt is OutputFormat.JSON:
-        write_out(dump_json(data))
+        _write(dump_json(data))
     else:
-        write_out(dump_yaml(data).rstrip("\n"))
+        _write(dump_yaml(data).rstrip("\n"))
+
+
+def write_lines(lines: Iterable[str]) -> None:
+    """Lines for people on stdout (a describe view), each shown with `visible`."""
+    _write("\n".join(visible(line) for line in lines))
 
 
 def write_out(text: str) -> None:
-    """One block of text on stdout, ending with a newline (nothing for empty text)."""
+    """One block of text on stdout, ending with a newline (nothing for empty text);
+    control characters other than its line breaks are shown as escapes."""
+    _write("\n".join(visible(line) for line in text.split("\n")))
+
+
+def _write(text: str) -> None:
     if text:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
