@@ -62,7 +62,7 @@ from hivectl.cli.jobview import (
     status_text,
 )
 from hivectl.cli.output import print_data, write_lines, write_out
-from hivectl.core.bus import BusError, NoReply, connect_cli
+from hivectl.core.bus import BusError, NoReply, connect_cli, connection_failure
 from hivectl.core.jobs import (
     JOB_ID_PATTERN,
     JOB_TERMINAL,
@@ -252,6 +252,17 @@ def _submit_and_wait(ctx: typer.Context, request: JobSubmitRequest, follow: bool
 async def _run_job(api: Api, request: JobSubmitRequest, watch: JobWatch, follow: bool) -> Job:
     await check_log_stream(api)  # before anything is sent
     watch.job_id = await send_submit(api, request)
+    try:
+        return await _wait_job(api, watch, follow)
+    except RETRIED as exc:
+        why = connection_failure(api.cfg.nats.url, exc, closed=api.nc.is_closed)
+        job_id = watch.job_id
+        raise CliError(
+            f"{why}; {job_id} may still run: see `hivectl job describe {job_id}`"
+        ) from None
+
+
+async def _wait_job(api: Api, watch: JobWatch, follow: bool) -> Job:
     js = api.nc.jetstream()  # of the connection now: the submit may have made a new one
     if follow:
         return await watch.follow(api, js, show_all=False)
