@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +31,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, NoReturn, TypeVar
 
 import typer
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from pydantic import BaseModel, ValidationError
 
-from hivectl.cli.output import OutputFormat, print_data, print_table, write_out
-from hivectl.core.bus import BusError, RemoteError, ask, connect_cli, read_reply
+from hivectl.cli.output import OutputFormat, print_data, print_table, visible, write_out
+from hivectl.core.bus import (
+    BusError,
+    NoAnswer,
+    RemoteError,
+    ask,
+    connect_cli,
+    connection_failure,
+    read_reply,
+)
 from hivectl.core.codec import CodecError, describe_validation_error
 from hivectl.core.config import ClientConfig, ConfigError, load_config
 from hivectl.core.models import ID_PATTERN, Message
@@ -134,10 +143,10 @@ def stderr_console() -> Console:
 
 
 def escape(text: str) -> str:
-    """`text` with rich markup characters made literal."""
+    """`text` with rich markup made literal and control characters shown as escapes."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    return rich_escape(visible(text))
 
 
 def say(text: str, *, error: bool = False, dim: bool = False) -> None:
@@ -374,8 +383,15 @@ async def _connected(
     api = Api(ctx, await connect_cli(cfg.nats), cfg)
     try:
         return await work(api)
+    except (NatsError, NoAnswer) as exc:
+        # Whatever the wait was (a reply, the next log line, a job's end), a connection
+        # that broke under it is one line, the same for every command.
+        if isinstance(exc, NoAnswer) and not api.nc.is_closed:
+            raise
+        raise BusError(connection_failure(cfg.nats.url, exc, closed=api.nc.is_closed)) from None
     finally:
-        await api.nc.close()  # the work may have connected again (a retried submit)
+        with suppress(NatsError, OSError):  # closing a broken connection is no news
+            await api.nc.close()  # the work may have connected again (a retried submit)
 
 
 def call(ctx: typer.Context, noun: str, verb: str, message: Message, expect: type[M]) -> M:

@@ -61,8 +61,8 @@ from hivectl.cli.jobview import (
     shown_executions,
     status_text,
 )
-from hivectl.cli.output import counted, print_data, write_out
-from hivectl.core.bus import BusError, NoAnswer, connect_cli
+from hivectl.cli.output import counted, print_data, write_lines, write_out
+from hivectl.core.bus import BusError, NoAnswer, connect_cli, connection_failure
 from hivectl.core.jobs import (
     JOB_ID_PATTERN,
     JOB_TERMINAL,
@@ -252,6 +252,17 @@ def _submit_and_wait(ctx: typer.Context, request: JobSubmitRequest, follow: bool
 async def _run_job(api: Api, request: JobSubmitRequest, watch: JobWatch, follow: bool) -> Job:
     await check_log_stream(api)  # before anything is sent
     watch.job_id = await send_submit(api, request)
+    try:
+        return await _wait_job(api, watch, follow)
+    except RETRIED as exc:
+        why = connection_failure(api.cfg.nats.url, exc, closed=api.nc.is_closed)
+        job_id = watch.job_id
+        raise CliError(
+            f"{why}; {job_id} may still run: see `hivectl job describe {job_id}`"
+        ) from None
+
+
+async def _wait_job(api: Api, watch: JobWatch, follow: bool) -> Job:
     js = api.nc.jetstream()  # of the connection now: the submit may have made a new one
     if follow:
         return await watch.follow(api, js, show_all=False)
@@ -330,7 +341,7 @@ def describe(ctx: typer.Context, job_id: IdArgument, output: OutputOption = None
     if fmt.is_data:
         print_data(job, fmt)
     else:
-        write_out("\n".join(describe_lines(job, datetime.now(UTC))))
+        write_lines(describe_lines(job, datetime.now(UTC)))
 
 
 @app.command("stop")
@@ -443,5 +454,5 @@ def results(
     written, refused = run_api(ctx, work, status="Downloading results")
     for problem in refused:
         info(f"Skipped {problem}")
-    write_out("\n".join(str(path) for path in written))
+    write_lines(str(path) for path in written)
     info(f"Wrote {counted(len(written), 'file')} under {dest}")

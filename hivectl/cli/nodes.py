@@ -33,7 +33,7 @@ from hivectl.cli.output import (
     plain_lines,
     print_data,
     timestamp,
-    write_out,
+    write_lines,
 )
 from hivectl.core.api import (
     NodeApproveRequest,
@@ -206,7 +206,7 @@ def describe(ctx: typer.Context, node_id: IdArgument, output: OutputOption = Non
     if fmt.is_data:
         print_data(node, fmt)
     else:
-        write_out("\n".join(describe_lines(node, datetime.now(UTC))))
+        write_lines(describe_lines(node, datetime.now(UTC)))
 
 
 def describe_lines(node: NodeView, now: datetime) -> list[str]:

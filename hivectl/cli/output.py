@@ -5,12 +5,18 @@ same on a terminal (where the header is bold) as in a pipe, so `awk`, `cut` and 
 read what a person sees. Nothing here imports rich (45 ms): a `node list` at a
 terminal need not pay for it. JSON and YAML are serialised by pydantic-core and PyYAML
 directly, because `-o json` over ten thousand nodes must stay fast.
+
+Text for people never carries a control character raw: a job's name, a node's hostname
+or a reason comes from someone else, and `\x1b]...` in it would drive the terminal of
+whoever lists it. Cells, describe lines and messages show them as escapes (`\x1b`);
+JSON and YAML escape them by their own rules.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -24,6 +30,13 @@ NONE = "-"  # what a cell shows when there is nothing to show
 COLUMN_GAP = "   "
 _BOLD, _RESET = "\x1b[1m", "\x1b[0m"
 _IEC = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+# C0 and C1 controls, DEL, the line and paragraph separators, the bidi controls that
+# reorder what a terminal shows ("Trojan Source"), and lone surrogates, which cannot be
+# encoded at all.
+_UNSEEN = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 class OutputFormat(StrEnum):
@@ -36,6 +49,20 @@ class OutputFormat(StrEnum):
     def is_data(self) -> bool:
         """JSON or YAML: the complete records, for scripts."""
         return self in (OutputFormat.JSON, OutputFormat.YAML)
+
+
+def visible(text: str) -> str:
+    """`text` on one line with every control character shown as an escape (`\\x1b`)."""
+    if _UNSEEN.search(text) is None:  # nearly always: no copy
+        return text
+    return _UNSEEN.sub(_escaped, text)
+
+
+def _escaped(found: re.Match[str]) -> str:
+    char = found[0]
+    if char in _SHORT:
+        return _SHORT[char]
+    return f"\\x{ord(char):02x}" if ord(char) <= 0xFF else f"\\u{ord(char):04x}"
 
 
 # -- units ---------------------------------------------------------------------------
@@ -119,7 +146,7 @@ def join_labels(labels: dict[str, str] | None) -> str:
 
 def plain_lines(rows: Iterable[Sequence[str]]) -> list[str]:
     """Rows as lines of left-aligned columns; the last column is not padded."""
-    table = [list(row) for row in rows]
+    table = [[visible(cell) for cell in row] for row in rows]
     if not table:
         return []
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -138,7 +165,7 @@ def print_table(
     lines = plain_lines(rows if no_headers else [headers, *rows])
     if lines and not no_headers and _styled(sys.stdout):
         lines[0] = f"{_BOLD}{lines[0]}{_RESET}"
-    write_out("\n".join(lines))
+    _write("\n".join(lines))  # plain_lines made every cell visible
 
 
 def _styled(stream: TextIO) -> bool:
@@ -195,13 +222,23 @@ def print_data(data: Any, fmt: OutputFormat) -> None:
         binary.write(_json_bytes(data) + b"\n")
         binary.flush()
     elif fmt is OutputFormat.JSON:
-        write_out(dump_json(data))
+        _write(dump_json(data))
     else:
-        write_out(dump_yaml(data).rstrip("\n"))
+        _write(dump_yaml(data).rstrip("\n"))
+
+
+def write_lines(lines: Iterable[str]) -> None:
+    """Lines for people on stdout (a describe view), each shown with `visible`."""
+    _write("\n".join(visible(line) for line in lines))
 
 
 def write_out(text: str) -> None:
-    """One block of text on stdout, ending with a newline (nothing for empty text)."""
+    """One block of text on stdout, ending with a newline (nothing for empty text);
+    control characters other than its line breaks are shown as escapes."""
+    _write("\n".join(visible(line) for line in text.split("\n")))
+
+
+def _write(text: str) -> None:
     if text:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()

@@ -5,6 +5,13 @@ the parser stopped at; an unknown field is refused with the closest known one (a
 config loader does) rather than silently dropped; and a field the spec's rules refuse
 is named with, for YAML, the line it is on (`job.yaml:7: resources.cpu: '2x' is not a
 CPU amount`), found from the node marks of PyYAML's composed document.
+
+A spec file may come from anyone, so it is bounded before it is trusted: at most
+MAX_SPEC_BYTES are read, and the document may nest MAX_SPEC_DEPTH deep and hold
+MAX_SPEC_VALUES values. YAML is counted from the parser's events before any object is
+built, and what every format built is counted again as a walk sees it, so YAML aliases
+that repeat a node ("billion laughs") count every time. A file past a limit is refused
+in one line naming the limit, before anything large is built.
 """
 
 from __future__ import annotations
@@ -12,18 +19,32 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from hivectl.cli.common import EXIT_USAGE, fail
+from hivectl.core.codec import DEFAULT_MAX_DEPTH
 from hivectl.core.jobs import REFUSED_FIELDS, JobSpec, ResourceRequest
 
 SPEC_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
+# A spec travels to the requester in one NATS message, which NATS caps at max_payload
+# (1 MiB unless raised): a larger file could never be submitted, so it is not read.
+MAX_SPEC_BYTES = 1024 * 1024
+# A JobSpec nests 2 deep (env), a whole job record (`job describe -o yaml`) 4;
+# 16 is as deep as any Hive message may nest on the wire (codec.DEFAULT_MAX_DEPTH).
+MAX_SPEC_DEPTH = DEFAULT_MAX_DEPTH
+# A full spec holds under a thousand values, a job record as large as MAX_SPEC_BYTES
+# (two thousand executions) some 60,000; more can only come from aliases.
+MAX_SPEC_VALUES = 100_000
+# The C parser when PyYAML was built with libyaml: ten times faster, and it refuses
+# nesting past 1,000 itself rather than recursing.
+YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Loc = tuple[str | int, ...]
 _TOML_LINE = re.compile(r"\s*\(at line (\d+), column \d+\)")
 # Fields by mapping: JobSpec's own, and those of its one nested model. Env names are
@@ -54,21 +75,37 @@ def load_spec_file(path: Path) -> SpecFile:
     """The spec document in `path`; also accepts a whole job record (`spec:` inside)."""
     kind = SPEC_FORMATS.get(path.suffix.lower())
     if kind is None:
-        fail(f"cannot read job spec {path}: use a .yaml, .yml, .json or .toml file", EXIT_USAGE)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read job spec {path}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
+        _refuse(f"cannot read job spec {path}: use a .yaml, .yml, .json or .toml file")
+    text = _read(path)
     data = _parse(path, text, kind)
+    _check_size(path, data, kind)
     prefix: Loc = ()
     if isinstance(data, dict) and isinstance(data.get("spec"), dict) and "job_id" in data:
         data, prefix = data["spec"], ("spec",)  # `hivectl job describe -o yaml`, again
     if not isinstance(data, dict):
-        fail(f"{path}: a job spec file must hold a mapping of JobSpec fields", EXIT_USAGE)
+        _refuse(f"{path}: a job spec file must hold a mapping of JobSpec fields")
     spec_file = SpecFile(path, kind, text, data, prefix)
     for loc in _unknown(data):
-        fail(f"{spec_file.where(loc)}: {_unknown_text(loc)}", EXIT_USAGE)
+        _refuse(f"{spec_file.where(loc)}: {_unknown_text(loc)}")
     return spec_file
+
+
+def _read(path: Path) -> str:
+    """The file's text: at most MAX_SPEC_BYTES of UTF-8, else a one-line error."""
+    try:
+        with path.open("rb") as file:  # read no more than the limit, whatever it is
+            data = file.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        _refuse(f"cannot read job spec {path}: {exc.strerror or exc}")
+    if len(data) > MAX_SPEC_BYTES:
+        _refuse(
+            f"{path}: larger than {MAX_SPEC_BYTES // 1024} KiB, the most a job spec may be",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        _refuse(f"{path}:{line}: not UTF-8 text (byte \\x{data[exc.start]:02x})")
 
 
 def _parse(path: Path, text: str, kind: str) -> Any:
@@ -78,19 +115,96 @@ def _parse(path: Path, text: str, kind: str) -> Any:
             return json.loads(text)
         if kind == "toml":
             return tomllib.loads(text)
-        return yaml.safe_load(text)
+        _check_yaml_events(path, text)
+        return yaml.load(text, Loader=YamlLoader)  # a safe loader, C or Python
+    except RecursionError:  # the pure-Python parsers recurse once per level
+        _too_deep(path)
     except json.JSONDecodeError as exc:
-        fail(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}", EXIT_USAGE)
+        _refuse(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}")
     except tomllib.TOMLDecodeError as exc:
         message = str(exc).splitlines()[0] if str(exc) else "TOMLDecodeError"
         found = _TOML_LINE.search(message)
         where = f"{path}:{found[1]}" if found else str(path)
-        fail(f"{where}: not valid TOML: {_TOML_LINE.sub('', message)}", EXIT_USAGE)
+        _refuse(f"{where}: not valid TOML: {_TOML_LINE.sub('', message)}")
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        fail(f"{where}: not valid YAML: {problem}", EXIT_USAGE)
+        _refuse(
+            f"{_yaml_where(path, text, exc)}: not valid YAML: {_yaml_problem(path, exc)}",
+        )
+    except ValueError as exc:  # a YAML date that is no date; an int of 5,000 digits
+        problem = str(exc)
+        if "integer string conversion" in problem:  # Python's guard against slow ints
+            problem = f"a number longer than {sys.get_int_max_str_digits()} digits"
+        _refuse(f"{path}: cannot read it: {problem}")
+
+
+def _yaml_where(path: Path, text: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return f"{path}:{mark.line + 1}"
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML allows nowhere
+        return f"{path}:{text.count(chr(10), 0, exc.position) + 1}"
+    return str(path)
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    problem: str = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if "maximum nesting depth" in problem:  # libyaml's own limit, past ours
+        _too_deep(path)
+    return problem
+
+
+def _refuse(message: str) -> NoReturn:
+    """A spec file hivectl will not send: bad input, exit 2 (nothing reached the cluster)."""
+    fail(message, EXIT_USAGE)
+
+
+def _too_deep(path: Path) -> NoReturn:
+    _refuse(f"{path}: nested deeper than {MAX_SPEC_DEPTH} levels, the most a job spec may be")
+
+
+def _too_many(path: Path, aliased: bool) -> NoReturn:
+    aliases = " (YAML aliases count each time they repeat a node)" if aliased else ""
+    _refuse(f"{path}: more than {MAX_SPEC_VALUES} values, the most a job spec may hold{aliases}")
+
+
+def _check_yaml_events(path: Path, text: str) -> None:
+    """Depth and size from the parser's events, before any object is built: building
+    them costs ten times more (a 1 MiB list would take a second and 160 MB)."""
+    depth = count = 0
+    for event in yaml.parse(text, Loader=YamlLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_SPEC_DEPTH:
+                _too_deep(path)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            continue
+        elif not isinstance(event, yaml.NodeEvent):
+            continue  # stream and document marks
+        count += 1  # a key, a value or an item, each once (aliases: see _check_size)
+        if count > MAX_SPEC_VALUES:
+            _too_many(path, aliased=False)
+
+
+def _check_size(path: Path, data: Any, kind: str) -> None:
+    """Refuse a document nested deeper than MAX_SPEC_DEPTH or holding more than
+    MAX_SPEC_VALUES values. It walks one level at a time, counting each container's
+    items as it goes, so a node repeated by aliases is counted (and stops the walk)
+    without ever being expanded."""
+    level = [data] if isinstance(data, dict | list) else []
+    depth = count = 0
+    while level:
+        depth += 1
+        if depth > MAX_SPEC_DEPTH:
+            _too_deep(path)
+        inner: list[Any] = []
+        for value in level:
+            items = value.values() if isinstance(value, dict) else value
+            count += len(items)
+            if count > MAX_SPEC_VALUES:
+                _too_many(path, aliased=kind == "yaml")
+            inner += [item for item in items if isinstance(item, dict | list)]
+        level = inner
 
 
 def _unknown(data: dict[Any, Any]) -> Iterator[Loc]:
@@ -118,7 +232,7 @@ def _unknown_text(loc: Loc) -> str:
 def yaml_line(text: str, loc: Loc) -> int | None:
     """The 1-based line of the YAML node at `loc`, or of the closest node above it."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=YamlLoader)
     except yaml.YAMLError:
         return None
     line = None

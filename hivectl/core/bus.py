@@ -13,9 +13,18 @@ import time
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
+from nats.errors import (
+    ConnectionClosedError,
+    MaxPayloadError,
+    NoRespondersError,
+    NoServersError,
+    OutboundBufferLimitError,
+    SlowConsumerError,
+    StaleConnectionError,
+)
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError
 
 from hivectl.core import codec
 from hivectl.core.config import NatsSettings
@@ -212,6 +221,38 @@ def _reason(exc: BaseException) -> str:
     if "Authorization" in text or "authorization" in text:
         return UNAUTHORIZED
     return text or type(exc).__name__
+
+
+def connection_failure(url: str, exc: BaseException, *, closed: bool) -> str:
+    """One line for what went wrong on a connection that was open: `exc` is a nats-py
+    error (or a NoReply), `closed` whether the connection is gone by now.
+
+    A connection hivectl holds closes when the server goes (with the embedded server,
+    when the requester does): every wait then ends in ConnectionClosedError, or in a
+    request that is never answered.
+    """
+    if closed or isinstance(exc, ConnectionClosedError | StaleConnectionError):
+        why = "the server stopped answering" if isinstance(exc, StaleConnectionError) else ""
+        return (
+            f"lost the connection to NATS at {url}: {why or 'connection closed'} "
+            "(is the requester running?)"
+        )
+    if isinstance(exc, BusError):  # said already, in words for a person
+        return str(exc)
+    if isinstance(exc, MaxPayloadError):
+        return f"NATS at {url} refused a message larger than its max_payload"
+    if isinstance(exc, OutboundBufferLimitError):
+        return f"NATS at {url} takes data slower than hivectl sends it (outbound buffer full)"
+    if isinstance(exc, SlowConsumerError):
+        return f"NATS at {url} sent messages faster than hivectl could read them"
+    if isinstance(exc, NatsTimeoutError | TimeoutError):
+        return f"NATS at {url} did not answer in time"
+    if isinstance(exc, APIError):
+        return f"JetStream at {url}: {exc.description or exc.code}"
+    if isinstance(exc, NoRespondersError):
+        return f"nobody answered a request on NATS at {url} (is the requester running?)"
+    text = str(exc).strip().removeprefix("nats: ") or type(exc).__name__
+    return f"NATS at {url}: {' '.join(text.split())}"
 
 
 async def request(

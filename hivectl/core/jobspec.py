@@ -78,9 +78,49 @@ Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(ge=0, le=2**62)]
 Seconds = Annotated[
     float, BeforeValidator(parse_seconds), Field(ge=0, le=30 * 24 * 3600, allow_inf_nan=False)
 ]
-EnvName = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
-Arg = Annotated[str, StringConstraints(strict=True, max_length=8192)]
-PathText = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=1024)]
+
+# -- text ------------------------------------------------------------------------------
+# No text of a spec may hold a control character: NUL cannot reach exec at all, and the
+# others are a mistake or an attack on whoever reads the spec back (`job list`).
+# Arguments and env values may hold tabs and newlines, which a script given to `sh -c`
+# or a multi-line value (a PEM key) needs; a carriage return is refused there too, as it
+# only comes from a CRLF file and breaks the script it lands in. Lone surrogates are
+# what Python makes of bytes that are not UTF-8 (a file name in argv): no message can
+# carry them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_BUT_LAYOUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _refuse_control(pattern: re.Pattern[str]) -> Any:
+    def check(value: Any) -> Any:
+        found = pattern.search(value) if isinstance(value, str) else None
+        if found is None:
+            return value
+        code = ord(found[0])
+        if 0xDC80 <= code <= 0xDCFF:  # how surrogateescape keeps a byte that is not UTF-8
+            why = f"is not valid UTF-8 (byte \\x{code - 0xDC00:02x})"
+        elif 0xD800 <= code <= 0xDFFF:
+            why = f"contains a lone surrogate (\\u{code:04x})"
+        else:
+            why = f"contains a control character (\\x{code:02x})"
+        raise PydanticCustomError("control_character", why)
+
+    return check
+
+
+# Before the type's own checks, so a NUL in an env name is named as such.
+NoControl = BeforeValidator(_refuse_control(_CONTROL))
+Text = Annotated[str, NoControl, StringConstraints(strict=True)]
+EnvName = Annotated[
+    str, NoControl, StringConstraints(strict=True, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+]
+Arg = Annotated[
+    str,
+    BeforeValidator(_refuse_control(_CONTROL_BUT_LAYOUT)),
+    StringConstraints(strict=True, max_length=8192),
+]
+PathText = Annotated[str, NoControl, StringConstraints(strict=True, min_length=1, max_length=1024)]
+Selector = Annotated[ShortText, NoControl]
 
 
 class ResourceRequest(Model):
@@ -148,15 +188,15 @@ class JobSpec(Model):
                     refuse((name,), why, data[name])
         return data
 
-    name: Annotated[str, StringConstraints(strict=True, max_length=128)] = ""
+    name: Annotated[Text, StringConstraints(max_length=128)] = ""
     type: JobType = JobType.BATCH
     engine: Engine = Engine.DOCKER
-    image: Annotated[str, StringConstraints(strict=True, max_length=512)] = ""
+    image: Annotated[Text, StringConstraints(max_length=512)] = ""
     command: Annotated[list[Arg], Field(max_length=256)] = Field(default_factory=list)
     env: Annotated[dict[EnvName, Arg], Field(max_length=256)] = Field(default_factory=dict)
-    workdir: Annotated[str, StringConstraints(strict=True, max_length=1024)] = ""
+    workdir: Annotated[Text, StringConstraints(max_length=1024)] = ""
     resources: ResourceRequest = Field(default_factory=ResourceRequest)
-    constraints: Annotated[list[ShortText], Field(max_length=32)] = Field(default_factory=list)
+    constraints: Annotated[list[Selector], Field(max_length=32)] = Field(default_factory=list)
     count: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1
     timeout: Seconds = 0.0  # execution timeout; 0: none
     queue_timeout: Seconds = 300.0  # how long it may wait for a node

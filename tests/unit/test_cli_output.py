@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import yaml
 
 from hivectl.cli.output import (
@@ -17,7 +19,11 @@ from hivectl.cli.output import (
     human_cpu,
     join_labels,
     plain_lines,
+    print_table,
     timestamp,
+    visible,
+    write_lines,
+    write_out,
 )
 from hivectl.core.models import Resources
 
@@ -94,3 +100,41 @@ def test_json_and_yaml_of_models_match_model_dump() -> None:
     expected = [m.model_dump(mode="json") for m in models]
     assert json.loads(dump_json(models)) == expected
     assert yaml.safe_load(dump_yaml(models)) == expected
+
+
+def test_visible_shows_control_characters_as_escapes() -> None:
+    assert visible("plain text, ünïcödé 😀") == "plain text, ünïcödé 😀"
+    assert visible("\x1b]0;pwned\x07\x1b[2J") == "\\x1b]0;pwned\\x07\\x1b[2J"
+    assert visible("a\tb\nc\r") == "a\\tb\\nc\\r"
+    assert visible("\x00\x7f\x85\x9b") == "\\x00\\x7f\\x85\\x9b"
+    # Bidi controls reorder what the terminal shows; surrogates cannot even be encoded.
+    assert visible("a\u202eb\u2066\u2028\udcff") == "a\\u202eb\\u2066\\u2028\\udcff"
+
+
+def test_plain_lines_escape_cells_before_aligning_them() -> None:
+    lines = plain_lines([["NAME", "STATE"], ["\x1b[31mred", "RUNNING"], ["b", "-"]])
+    assert lines == [
+        "NAME          STATE",
+        "\\x1b[31mred   RUNNING",
+        "b             -",
+    ]
+
+
+def test_tables_lines_and_text_on_stdout_carry_no_raw_control_character(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    print_table(["NAME"], [["x\x1b[2Jy"]])
+    write_lines(["Name:  a\nState: forged", "Env:   \x9b"])
+    write_out("first\nsecond \x07")
+    assert capsys.readouterr().out == (
+        "NAME\nx\\x1b[2Jy\nName:  a\\nState: forged\nEnv:   \\x9b\nfirst\nsecond \\x07\n"
+    )
+
+
+def test_a_rich_table_on_a_terminal_shows_escapes_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    print_table(["NAME"], [["x\x1b[2Jy"]])
+    out = capsys.readouterr().out
+    assert "x\\x1b[2Jy" in out and "\x1b[2J" not in out

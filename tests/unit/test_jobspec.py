@@ -131,3 +131,46 @@ def test_host_network_only_where_the_node_allows_it() -> None:
     assert refusal == "host networking is not allowed on this node"
     allowed = DockerExecutor(DockerExecutorSettings(allow_host_network=True), "node-1")
     assert allowed.refusal(spec) is None
+
+
+CONTROL = "contains a control character"
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc", "message"),
+    [
+        ({**PROCESS, "command": ["sh", "-c", "a\x00b"]}, ("command", 2), f"{CONTROL} (\\x00)"),
+        ({**PROCESS, "command": ["true\r"]}, ("command", 0), f"{CONTROL} (\\x0d)"),
+        ({**PROCESS, "env": {"A": "1\x1b[2J"}}, ("env", "A"), f"{CONTROL} (\\x1b)"),
+        ({**PROCESS, "env": {"A\x00": "1"}}, ("env", "A\x00", "[key]"), f"{CONTROL} (\\x00)"),
+        ({**PROCESS, "name": "web\tserver"}, ("name",), f"{CONTROL} (\\x09)"),
+        ({**PROCESS, "name": "\x9b31m"}, ("name",), f"{CONTROL} (\\x9b)"),
+        ({"image": "busybox\x00"}, ("image",), f"{CONTROL} (\\x00)"),
+        ({**PROCESS, "workdir": "w\n"}, ("workdir",), f"{CONTROL} (\\x0a)"),
+        ({**PROCESS, "outputs": ["ok", "o\x7f"]}, ("outputs", 1), f"{CONTROL} (\\x7f)"),
+        ({**PROCESS, "constraints": ["zone=a\x07"]}, ("constraints", 0), f"{CONTROL} (\\x07)"),
+        # What Python makes of argv bytes that are not UTF-8 (surrogateescape).
+        ({**PROCESS, "command": ["cat", "caf\udce9"]}, ("command", 1),
+         "is not valid UTF-8 (byte \\xe9)"),
+        ({**PROCESS, "name": "\ud800"}, ("name",), "contains a lone surrogate (\\ud800)"),
+    ],
+)  # fmt: skip
+def test_control_characters_are_refused_naming_the_field(
+    fields: dict[str, Any], loc: tuple[Any, ...], message: str
+) -> None:
+    assert problem(**fields) == (loc, message)
+
+
+def test_args_and_env_values_may_hold_tabs_and_newlines() -> None:
+    script = "set -e\nfor f in *; do\n\techo $f\ndone"
+    pem = "-----BEGIN KEY-----\nabc\n-----END KEY-----\n"
+    spec = JobSpec(**{**PROCESS, "command": ["sh", "-c", script], "env": {"KEY": pem}})
+    assert spec.command[2] == script and spec.env["KEY"] == pem
+
+
+def test_a_nul_in_a_submit_is_refused_by_the_requester_too() -> None:
+    spec = {"engine": "process", "command": ["echo", "a\x00b"]}
+    data = codec.pack({"kind": "job_submit", "spec": spec})
+    with pytest.raises(codec.CodecError) as info:
+        codec.decode(data, JobSubmitRequest)
+    assert info.value.reason == "spec.command.1: contains a control character (\\x00)"
