@@ -156,7 +156,8 @@ def say(text: str, *, error: bool = False, dim: bool = False) -> None:
     reads stderr gets the same words without them.
     """
     if not sys.stderr.isatty():
-        sys.stderr.write(f"{'Error: ' if error else ''}{text}\n")
+        lines = "\n".join(visible(line) for line in text.split("\n"))  # no raw controls
+        sys.stderr.write(f"{'Error: ' if error else ''}{lines}\n")
         sys.stderr.flush()
         return
     markup = f"[dim]{escape(text)}[/]" if dim else escape(text)

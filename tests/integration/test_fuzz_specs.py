@@ -54,7 +54,7 @@ def one_line(stderr: str) -> str:
 
 
 @pytest.mark.parametrize("hostile", HOSTILE_SPECS, ids=lambda h: h.name)
-def test_a_hostile_spec_file_is_one_line_and_exit_1_within_2s(
+def test_a_hostile_spec_file_is_one_line_and_exit_2_within_2s(
     hostile: HostileSpec, tmp_path: Path, env: dict[str, str]
 ) -> None:
     path = tmp_path / hostile.name
@@ -67,7 +67,7 @@ def test_a_hostile_spec_file_is_one_line_and_exit_1_within_2s(
     line = one_line(done.stderr.decode())  # strict: what it prints is UTF-8
     assert line.startswith(f"Error: {path}"), line
     assert hostile.says in line, line
-    assert (done.returncode, done.stdout) == (1, b"")
+    assert (done.returncode, done.stdout) == (2, b"")  # bad input: refused, nothing sent
     assert elapsed < DEADLINE_S, f"{hostile.name} took {elapsed:.2f}s"
 
 
