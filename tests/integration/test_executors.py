@@ -93,16 +93,21 @@ class Jobs:
         reply = await self.nc.request(SUBJECTS.compute(self.node_id, verb), data, timeout=5)
         return codec.decode(reply.data)
 
-    async def offer(self, spec: JobSpec, exec_id: str | None = None, **kw: Any) -> Any:
+    async def offer(
+        self, spec: JobSpec, exec_id: str | None = None, epoch: int = 0, **kw: Any
+    ) -> Any:
         offer = Offer(
-            node_id=self.node_id, exec_id=exec_id or new_exec_id(), job_id=new_job_id(), spec=spec
+            node_id=self.node_id,
+            exec_id=exec_id or new_exec_id(),
+            job_id=new_job_id(),
+            spec=spec,
+            epoch=epoch,
         )
         return offer, await self.request("offer", offer, **kw)
 
-    async def cancel(self, exec_id: str, reason: str = "stop it") -> Message:
-        return await self.request(
-            "cancel", Cancel(node_id=self.node_id, exec_id=exec_id, reason=reason)
-        )
+    async def cancel(self, exec_id: str, reason: str = "stop it", epoch: int = 0) -> Message:
+        message = Cancel(node_id=self.node_id, exec_id=exec_id, reason=reason, epoch=epoch)
+        return await self.request("cancel", message)
 
     async def updates(self, exec_id: str) -> list[ExecUpdate]:
         msgs = await stream_messages(self.nc, "HIVE_EXEC", SUBJECTS.node_exec(self.node_id))
@@ -607,3 +612,19 @@ async def test_a_reattached_containers_timeout_counts_from_its_start(
     updates = await jobs.final(exec_id)
     assert updates[-1].error == "killed after its 3s timeout"
     assert time.monotonic() - back < 2.0  # unfixed, it would be 3 s and more
+
+
+async def test_offers_and_cancels_from_an_older_leader_are_refused(
+    manager_factory: Any, jobs: Jobs
+) -> None:
+    """A requester that lost the lead and has not noticed yet offers with its old epoch."""
+    manager: Executions = await manager_factory()
+    offer, reply = await jobs.offer(process("sleep", "30"), epoch=7)
+    assert isinstance(reply, OfferReply) and reply.accepted
+    _stale, refused = await jobs.offer(process("true"), epoch=5)
+    assert isinstance(refused, ErrorReply) and refused.code == "stale_epoch"
+    ignored = await jobs.cancel(offer.exec_id, epoch=5)
+    assert isinstance(ignored, ErrorReply) and ignored.code == "stale_epoch"
+    assert offer.exec_id in manager.runs  # still running: the stale cancel did nothing
+    assert isinstance(await jobs.cancel(offer.exec_id, epoch=7), OkReply)
+    assert (await jobs.final(offer.exec_id))[-1].state == "CANCELLED"
