@@ -27,7 +27,7 @@ from requester.liveness import Liveness
 from requester.nodelink import NodeLink
 from requester.reconcile import Reconciler
 from requester.registry import Registry
-from requester.scheduler import Scheduler
+from requester.scheduler import Scheduler, placement_histogram
 
 log = logging.getLogger("hive.requester")
 EXPIRE_EVERY = 60.0  # seconds between looks for finished jobs past their retention
@@ -56,6 +56,7 @@ class LeaderDuties:
         self.reconciler: Reconciler | None = None
         self._silent_check: float | None = None
         self._next_expiry = 0.0
+        self.placement_seconds = placement_histogram()  # across every term as leader
 
     @property
     def active(self) -> bool:
@@ -73,6 +74,7 @@ class LeaderDuties:
             interval=cfg.scheduler_interval,
             offer_timeout=cfg.offer_timeout,
         )
+        scheduler.placement_seconds = self.placement_seconds
         self.reconciler = Reconciler(self.jobs, scheduler.executions_gone)
         self.exec_consumer = ExecConsumer(
             self.subjects,

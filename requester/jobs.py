@@ -127,6 +127,11 @@ class JobStore:
     def __len__(self) -> int:
         return len(self._view)
 
+    @property
+    def lost_races(self) -> int:
+        """Writes to job records another writer beat (each was applied again after)."""
+        return self._view.lost_races
+
     def active_on(self, node_id: str) -> dict[str, str]:
         """{exec id: job id} of the executions active on `node_id`, as stored now."""
         return dict(self._active.get(node_id, {}))

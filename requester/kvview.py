@@ -68,6 +68,7 @@ class KvView(Generic[M]):
         self._writing: dict[str, tuple[bytes, M]] = {}
         self._kv: KeyValue | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self.lost_races = 0  # compare-and-set writes another writer beat (then retried)
 
     # -- start / stop -------------------------------------------------------------------
     async def start(self, js: JetStreamContext) -> None:
@@ -167,6 +168,7 @@ class KvView(Generic[M]):
             async with self._write(key, value) as data:
                 revision = await self._kv_or_fail().create(key, data)
         except KeyWrongLastSequenceError:  # another requester created it first
+            self.lost_races += 1
             await self._reload(key)
             return False
         self._store(key, Entry(value, revision))
@@ -189,6 +191,7 @@ class KvView(Generic[M]):
                 async with self._write(key, value) as data:
                     revision = await self._kv_or_fail().update(key, data, last=entry.revision)
             except KeyWrongLastSequenceError:
+                self.lost_races += 1
                 await self._reload(key)
                 continue
             self._store(key, Entry(value, revision))

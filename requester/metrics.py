@@ -34,6 +34,31 @@ class RequesterCollector(Collector):
         yield from self._messages()
         yield from self._api()
         yield from self._jobs()
+        yield from self._leadership()
+
+    def _leadership(self) -> Iterator[Metric]:
+        req = self._requester
+        lead = req.leadership
+        leader = GaugeMetricFamily("hive_leader", "1 while this requester leads the cluster.")
+        leader.add_metric([], 1 if lead is not None and lead.is_leader else 0)
+        yield leader
+        epoch = GaugeMetricFamily("hive_leader_epoch", "This requester's epoch while it leads.")
+        epoch.add_metric([], lead.epoch if lead is not None else 0)
+        yield epoch
+        elections = CounterMetricFamily(
+            "hive_leader_elections", "Times this requester became leader.", labels=["how"]
+        )
+        won = lead.elections if lead is not None else 0
+        took = lead.takeovers if lead is not None else 0
+        elections.add_metric(["vacant"], won - took)
+        elections.add_metric(["takeover"], took)
+        yield elections
+        races = CounterMetricFamily(
+            "hive_job_writes_lost_races",
+            "Job record writes another writer beat (each re-read and applied again).",
+        )
+        races.add_metric([], req.jobs.lost_races if req.jobs is not None else 0)
+        yield races
 
     def _nodes(self) -> Iterator[Metric]:
         req = self._requester
@@ -130,8 +155,8 @@ def serve_metrics(requester: Requester, settings: MetricsSettings) -> MetricsSer
     """Start the HTTP endpoint in a thread: live state, plus the scheduler's histograms."""
     registry = CollectorRegistry()
     registry.register(RequesterCollector(requester))
-    if requester.scheduler is not None:
-        registry.register(requester.scheduler.placement_seconds)
+    if requester.duties is not None:
+        registry.register(requester.duties.placement_seconds)
     if requester.link is not None:
         registry.register(requester.link.offer_seconds)
     return start_metrics(registry, settings)

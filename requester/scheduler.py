@@ -97,12 +97,7 @@ class Scheduler:
         self._next_tick = 0.0
         self._task: asyncio.Task[None] | None = None
         self.placed = 0
-        self.placement_seconds = Histogram(
-            "hive_scheduler_placement_seconds",
-            "One scheduling decision for a job: filter, rank and its offers.",
-            buckets=LATENCY_BUCKETS,
-            registry=None,
-        )
+        self.placement_seconds = placement_histogram()
 
     # -- inputs ---------------------------------------------------------------------
     def kick(self, job_id: str) -> None:
@@ -425,3 +420,14 @@ def _declined(attempt: Pass) -> str:
         return "no node fits"
     shown = "; ".join(attempt.declined[:5]) + ("; ..." if len(attempt.declined) > 5 else "")
     return f"every fitting node declined ({shown})"
+
+
+def placement_histogram() -> Histogram:
+    """Not in the global registry: each requester's metrics endpoint registers its own,
+    which outlives the schedulers of its terms as leader."""
+    return Histogram(
+        "hive_scheduler_placement_seconds",
+        "One scheduling decision for a job: filter, rank and its offers.",
+        buckets=LATENCY_BUCKETS,
+        registry=None,
+    )
