@@ -165,6 +165,10 @@ async def test_both_daemons_serve_metrics_after_a_registration_and_a_job(
     assert got[("hive_offer_seconds_count", ())] == 1.0
     assert got[("hive_scheduler_placement_seconds_count", ())] >= 1.0
     assert got[("hive_api_requests_total", (("noun", "job"),))] >= 1.0
+    assert got[("hive_leader", ())] == 1.0  # the only requester leads
+    assert got[("hive_leader_elections_total", (("how", "vacant"),))] == 1.0
+    assert got[("hive_leader_elections_total", (("how", "takeover"),))] == 0.0
+    assert got[("hive_job_writes_lost_races_total", ())] == 0.0  # nobody to race
 
     assert theirs[("hive_agent_executions_total", (("state", "COMPLETED"),))] == 1.0
     assert theirs[("hive_agent_executions_total", (("state", "FAILED"),))] == 0.0
