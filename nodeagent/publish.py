@@ -23,6 +23,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from hivectl.core import auth, codec
+from hivectl.core.daemon import wait_event
 from hivectl.core.jobs import (
     LOG_DROPPED_HEADER,
     LOG_EOF_HEADER,
@@ -141,7 +142,7 @@ class Publisher:
                 failures += 1
                 if failures == 1:
                     log.warning("publishing %s failed (%s); retrying", what, _text(exc))
-            if self.gave_up.is_set() or await _wait_event(self.gave_up, delay):
+            if self.gave_up.is_set() or await wait_event(self.gave_up, delay):
                 log.error("gave up publishing %s on shutdown", what)
                 self.lost += 1
                 return False
@@ -197,7 +198,7 @@ class LogBatcher:
 
     async def _loop(self) -> None:
         while True:
-            await _wait_event(self._wake, FLUSH_INTERVAL)
+            await wait_event(self._wake, FLUSH_INTERVAL)
             self._wake.clear()
             closed = self._closed
             await self._flush()
@@ -210,14 +211,6 @@ class LogBatcher:
         for stream, data in chunks:
             for start in range(0, len(data), FLUSH_BYTES):
                 await self._publish(stream, bytes(data[start : start + FLUSH_BYTES]))
-
-
-async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
 
 
 def _text(exc: BaseException) -> str:

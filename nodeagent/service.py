@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -22,7 +21,14 @@ from nats.errors import Error as NatsError
 
 from hivectl.core import auth, bus, codec
 from hivectl.core.config import NodeAgentConfig
-from hivectl.core.daemon import Status, install_signal_handlers, sd_notify, until_stopped
+from hivectl.core.daemon import (
+    Backoff,
+    Status,
+    install_signal_handlers,
+    sd_notify,
+    until_stopped,
+    wait_event,
+)
 from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import (
     Heartbeat,
@@ -50,23 +56,6 @@ BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
 # Transient trouble or bad input from a peer: logged without a traceback (not our bug).
 _EXPECTED = (NatsError, OSError, Unreachable, codec.CodecError, auth.AuthError)
-
-
-class Backoff:
-    """Capped exponential delays with jitter, so many agents do not retry in step."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first = first
-        self.cap = max(cap, first)
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * 2)
-        return delay * random.uniform(0.8, 1.0)
-
-    def reset(self) -> None:
-        self._next = self.first
 
 
 class NodeAgent:
@@ -210,13 +199,13 @@ class NodeAgent:
         self.stop_event.set()
         sd_notify(f"STOPPING=1\nSTATUS=stopping; jobs get {self.cfg.job_grace_period:g}s")
         log.info("node agent %s shutting down", self.node_id, extra={"node_id": self.node_id})
-        await _wait_event(self._loops_done, self.request_timeout)
+        await wait_event(self._loops_done, self.request_timeout)
         if self.nc is not None and self.executions is not None:
             await self._guarded("closing executions", self._close_executions)
         if self.nc is not None:
             if self.active:
                 await self._guarded("leave", self._send_leave)
-            await _shutdown_connection(self.nc)
+            await bus.close_gently(self.nc, FLUSH_TIMEOUT)
             self.nc = None
         if self._metrics is not None:
             await asyncio.to_thread(self._metrics.close)
@@ -258,7 +247,7 @@ class NodeAgent:
 
     async def _wait(self, seconds: float) -> bool:
         """Wait `seconds` or until stopped; True while the agent should keep going."""
-        return not await _wait_event(self.stop_event, max(seconds, MIN_INTERVAL))
+        return not await wait_event(self.stop_event, max(seconds, MIN_INTERVAL))
 
     async def _membership_step(self) -> float:
         """Refresh the info, then one join or info exchange; the delay before the next."""
@@ -378,29 +367,6 @@ class NodeAgent:
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
-
-
-async def _wait_event(event: asyncio.Event, seconds: float) -> bool:
-    """True when `event` was set within `seconds`."""
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
-
-
-async def _shutdown_connection(nc: Client) -> None:
-    """Flush what is buffered (the Leave), then drain; never raise on the way out."""
-    try:
-        await nc.flush(timeout=FLUSH_TIMEOUT)
-    except Exception as exc:  # disconnected: nothing more we can do for the Leave
-        log.debug("flush on close failed: %s", exc)
-    try:
-        await nc.drain()
-    except Exception as exc:
-        log.debug("drain on close failed: %s", exc)
-    if not nc.is_closed:
-        await nc.close()
 
 
 async def main(cfg: NodeAgentConfig) -> int:

@@ -287,3 +287,18 @@ def read_reply(subject: str, data: bytes, expect: type[M]) -> M:
         raise RemoteError(answer.code, answer.reason)
     assert isinstance(answer, expect)
     return answer
+
+
+async def close_gently(nc: Client, flush_timeout: float) -> None:
+    """Flush what is buffered (a daemon's last words), then drain; never raise on the
+    way out: a connection that is already gone has nothing more to say."""
+    try:
+        await nc.flush(timeout=max(1, int(flush_timeout)))  # nats-py wants whole seconds
+    except Exception as exc:
+        log.debug("flush on close failed: %s", exc)
+    try:
+        await nc.drain()
+    except Exception as exc:
+        log.debug("drain on close failed: %s", exc)
+    if not nc.is_closed:
+        await nc.close()

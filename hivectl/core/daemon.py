@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -111,3 +112,29 @@ async def until_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) ->
     elif not task.cancelled() and task.exception() is not None:
         log.debug("start cut short: %s", task.exception())
     return False
+
+
+class Backoff:
+    """Capped exponential delays with jitter, so many agents do not retry in step."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = max(cap, first)
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay * random.uniform(0.8, 1.0)
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """True when `event` was set within `seconds` (a daemon loop's interruptible wait)."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
