@@ -26,6 +26,17 @@ def peak_rss_of_pid(pid: int) -> int:
     raise AssertionError(f"no VmHWM for {pid}")
 
 
+def assert_bounded_memory(cluster: Cluster, hivectl_rss: int) -> None:
+    """hivectl, the agent and the requester each peaked under RSS_LIMIT."""
+    sizes = {
+        "hivectl": hivectl_rss,
+        "agent": peak_rss_of_pid(cluster.procs["node-1"].pid),
+        "requester": peak_rss_of_pid(cluster.procs["requester"].pid),
+    }
+    print("peak RSS, MiB:", {k: round(v / MiB) for k, v in sizes.items()})  # seen with -s
+    assert all(v < RSS_LIMIT for v in sizes.values()), {k: v // MiB for k, v in sizes.items()}
+
+
 def hivectl_measured(
     cluster: Cluster, tmp_path: Path, *args: str, stdout: Path
 ) -> tuple[subprocess.CompletedProcess[bytes], int]:
@@ -55,13 +66,7 @@ def test_logs_of_50_mb_come_back_whole(cluster: Cluster, tmp_path: Path) -> None
     assert out.stat().st_size == size
     expected = subprocess.run(["sh", "-c", script], capture_output=True, check=True).stdout
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(expected).digest()
-    sizes = {
-        "hivectl": rss,
-        "agent": peak_rss_of_pid(cluster.procs["node-1"].pid),
-        "requester": peak_rss_of_pid(cluster.procs["requester"].pid),
-    }
-    print("peak RSS, MiB:", {k: round(v / MiB) for k, v in sizes.items()})  # seen with -s
-    assert all(v < RSS_LIMIT for v in sizes.values()), {k: v // MiB for k, v in sizes.items()}
+    assert_bounded_memory(cluster, hivectl_rss=rss)
 
 
 def test_results_of_200_mb_come_back_whole(cluster: Cluster, tmp_path: Path) -> None:
@@ -84,13 +89,7 @@ def test_results_of_200_mb_come_back_whole(cluster: Cluster, tmp_path: Path) -> 
     for line in sums.splitlines():
         digest, name = line.split()
         assert hashlib.sha256((exec_dir / name).read_bytes()).hexdigest() == digest
-    sizes = {
-        "hivectl": rss,
-        "agent": peak_rss_of_pid(cluster.procs["node-1"].pid),
-        "requester": peak_rss_of_pid(cluster.procs["requester"].pid),
-    }
-    print("peak RSS, MiB:", {k: round(v / MiB) for k, v in sizes.items()})  # seen with -s
-    assert all(v < RSS_LIMIT for v in sizes.values()), {k: v // MiB for k, v in sizes.items()}
+    assert_bounded_memory(cluster, hivectl_rss=rss)
 
 
 def test_caps_cut_a_log_and_outputs_and_say_so(cluster: Cluster, tmp_path: Path) -> None:
