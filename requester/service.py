@@ -13,7 +13,6 @@ from types import TracebackType
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 
 from hivectl.core import codec
 from hivectl.core.auth import Identity
@@ -36,6 +35,7 @@ from requester.ownnats import OwnNats
 from requester.reconcile import Reconciler
 from requester.registry import Registry
 from requester.scheduler import Scheduler
+from requester.store import Store, open_store
 from requester.streams import ensure_job_streams
 
 log = logging.getLogger("hive.requester")
@@ -126,9 +126,10 @@ class Requester:
         self.nc = await connect_daemon(
             nats_settings, name=f"hive-requester:{cfg.name}", auth_hint=REQUESTER_AUTH_HINT
         )
-        # Shorter than hivectl's 5s default: a store that does not answer gets an error
-        # reply (say, "storage full") before the client gives up on us.
-        js = self.nc.jetstream(timeout=cfg.store_timeout)
+        # Calls retried through leader elections up to store_deadline, shorter than
+        # hivectl's 5s: a store that does not answer gets an error reply (say, "storage
+        # full") before the client gives up on us.
+        js = open_store(self.nc, cfg)
         self.events = Events(self.nc, self.subjects)
         await self.events.setup(js)
         self.registry = Registry(self.subjects.nodes_bucket, self.identity, self._node_event)
@@ -181,7 +182,7 @@ class Requester:
             limits=limits,
         )
 
-    async def _start_jobs(self, js: JetStreamContext) -> None:
+    async def _start_jobs(self, js: Store) -> None:
         """Streams, the job store, the scheduler and the exec consumer, in that order:
         each needs the one before it, and the consumer may kick the scheduler at once."""
         assert self.nc is not None and self.registry is not None

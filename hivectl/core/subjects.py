@@ -93,6 +93,16 @@ class Subjects:
     def results_store(self) -> str:
         return f"{self._ident}_results"
 
+    @staticmethod
+    def kv_stream(bucket: str) -> str:
+        """The stream JetStream keeps a KV bucket in."""
+        return f"KV_{bucket}"
+
+    @staticmethod
+    def object_stream(bucket: str) -> str:
+        """The stream JetStream keeps an object store in."""
+        return f"OBJ_{bucket}"
+
     @property
     def exec_stream(self) -> str:
         return f"{self._ident.upper()}_EXEC"
