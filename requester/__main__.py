@@ -19,6 +19,7 @@ from hivectl.core.config import ConfigError, RequesterConfig, load_config
 from hivectl.core.daemon import exit_on_signal_until_loop, install_signal_handlers
 from hivectl.core.embedded import EmbeddedNatsError
 from hivectl.core.logs import setup_logging
+from requester.identity import ClusterIdentityError
 from requester.provision import StoreSetupError
 from requester.service import Requester
 from requester.store import StoreUnavailable
@@ -136,7 +137,7 @@ async def _main(cfg: RequesterConfig) -> int:
     except EmbeddedNatsError as exc:
         log.error("requester %s failed: embedded NATS: %s", cfg.name, exc)
         return 1
-    except (StoreSetupError, StoreUnavailable) as exc:
+    except (StoreSetupError, StoreUnavailable, ClusterIdentityError) as exc:
         log.error("requester %s failed: %s", cfg.name, exc)  # the operator's to fix
         return 1
     except Exception as exc:

@@ -26,6 +26,7 @@ from hivectl.core.subjects import Subjects
 from requester.api import NodeApi
 from requester.events import Events
 from requester.executions import ACTIVE, ExecConsumer
+from requester.identity import cluster_identity
 from requester.jobs import JobApi, JobStore
 from requester.liveness import Liveness
 from requester.membership import Membership
@@ -112,7 +113,6 @@ class Requester:
         build_models()  # before any thread (metrics, key derivation) can race to
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.identity = Identity.load_or_create(cfg.data_dir / "requester.seed")
         nats_settings = cfg.nats
         if cfg.embedded.enabled:
             self.embedded = await self.own_nats.start()
@@ -124,12 +124,16 @@ class Requester:
                 }
             )
         self.nc = await connect_daemon(
-            nats_settings, name=f"hive-requester:{cfg.name}", auth_hint=REQUESTER_AUTH_HINT
+            nats_settings,
+            name=f"hive-requester:{cfg.name}",
+            auth_hint=REQUESTER_AUTH_HINT,
+            inbox_prefix=self.subjects.requester_inbox,
         )
         # Calls retried through leader elections up to store_deadline, shorter than
         # hivectl's 5s: a store that does not answer gets an error reply (say, "storage
         # full") before the client gives up on us.
         js = open_store(self.nc, cfg)
+        self.identity = await cluster_identity(js, self.subjects, cfg.data_dir)
         self.events = Events(self.nc, self.subjects)
         await self.events.setup(js)
         self.registry = Registry(self.subjects.nodes_bucket, self.identity, self._node_event)

@@ -34,6 +34,7 @@ JOB = "j-0123456789abcdef"
 HIVE_STREAMS = {
     S.kv_stream(S.nodes_bucket),
     S.kv_stream(S.jobs_bucket),
+    S.kv_stream(S.cluster_bucket),
     S.exec_stream,
     S.logs_stream,
     S.events_stream,
@@ -119,7 +120,7 @@ async def test_more_replicas_than_servers_is_a_clear_start_error(
     with pytest.raises(StoreSetupError) as failed:
         await requester.serve()
     assert str(failed.value).startswith(
-        "cannot create stream HIVE_EVENTS with 3 replicas: replicas > 1 not supported "
+        "cannot create stream KV_hive_cluster with 3 replicas: replicas > 1 not supported "
         "in non-clustered mode; [jetstream] replicas may not exceed the number of NATS "
         "servers (1 for the embedded server)"
     )
