@@ -1,10 +1,14 @@
 """Hive on a real three-server NATS cluster: replicas as a setting, and a stream leader
-killed (-9) while an agent publishes."""
+killed (-9) while submits run."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -127,6 +131,109 @@ async def test_more_replicas_than_servers_is_a_clear_start_error(
 
 
 # -- a leader killed -------------------------------------------------------------------
+
+
+class Submitter:
+    """`hivectl job submit` as an operator runs it, from `workers` shells in a loop."""
+
+    def __init__(self, cluster: NatsCluster, base: Path, workers: int = 3) -> None:
+        empty = base / "empty.toml"
+        empty.write_text("")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")} | {
+            "HIVE_CONFIG": str(empty),
+            "HIVE_NATS__CREDENTIALS_FILE": str(cluster.credentials["operator"].path),
+        }
+        self.url = cluster.url
+        self.workers = workers
+        self.done: list[tuple[float, float, int, str, str]] = []  # start, end, rc, out, err
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self.workers):
+                group.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hivectl.cli.main", "--nats-url", self.url,
+                "job", "submit", "--id-only", "--engine", "process", "--", "true",
+                env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await proc.communicate()
+            assert proc.returncode is not None
+            self.done.append(
+                (started, time.monotonic(), proc.returncode, out.decode().strip(), err.decode())
+            )
+
+    def succeeded_after(self, moment: float) -> int:
+        return sum(1 for start, _, rc, _, _ in self.done if rc == 0 and start > moment)
+
+
+async def new_leader(cluster: NatsCluster, nc: Client, stream: str, old: str) -> str:
+    """The stream's leader once it is not `old`, asked through a surviving server."""
+    while True:
+        with contextlib.suppress(NatsError, TimeoutError, AssertionError):  # none yet
+            leader = await cluster.stream_leader(nc, stream, timeout=0.25)
+            if leader != old:
+                return leader
+        await asyncio.sleep(0.05)
+
+
+async def writable(nc: Client, bucket: str) -> None:
+    """Until a write to `bucket` through `nc` is stored (by the new leader)."""
+    kv = await nc.jetstream(timeout=0.25).key_value(bucket)
+    while True:
+        with contextlib.suppress(NatsError, TimeoutError):
+            await kv.put("probe", b"")
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_submits_succeed_while_the_server_leading_the_jobs_stream_is_killed(
+    nats_cluster: NatsCluster, admin: Client, tmp_path: Path
+) -> None:
+    jobs_stream = S.kv_stream(S.jobs_bucket)
+    async with RunningRequester(on_cluster(nats_cluster, tmp_path / "r", replicas=3)) as req:
+        old = await nats_cluster.stream_leader(admin, jobs_stream)
+        victim = nats_cluster.index_of(old)
+        survivor = await connect_daemon(
+            nats_cluster.settings(only=(victim + 1) % nats_cluster.size), "survivor"
+        )
+        submitter = Submitter(nats_cluster, tmp_path)
+        submitting = asyncio.create_task(submitter.run())
+        try:
+            await wait_for(lambda: submitter.succeeded_after(0) >= 3, timeout=20,
+                           what="submits to flow")  # fmt: skip
+            killed = time.monotonic()
+            nats_cluster.kill(victim)
+            leader = await asyncio.wait_for(
+                new_leader(nats_cluster, survivor, jobs_stream, old), 30
+            )
+            elected = time.monotonic() - killed
+            # Submits started after the election go through at once again.
+            await wait_for(lambda: submitter.succeeded_after(killed + elected) >= 3, timeout=30,
+                           what="submits after the election")  # fmt: skip
+        finally:
+            submitter.stop.set()
+            await submitting
+            await survivor.close()
+        failed = [(rc, err) for _, _, rc, _, err in submitter.done if rc != 0]
+        assert not failed, failed
+        ids = {out for _, _, _, out, _ in submitter.done}
+        assert len(ids) == len(submitter.done)  # one job per submit
+        await wait_for(lambda: all(req.jobs and req.jobs.get(i) for i in ids), timeout=10,
+                       what="every submitted job in the requester's store")  # fmt: skip
+        during = [end - start for start, end, *_ in submitter.done if end > killed]
+        print(
+            f"\n{jobs_stream}: leader {old} killed, {leader} took writes after {elected:.2f}s; "
+            f"{len(submitter.done)} submits, all succeeded; the slowest waited "
+            f"{max(during):.2f}s; {sum(d > 1 for d in during)} waited over 1s; hivectl sent "
+            f"{sum('sending it again' in err for *_, err in submitter.done)} of them again"
+        )
+        await nats_cluster.restart(victim)
+        assert await replicas(admin) == dict.fromkeys(HIVE_STREAMS, 3)
 
 
 async def test_an_agents_updates_survive_the_exec_stream_leader_killed(
