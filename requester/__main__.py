@@ -19,7 +19,10 @@ from hivectl.core.config import ConfigError, RequesterConfig, load_config
 from hivectl.core.daemon import exit_on_signal_until_loop, install_signal_handlers
 from hivectl.core.embedded import EmbeddedNatsError
 from hivectl.core.logs import setup_logging
+from requester.identity import ClusterIdentityError
+from requester.provision import StoreSetupError
 from requester.service import Requester
+from requester.store import StoreUnavailable
 
 log = logging.getLogger("hive.requester")
 
@@ -122,12 +125,20 @@ def run(
 
 async def _main(cfg: RequesterConfig) -> int:
     """Serve until stopped; the exit status (1 when it failed, with one line why)."""
+    import stamina.instrumentation
+
+    # The store logs when JetStream stops and starts answering; stamina's own hooks
+    # would log every retry of every call through a leader election.
+    stamina.instrumentation.set_on_retry_hooks([])
     requester = Requester(cfg)
     install_signal_handlers(requester.stopping, "requester")
     try:
         await requester.serve()
     except EmbeddedNatsError as exc:
         log.error("requester %s failed: embedded NATS: %s", cfg.name, exc)
+        return 1
+    except (StoreSetupError, StoreUnavailable, ClusterIdentityError) as exc:
+        log.error("requester %s failed: %s", cfg.name, exc)  # the operator's to fix
         return 1
     except Exception as exc:
         # A data dir it cannot write is the operator's to fix: no traceback for that.

@@ -14,8 +14,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from nats.js import JetStreamContext
-
 from hivectl.core import codec
 from hivectl.core.config import RequesterConfig
 from hivectl.core.jobs import Job, JobState
@@ -28,6 +26,7 @@ from requester.nodelink import NodeLink
 from requester.reconcile import Reconciler
 from requester.registry import Registry
 from requester.scheduler import Scheduler, placement_histogram
+from requester.store import Store
 
 log = logging.getLogger("hive.requester")
 EXPIRE_EVERY = 60.0  # seconds between looks for finished jobs past their retention
@@ -62,7 +61,7 @@ class LeaderDuties:
     def active(self) -> bool:
         return self.scheduler is not None
 
-    async def start(self, js: JetStreamContext, epoch: int, valid: Callable[[], bool]) -> None:
+    async def start(self, js: Store, epoch: int, valid: Callable[[], bool]) -> None:
         cfg = self.config
         fenced = FencedJobs(self.jobs, epoch, valid)
         self.link.epoch = epoch
@@ -85,7 +84,9 @@ class LeaderDuties:
             limits=codec.Limits(max_bytes=cfg.max_payload),
         )
         scheduler.start()
-        await self.exec_consumer.start(js)
+        consumer = self.exec_consumer
+        stream = self.subjects.exec_stream
+        await js.retried(stream, lambda: consumer.start(js), deadline=js.setup_deadline)
         # Nodes that went silent before we led, or while no requester ran, lose their
         # work once every node has had `disconnected_after` to be heard by us.
         self._silent_check = max(time.monotonic(), self.started_at + cfg.disconnected_after)

@@ -5,25 +5,17 @@ from __future__ import annotations
 import logging
 
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
 
 from hivectl.core import codec
 from hivectl.core.models import NodeEvent
 from hivectl.core.subjects import Subjects
+from requester.provision import ensure_stream
+from requester.store import Store
 
 log = logging.getLogger("hive.requester.events")
 
 EVENTS_MAX_AGE = 7 * 24 * 3600.0
-
-
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create `config`'s stream, or bring an existing one to this config."""
-    try:
-        await js.add_stream(config)
-    except BadRequestError:  # exists with another config (e.g. an older max_age)
-        await js.update_stream(config)
 
 
 class Events:
@@ -33,7 +25,7 @@ class Events:
         self._nc = nc
         self._subjects = subjects
 
-    async def setup(self, js: JetStreamContext) -> None:
+    async def setup(self, js: Store) -> None:
         await ensure_stream(
             js,
             StreamConfig(

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
 from hivectl.core import codec
 from hivectl.core.jobs import (
@@ -40,6 +39,7 @@ from requester.api import REPLY_HEADROOM
 from requester.executions import ACTIVE, finish, node_stopped
 from requester.kvview import KvView
 from requester.routing import ApiRouter, Refusal
+from requester.store import Store
 
 log = logging.getLogger("hive.requester.jobs")
 # The scheduler and the execution-update consumer both write job records; give their
@@ -110,7 +110,7 @@ class JobStore:
         # the index: the leader places a job another requester stored at once.
         self.watchers: list[Callable[[Job], None]] = []
 
-    async def start(self, js: JetStreamContext) -> None:
+    async def start(self, js: Store) -> None:
         """Open (or create) the bucket and load every job before serving."""
         await self._view.start(js)
 

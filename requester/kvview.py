@@ -3,6 +3,8 @@
 The requester's node registry and job store are both this: every read comes from
 memory, kept current by a KV watch (so a second requester's writes show up too), and
 every write is a compare-and-set that re-reads and retries when another writer won.
+Every call to the bucket goes through the store's `retried`, so a stream leader election
+on a NATS cluster costs a request some seconds, not an error.
 """
 
 from __future__ import annotations
@@ -10,21 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from hivectl.core import codec
+from requester.provision import ensure_bucket
 from requester.routing import Refusal
+from requester.store import Store
 
 log = logging.getLogger("hive.requester.kv")
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 CAS_ATTEMPTS = 8
 _DELETE_OPS = ("DEL", "PURGE")
 
@@ -67,18 +70,17 @@ class KvView(Generic[M]):
         # before the write returns, and then it need not be decoded again.
         self._writing: dict[str, tuple[bytes, M]] = {}
         self._kv: KeyValue | None = None
+        self._js: Store | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.lost_races = 0  # compare-and-set writes another writer beat (then retried)
 
     # -- start / stop -------------------------------------------------------------------
-    async def start(self, js: JetStreamContext) -> None:
+    async def start(self, js: Store) -> None:
         """Open (or create) the bucket and load every value before serving."""
-        try:
-            self._kv = await js.key_value(self.bucket)
-        except BucketNotFoundError:
-            config = KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE)
-            self._kv = await js.create_key_value(config=config)
-        watcher = await self._kv.watchall()
+        self._js = js
+        await ensure_bucket(js, self.bucket)
+        self._kv = kv = await js.retried(self.bucket, lambda: js.key_value(self.bucket))
+        watcher = await js.retried(self.bucket, kv.watchall, deadline=js.setup_deadline)
         while (entry := await watcher.updates(timeout=30)) is not None:  # type: ignore[no-untyped-call]
             self._apply(entry)
         self._watch_task = asyncio.create_task(self._follow(watcher), name=f"{self.bucket}-watch")
@@ -166,8 +168,9 @@ class KvView(Generic[M]):
         """Store a new value; False when the key exists already (memory then has it)."""
         try:
             async with self._write(key, value) as data:
-                revision = await self._kv_or_fail().create(key, data)
-        except KeyWrongLastSequenceError:  # another requester created it first
+                revision = await self._retried(lambda kv: kv.create(key, data))
+        except KeyWrongLastSequenceError:  # another requester created it first (or we did,
+            # and the reply was lost to a leader election): memory gets what is stored
             self.lost_races += 1
             await self._reload(key)
             return False
@@ -189,7 +192,7 @@ class KvView(Generic[M]):
                 return entry.value, entry.value
             try:
                 async with self._write(key, value) as data:
-                    revision = await self._kv_or_fail().update(key, data, last=entry.revision)
+                    revision = await self._update(key, data, entry.revision)
             except KeyWrongLastSequenceError:
                 self.lost_races += 1
                 await self._reload(key)
@@ -209,20 +212,29 @@ class KvView(Generic[M]):
             if self._writing.get(key) is mine:  # not a later write of the same key
                 del self._writing[key]
 
+    async def _update(self, key: str, data: bytes, last: int) -> int:
+        return await self._retried(lambda kv: kv.update(key, data, last=last))
+
     async def purge(self, key: str) -> None:
-        await self._kv_or_fail().purge(key)
+        await self._retried(lambda kv: kv.purge(key))
         self.forget(key)
 
     async def _reload(self, key: str) -> None:
         """Re-read one value after a lost compare-and-set."""
         try:
-            entry = await self._kv_or_fail().get(key)
-        except Exception:  # deleted or missing: forget it
+            entry = await self._retried(lambda kv: kv.get(key))
+        except (KeyNotFoundError, KeyDeletedError):
             self.forget(key)
             return
         self._entries.pop(key, None)
         self._sorted = None
         self._apply(entry)
+
+    async def _retried(self, call: Callable[[KeyValue], Awaitable[T]]) -> T:
+        """`call(bucket)` through the store's retries (StoreUnavailable after its deadline)."""
+        kv = self._kv_or_fail()
+        assert self._js is not None  # set with the bucket
+        return await self._js.retried(self.bucket, lambda: call(kv))
 
     def _kv_or_fail(self) -> KeyValue:
         if self._kv is None:

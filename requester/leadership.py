@@ -33,10 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyValueError,
     KeyWrongLastSequenceError,
@@ -45,6 +42,8 @@ from nats.js.kv import KeyValue
 
 from hivectl.core import codec
 from hivectl.core.models import Model, ShortText
+from requester.provision import ensure_bucket
+from requester.store import Store
 
 log = logging.getLogger("hive.requester.leadership")
 KEY = "leader"
@@ -70,13 +69,11 @@ class Leadership:
         *,
         on_elected: Elected,
         on_deposed: Deposed,
-        replicas: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bucket = bucket
         self.name = name
         self.lease = lease
-        self.replicas = replicas
         self._on_elected = on_elected
         self._on_deposed = on_deposed
         self._clock = clock
@@ -104,14 +101,9 @@ class Leadership:
         over (a follower waits a whole lease; we stop a margin before that)."""
         return self.epoch > 0 and self._clock() - self._renewed < self.lease - self.margin
 
-    async def start(self, js: JetStreamContext) -> None:
-        try:
-            self._kv = await js.key_value(self.bucket)
-        except BucketNotFoundError:
-            config = KeyValueConfig(
-                bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
-            )
-            self._kv = await js.create_key_value(config=config)
+    async def start(self, js: Store) -> None:
+        await ensure_bucket(js, self.bucket)  # at the configured replicas
+        self._kv = await js.retried(self.bucket, lambda: js.key_value(self.bucket))
         await self.step()
         self._task = asyncio.create_task(self._run(), name="leadership")
 
@@ -171,6 +163,13 @@ class Leadership:
                 await self._elected(taken, holder)
 
     async def _elected(self, revision: int, previous: str) -> None:
+        try:
+            await self._take_up(revision, previous)
+        except Exception as exc:  # the duties could not start (an election in NATS, say)
+            log.exception("requester %s could not take up the lead", self.name)
+            await self._step_down(f"could not take up the lead: {exc}")
+
+    async def _take_up(self, revision: int, previous: str) -> None:
         self.epoch = self._revision = revision
         self._renewed = self._clock()
         self.leader = self.name

@@ -11,12 +11,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
-from nats.js import JetStreamContext
-
 from hivectl.core.auth import AuthError, Identity
 from hivectl.core.models import Approval, NodeEvent, NodeInfo, NodeRecord, utcnow
 from requester.kvview import KvView
 from requester.routing import Refusal
+from requester.store import Store
 
 log = logging.getLogger("hive.requester.registry")
 
@@ -40,7 +39,7 @@ class Registry:
             bucket, NodeRecord, noun="node", error=RegistryError, on_drop=self._drop_key
         )
 
-    async def start(self, js: JetStreamContext) -> None:
+    async def start(self, js: Store) -> None:
         """Open (or create) the bucket and load every record before serving."""
         await self._view.start(js)
         # Deriving a node's key costs ~150 us. Done lazily, a restarted requester pays

@@ -12,6 +12,7 @@ from nats.js.errors import ServiceUnavailableError
 
 from hivectl.core import codec
 from hivectl.core.models import ErrorReply, Message
+from requester.store import StoreUnavailable
 
 log = logging.getLogger("hive.requester.api")
 
@@ -29,9 +30,11 @@ class Refusal(Exception):
         self.reason = reason
 
 
-# What a store that cannot answer raises: the request timed out, JetStream refused it
-# for now (a leader election, a full store), or the connection is between servers.
+# What a store that cannot answer raises: it kept failing for a transient reason (a
+# leader election, a full store, a connection between servers) until the store's
+# deadline, or a call made without the store's retries timed out or was refused.
 STORE_ERRORS: tuple[type[Exception], ...] = (
+    StoreUnavailable,
     TimeoutError,
     NatsTimeoutError,
     ServiceUnavailableError,
@@ -83,8 +86,10 @@ class ApiRouter:
         log.warning("%s api %s: the store did not answer (%s)", self.noun, verb, trouble or exc)
         if trouble:
             return ErrorReply(code="storage_full", reason=trouble)
+        waited = f" within {exc.deadline:g}s" if isinstance(exc, StoreUnavailable) else " in time"
         return ErrorReply(
             code="store_unavailable",
-            reason="the requester's JetStream store did not answer in time "
-            "(is NATS up, with JetStream enabled?); try again",
+            reason=f"the cluster's JetStream store did not answer{waited} (is NATS up, "
+            "with JetStream enabled? on a NATS cluster, a server may be down while "
+            "another takes over its streams); try again",
         )

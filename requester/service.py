@@ -13,7 +13,6 @@ from types import TracebackType
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 
 from hivectl.core import codec
 from hivectl.core.auth import Identity
@@ -28,6 +27,7 @@ from requester.api import NodeApi
 from requester.duties import LeaderDuties
 from requester.events import Events
 from requester.executions import ExecConsumer
+from requester.identity import cluster_identity
 from requester.jobs import JobApi, JobStore
 from requester.leadership import Leadership
 from requester.liveness import Liveness
@@ -37,6 +37,7 @@ from requester.nodelink import NodeLink
 from requester.ownnats import OwnNats
 from requester.registry import Registry
 from requester.scheduler import Scheduler
+from requester.store import Store, open_store
 from requester.streams import ensure_job_streams
 
 log = logging.getLogger("hive.requester")
@@ -74,7 +75,6 @@ class Requester:
         self.job_api: JobApi | None = None
         self.duties: LeaderDuties | None = None  # what only the leader does
         self.leadership: Leadership | None = None
-        self._js: JetStreamContext | None = None
         self.own_nats = OwnNats(config, self.subjects, on_crash=self.stopping.set)
 
     @property
@@ -112,7 +112,6 @@ class Requester:
         build_models()  # before any thread (metrics, key derivation) can race to
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.identity = Identity.load_or_create(cfg.data_dir / "requester.seed")
         nats_settings = cfg.nats
         if cfg.embedded.enabled:
             self.embedded = await self.own_nats.start()
@@ -124,11 +123,16 @@ class Requester:
                 }
             )
         self.nc = await connect_daemon(
-            nats_settings, name=f"hive-requester:{cfg.name}", auth_hint=REQUESTER_AUTH_HINT
+            nats_settings,
+            name=f"hive-requester:{cfg.name}",
+            auth_hint=REQUESTER_AUTH_HINT,
+            inbox_prefix=self.subjects.requester_inbox,
         )
-        # Shorter than hivectl's 5s default: a store that does not answer gets an error
-        # reply (say, "storage full") before the client gives up on us.
-        js = self.nc.jetstream(timeout=cfg.store_timeout)
+        # Calls retried through leader elections up to store_deadline, shorter than
+        # hivectl's 5s: a store that does not answer gets an error reply (say, "storage
+        # full") before the client gives up on us.
+        js = open_store(self.nc, cfg)
+        self.identity = await cluster_identity(js, self.subjects, cfg.data_dir)
         self.events = Events(self.nc, self.subjects)
         await self.events.setup(js)
         self.registry = Registry(self.subjects.nodes_bucket, self.identity, self._node_event)
@@ -180,7 +184,7 @@ class Requester:
             limits=limits,
         )
 
-    async def _start_jobs(self, js: JetStreamContext) -> None:
+    async def _start_jobs(self, js: Store) -> None:
         """Streams, the job store and its API; what only the leader does waits for
         `_lead_when_elected`."""
         assert self.nc is not None and self.registry is not None
@@ -198,7 +202,7 @@ class Requester:
             self.jobs, kick=duties.kick, max_payload=self._max_payload(), limits=limits
         )
 
-    async def _lead_when_elected(self, js: JetStreamContext) -> None:
+    async def _lead_when_elected(self, js: Store) -> None:
         """Take part in the election; lead at once when no other requester does."""
         assert self.duties is not None
         duties = self.duties

@@ -2,22 +2,18 @@
 
 Node agents publish into these but never create them: one owner keeps one config, and a
 node with a compute role's permissions cannot widen retention. Creating them is
-idempotent (an existing stream is brought to this config), so every requester start,
-and every requester of a cluster, runs the same code.
+idempotent (an existing stream is raised to this config, never lowered: see
+requester/provision.py), so every requester start, and every requester of a cluster,
+runs the same code.
 """
 
 from __future__ import annotations
 
-import logging
-
-from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, ObjectStoreConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from hivectl.core.subjects import Subjects
-from requester.events import ensure_stream
-
-log = logging.getLogger("hive.requester.streams")
+from requester.provision import ensure_object_store, ensure_stream
+from requester.store import Store
 
 DAY = 24 * 3600.0
 EXEC_MAX_AGE = 7 * DAY
@@ -49,18 +45,8 @@ def logs_stream_config(subjects: Subjects) -> StreamConfig:
     )
 
 
-async def ensure_job_streams(js: JetStreamContext, subjects: Subjects) -> None:
+async def ensure_job_streams(js: Store, subjects: Subjects) -> None:
     """HIVE_EXEC, HIVE_LOGS and the results object store, as they should be."""
     await ensure_stream(js, exec_stream_config(subjects))
     await ensure_stream(js, logs_stream_config(subjects))
-    await ensure_results_store(js, subjects.results_store)
-
-
-async def ensure_results_store(js: JetStreamContext, bucket: str) -> None:
-    config = ObjectStoreConfig(bucket=bucket, ttl=RESULTS_TTL, storage=StorageType.FILE)
-    try:
-        await js.create_object_store(bucket, config=config)
-    except BadRequestError as exc:
-        # It exists with another config (an operator may have tuned its TTL or size):
-        # results already stored there matter more than our default, so keep it.
-        log.info("object store %s exists with another config (%s); keeping it", bucket, exc)
+    await ensure_object_store(js, subjects.results_store, ttl=RESULTS_TTL)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real nats-server with JetStream per test, and a client for it."""
+"""Shared fixtures: a real nats-server with JetStream per test, and a client for it; a
+real three-server NATS cluster for the tests that need one."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from nats.aio.client import Client
 from hivectl.core.bus import connect_daemon
 from hivectl.core.config import NatsSettings
 from hivectl.core.embedded import EmbeddedNats
+from tests.support.natscluster import NatsCluster
 
 pytest_plugins = ["tests.support.docker_fixtures"]
 
@@ -32,3 +34,11 @@ async def nc(nats_settings: NatsSettings) -> AsyncIterator[Client]:
     client = await connect_daemon(nats_settings, "test-client")
     yield client
     await client.close()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three clustered nats-servers with JetStream and Hive's role users (credentials in
+    `nats_cluster.credentials`), ready: JetStream has a meta leader and every peer."""
+    with NatsCluster(tmp_path / "nats-cluster") as cluster:
+        yield cluster

@@ -62,7 +62,7 @@ from hivectl.cli.jobview import (
     status_text,
 )
 from hivectl.cli.output import counted, print_data, write_lines, write_out
-from hivectl.core.bus import BusError, NoAnswer, connect_cli, connection_failure
+from hivectl.core.bus import BusError, NoAnswer, RemoteError, connect_cli, connection_failure
 from hivectl.core.jobs import (
     JOB_ID_PATTERN,
     JOB_TERMINAL,
@@ -112,9 +112,12 @@ JobIdOption = Annotated[
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 # A submit with no reply is sent again (the same job id: it never runs twice) up to this
 # many times in all, each waiting the client's timeout, with 0.2s, 0.4s, 0.8s between
-# them: under half a minute with the default timeout. Refusals are not retried.
+# them: under half a minute with the default timeout. So is one the requester could not
+# store yet ("store unavailable": on a NATS cluster, a server down while another takes
+# over its streams, which takes seconds). Refusals are not retried.
 SUBMIT_ATTEMPTS = 4
 RETRIED = (BusError, NatsError)
+STORE_UNAVAILABLE = "store_unavailable"
 MessageOption = Annotated[
     str,
     typer.Option(
@@ -200,25 +203,28 @@ def _chosen_id(given: str | None) -> str:
 
 
 async def send_submit(api: Api, request: JobSubmitRequest) -> str:
-    """Submit, sending the same request again (same job id) while no reply comes:
-    the requester creates a job id once, so a lost reply never makes a second job.
-    The id is the requester's answer (an older one picks its own)."""
+    """Submit, sending the same request again (same job id) while no reply comes or the
+    requester could not store it yet: the requester creates a job id once, so a lost
+    reply never makes a second job. The id is the requester's answer (an older one
+    picks its own)."""
     import stamina  # only a submit needs it
 
-    unanswered: list[BaseException] = []  # tries that may have reached the requester
+    unanswered: list[BaseException] = []  # tries that may have reached the store
     stamina.instrumentation.set_on_retry_hooks([_retrying(request.job_id, unanswered)])
     try:
         async for attempt in stamina.retry_context(
-            on=RETRIED, attempts=SUBMIT_ATTEMPTS, timeout=SUBMIT_ATTEMPTS * api.cfg.timeout + 5,
+            on=_again, attempts=SUBMIT_ATTEMPTS, timeout=SUBMIT_ATTEMPTS * api.cfg.timeout + 5,
             wait_initial=0.2, wait_max=2.0, wait_jitter=0.2,
         ):  # fmt: skip
             with attempt:
                 if api.nc.is_closed:  # the connection broke under the last try
                     api.nc = await connect_cli(api.cfg.nats)
                 return (await api.call("job", "submit", request, JobSubmitReply)).job_id
-    except RETRIED as exc:
+    except (*RETRIED, RemoteError) as exc:
+        if not _again(exc):
+            raise
         text, job_id = str(exc) or type(exc).__name__, request.job_id
-        if not isinstance(exc, NoAnswer) and not unanswered:
+        if not _maybe_stored(exc) and not unanswered:
             raise CliError(text) from None  # it never reached a requester
         raise CliError(
             f"{text}. Job {job_id} may have been submitted: see `hivectl job describe {job_id}`; "
@@ -227,11 +233,27 @@ async def send_submit(api: Api, request: JobSubmitRequest) -> str:
     raise AssertionError("retry_context ended without a result")
 
 
+def _again(exc: Exception) -> bool:
+    """Worth sending the same submit again: no reply, or a store that could not answer."""
+    return isinstance(exc, RETRIED) or (
+        isinstance(exc, RemoteError) and exc.code == STORE_UNAVAILABLE
+    )
+
+
+def _maybe_stored(exc: BaseException) -> bool:
+    """The requester may have stored the job before this went wrong."""
+    return isinstance(exc, NoAnswer | RemoteError)
+
+
 def _retrying(job_id: str | None, unanswered: list[BaseException]) -> RetryHook:
     def note(details: RetryDetails) -> None:
-        if isinstance(details.caused_by, NoAnswer):
-            unanswered.append(details.caused_by)
-        info(f"No reply to the submit ({details.caused_by}); sending it again as {job_id}")
+        cause = details.caused_by
+        if _maybe_stored(cause):
+            unanswered.append(cause)
+        if isinstance(cause, RemoteError):
+            info(f"The submit was not stored yet ({cause}); sending it again as {job_id}")
+        else:
+            info(f"No reply to the submit ({cause}); sending it again as {job_id}")
 
     return note
 

@@ -109,12 +109,15 @@ def _credentials(settings: NatsSettings) -> dict[str, Any]:
     return options
 
 
-async def connect_daemon(settings: NatsSettings, name: str, *, auth_hint: str = "") -> Client:
+async def connect_daemon(
+    settings: NatsSettings, name: str, *, auth_hint: str = "", inbox_prefix: str = "_INBOX"
+) -> Client:
     """A connection that reconnects forever and drains on close, for the daemons.
 
     Each kind of failure is logged once a minute while it lasts. A refused
     authorization is one line that says which credentials went and, from `auth_hint`,
-    what to give instead: retrying cannot fix that, the operator must.
+    what to give instead: retrying cannot fix that, the operator must. Replies to this
+    connection's requests come to `inbox_prefix` subjects.
     """
 
     last_logged: dict[str, float] = {}
@@ -153,6 +156,7 @@ async def connect_daemon(settings: NatsSettings, name: str, *, auth_hint: str = 
             error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
+            inbox_prefix=inbox_prefix,
             **_credentials(settings),
         )
     except BaseException:  # cancelled while retrying (a daemon told to stop): tidy up

@@ -89,6 +89,13 @@ class MetricsSettings(Section):
     port: int = Field(default=9464, ge=0, le=65535)
 
 
+class JetStreamSettings(Section):
+    # Copies of every stream, bucket and object store the requester creates: 1 on the
+    # embedded server, 3 on a three-server NATS cluster (at most 5). A starting requester
+    # raises lower ones to this and keeps higher ones (with a warning).
+    replicas: int = Field(default=1, ge=1, le=5)
+
+
 class HiveSettings(BaseSettings):
     """Common behaviour: HIVE_ env prefix, `__` nesting, unknown keys refused."""
 
@@ -151,6 +158,7 @@ class RequesterConfig(HiveSettings):
     program: ClassVar[str] = "requester"
     embedded: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    jetstream: JetStreamSettings = Field(default_factory=JetStreamSettings)
     data_dir: Path = Field(default_factory=lambda: _data_dir("requester"))
     name: str = Field(default="requester", pattern=ID_PATTERN)
     cluster_name: str = Field(default="hive", max_length=64)
@@ -166,6 +174,10 @@ class RequesterConfig(HiveSettings):
     # How long a JetStream call may take before the API answers "store unavailable" (or
     # "storage full"): shorter than hivectl's own 5s, so the answer reaches it.
     store_timeout: Duration = 2.0
+    # How long a request keeps retrying JetStream calls that fail for a moment (a stream
+    # leader being elected on a NATS cluster) before it is answered "store unavailable";
+    # also below hivectl's 5s.
+    store_deadline: Duration = 4.0
     # A finished job's record is deleted this long after it ended (its logs, events and
     # results expire after 7 days in their streams too); 0 keeps finished jobs forever.
     job_retention: Duration = 7 * 24 * 3600.0
@@ -175,6 +187,8 @@ class RequesterConfig(HiveSettings):
     def _thresholds_in_order(self) -> RequesterConfig:
         if self.disconnected_after < self.unhealthy_after:
             raise ValueError("disconnected_after must not be shorter than unhealthy_after")
+        if self.store_deadline < self.store_timeout:
+            raise ValueError("store_deadline must not be shorter than store_timeout")
         return self
 
 

@@ -77,9 +77,12 @@ def permissions(subjects: Subjects) -> dict[str, dict[str, object]]:
     return {
         "requester": {"publish": [">"], "subscribe": [">"]},
         "operator": {
-            # $JS.FC: an ordered consumer (logs, result downloads) answers the server's
-            # flow-control requests there; without it delivery stops after one window.
-            "publish": [f"{p}.api.>", "$JS.API.>", "$JS.FC.>", "_INBOX.>"],
+            "publish": {
+                # $JS.FC: an ordered consumer (logs, result downloads) answers the server's
+                # flow-control requests there; without it delivery stops after one window.
+                "allow": [f"{p}.api.>", "$JS.API.>", "$JS.FC.>", "_INBOX.>"],
+                "deny": cluster_secrets(subjects),
+            },
             "subscribe": ["_INBOX.>", f"{p}.events.>"],
         },
         "compute": {
@@ -100,22 +103,43 @@ def permissions(subjects: Subjects) -> dict[str, dict[str, object]]:
     }
 
 
+def cluster_secrets(subjects: Subjects) -> list[str]:
+    """Every JetStream API call that could read, copy or change the cluster bucket
+    (the requesters' shared seed), for the operator role, which may use the rest of
+    the JetStream API: reading it (direct and stream gets, snapshots), consuming it,
+    and copying it into a stream it can read (a new or changed stream that mirrors or
+    sources it; hivectl never creates or edits streams)."""
+    stream = subjects.kv_stream(subjects.cluster_bucket)
+    return [
+        "$JS.API.STREAM.CREATE.>",
+        "$JS.API.STREAM.UPDATE.>",
+        f"$JS.API.STREAM.*.{stream}",
+        f"$JS.API.STREAM.MSG.*.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.*.{stream}",
+        f"$JS.API.CONSUMER.*.{stream}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+        f"$KV.{subjects.cluster_bucket}.>",
+    ]
+
+
 def authorization_block(creds: dict[str, RoleCredentials], subjects: Subjects) -> str:
     """The nats-server config text that admits these users, and no one else."""
     rules = permissions(subjects)
     users = []
     for role, cred in creds.items():
-        perms = {k: v for k, v in rules[role].items()}
         users.append(
             f"    {{ user: {json.dumps(cred.user)}, password: {json.dumps(cred.password)},"
-            f" permissions: {_render(perms)} }}"
+            f" permissions: {render_config(rules[role])} }}"
         )
     return "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}\n"
 
 
-def _render(value: object) -> str:
-    """nats-server config accepts JSON-like maps and lists."""
+def render_config(value: object) -> str:
+    """`value` as nats-server config text (which accepts JSON-like maps and lists)."""
     if isinstance(value, dict):
-        inner = ", ".join(f"{k}: {_render(v)}" for k, v in value.items())
+        inner = ", ".join(f"{k}: {render_config(v)}" for k, v in value.items())
         return "{ " + inner + " }"
     return json.dumps(value)

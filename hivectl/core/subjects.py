@@ -16,6 +16,8 @@ CONTAINER_LABEL_NODE, CONTAINER_LABEL_JOB, CONTAINER_LABEL_EXEC = (
     "hive.job",
     "hive.exec",
 )
+# The key of the cluster bucket that holds the requesters' shared identity seed.
+REQUESTER_SEED_KEY = "requester-seed"
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,29 @@ class Subjects:
     @property
     def results_store(self) -> str:
         return f"{self._ident}_results"
+
+    @property
+    def cluster_bucket(self) -> str:
+        """What every requester of the cluster shares and nobody else may read: the
+        requester seed. Its stream is `KV_<bucket>` (see `kv_stream`)."""
+        return f"{self._ident}_cluster"
+
+    @staticmethod
+    def kv_stream(bucket: str) -> str:
+        """The stream JetStream keeps a KV bucket in."""
+        return f"KV_{bucket}"
+
+    @staticmethod
+    def object_stream(bucket: str) -> str:
+        """The stream JetStream keeps an object store in."""
+        return f"OBJ_{bucket}"
+
+    @property
+    def requester_inbox(self) -> str:
+        """The requesters' reply-subject prefix. Operators and nodes may listen on
+        `_INBOX.>`; what JetStream answers a requester (the cluster seed among it) goes
+        here instead, where they may not."""
+        return f"_INBOX_{self._ident}_requester"
 
     @property
     def exec_stream(self) -> str:

@@ -6,21 +6,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
 from hivectl.core import codec
 from hivectl.core.models import Resources
 from requester.kvview import KvView
+from requester.store import Store
 from tests.support.cluster import wait_for
 
 
 @pytest.fixture
-async def js(nc: Client) -> JetStreamContext:
-    return nc.jetstream()
+async def js(nc: Client) -> Store:
+    return Store(nc, timeout=2.0, deadline=4.0)
 
 
 @pytest.fixture
-async def view(js: JetStreamContext) -> AsyncIterator[KvView[Resources]]:
+async def view(js: Store) -> AsyncIterator[KvView[Resources]]:
     dropped: list[str] = []
     kv = KvView("test_view", Resources, noun="thing", on_drop=dropped.append)
     kv.dropped = dropped  # type: ignore[attr-defined]
@@ -48,7 +48,7 @@ async def test_own_writes_are_not_decoded_again_when_the_watch_echoes_them(
 
 
 async def test_another_writers_change_is_taken_in_and_announced(
-    view: KvView[Resources], js: JetStreamContext
+    view: KvView[Resources], js: Store
 ) -> None:
     assert await view.create("a", Resources(cpu=1))
     other = await js.key_value("test_view")

@@ -14,6 +14,7 @@ from hivectl.core.jobs import Job, JobSpec, new_job_id
 from hivectl.core.subjects import Subjects
 from requester.jobs import Deposed, FencedJobs, JobStore
 from requester.leadership import Leadership
+from requester.store import Store
 
 LEASE = 1.0
 BUCKET = Subjects().leases_bucket
@@ -47,7 +48,7 @@ class Candidate:
 @pytest.fixture
 async def pair(nc: Client) -> AsyncIterator[tuple[Candidate, Candidate]]:
     a, b = Candidate("req-a"), Candidate("req-b")
-    js = nc.jetstream()
+    js = Store(nc, timeout=2.0, deadline=4.0)
     await asyncio.gather(a.lead.start(js), b.lead.start(js))
     yield a, b
     for c in (a, b):
@@ -106,7 +107,7 @@ async def test_a_clean_stop_hands_the_lead_over_at_once(
 
 async def test_an_older_epoch_cannot_write_a_job_a_newer_one_decided(nc: Client) -> None:
     store = JobStore(nc, Subjects(), on_cancel=lambda executions, reason: None)
-    await store.start(nc.jetstream())
+    await store.start(Store(nc, timeout=2.0, deadline=4.0))
     job_id = new_job_id()
     await store.create(Job(job_id=job_id, spec=JobSpec(engine="process", command=["true"])))
     old, new = FencedJobs(store, 3, lambda: True), FencedJobs(store, 7, lambda: True)

@@ -91,9 +91,11 @@ class CannedJobRequester:
         errors: dict[str, ErrorReply] | None = None,
         logs_stream: bool = True,
         unanswered_submits: int = 0,
+        unstored_submits: int = 0,
     ) -> None:
         self.url = url
         self.unanswered_submits = unanswered_submits  # the first N submits get no reply
+        self.unstored_submits = unstored_submits  # the next N: "store unavailable"
         self.timelines = {steps[0].job.job_id: steps for steps in timelines}
         self.pages = pages
         self.errors = errors or {}
@@ -143,6 +145,11 @@ class CannedJobRequester:
         self.requests.append(request)
         if isinstance(request, JobSubmitRequest) and self.unanswered_submits > 0:
             self.unanswered_submits -= 1  # as if the reply were lost on the way back
+            return
+        if isinstance(request, JobSubmitRequest) and self.unstored_submits > 0:
+            self.unstored_submits -= 1  # as while a NATS cluster elects a stream leader
+            unavailable = ErrorReply(code="store_unavailable", reason="the store did not answer")
+            await msg.respond(codec.encode(unavailable))
             return
         reply = await self.answer(request)
         await msg.respond(codec.encode(reply))
@@ -532,6 +539,19 @@ def test_a_submit_whose_reply_is_lost_is_sent_again_with_the_same_id(
     assert "No reply to the submit (no answer on hive.api.job.submit within 0.5s); " in (
         result.stderr
     )
+
+
+def test_a_submit_the_store_could_not_take_yet_is_sent_again_with_the_same_id(
+    nats_server: EmbeddedNats,
+) -> None:
+    with CannedJobRequester(
+        nats_server.url, [[Step(job())]], unanswered_submits=1, unstored_submits=2
+    ) as canned:
+        result = hivectl(canned.url, "--timeout", "0.5s", "job", "submit", "--id-only", "x")
+    assert (result.exit_code, result.stdout) == (0, f"{JOB}\n"), result.stderr
+    sent = canned.sent(JobSubmitRequest)
+    assert len(sent) == 4 and all(r == sent[0] for r in sent)  # one job id, four sends
+    assert result.stderr.count("The submit was not stored yet (the store did not answer)") == 2
 
 
 def test_a_submit_that_never_gets_a_reply_says_how_to_retry_safely(
