@@ -63,7 +63,7 @@ class ProcessExecutor:
     async def kill_orphans(self, held: set[str]) -> list[str]:
         """Kill the process jobs of this node that no ledger entry holds (the agent died
         and its ledger was lost or damaged), and remove their work dirs; their ids."""
-        found = await asyncio.to_thread(_orphans, self.node_id, held)
+        found = await asyncio.to_thread(_orphans, self.work_dir, held)
         for exec_id, pgid in found.items():
             log.warning("killing execution %s: it runs here but no record holds it", exec_id)
             _killpg(pgid, signal.SIGKILL)
@@ -91,8 +91,8 @@ class ProcessExecutor:
 
     async def _spawn(self, job: JobRun, root: Path, cwd: Path) -> asyncio.subprocess.Process:
         env = {"PATH": PATH, "HOME": str(root), "LANG": "C.UTF-8", **job.spec.env}
-        # Ours last, so a spec cannot set them: they also let a restarted agent that
-        # lost its ledger find the job's processes (see kill_orphans).
+        # Ours last, so a spec cannot set them; with HOME they also let a restarted
+        # agent that lost its ledger find the job's processes (see kill_orphans).
         env |= {"HIVE_NODE_ID": self.node_id, "HIVE_JOB_ID": job.job_id}
         env["HIVE_EXEC_ID"] = job.exec_id
         try:
@@ -187,13 +187,18 @@ def _kill_orphan(handle: str, admitted: str) -> bool:
     return True
 
 
-def _orphans(node_id: str, held: set[str]) -> dict[str, int]:
-    """{exec id: process group} of running jobs of `node_id` that `held` lacks."""
+def _orphans(work_dir: Path, held: set[str]) -> dict[str, int]:
+    """{exec id: process group} of running jobs under `work_dir` that `held` lacks.
+
+    A job is known by its environment: HIVE_EXEC_ID, and the HOME this agent gave it
+    (its work dir). The work dir, not the node id, tells this agent's jobs apart from
+    another agent's on the same machine, which may use the same node name.
+    """
     found: dict[str, int] = {}
     for proc in psutil.process_iter(["environ"]):
         env = proc.info.get("environ") or {}
         exec_id = env.get("HIVE_EXEC_ID")
-        if env.get("HIVE_NODE_ID") != node_id or not exec_id or exec_id in held:
+        if not exec_id or exec_id in held or env.get("HOME") != str(work_dir / exec_id):
             continue
         with contextlib.suppress(OSError, psutil.Error):
             found.setdefault(exec_id, os.getpgid(proc.pid))

@@ -232,9 +232,9 @@ async def test_a_restarted_agent_kills_the_process_job_it_lost_and_reports_it(
         job.kill()
 
 
-def _sleeper(node_id: str, exec_id: str) -> subprocess.Popen[bytes]:
+def _sleeper(work_dir: Path, exec_id: str) -> subprocess.Popen[bytes]:
     """A process job as the process executor starts them (its own session, our env)."""
-    env = {"PATH": "/usr/bin:/bin", "HIVE_NODE_ID": node_id, "HIVE_EXEC_ID": exec_id}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work_dir / exec_id), "HIVE_EXEC_ID": exec_id}
     return subprocess.Popen(["sleep", "60"], start_new_session=True, env=env)
 
 
@@ -243,7 +243,8 @@ async def test_a_job_no_ledger_holds_is_killed_by_its_environment(
 ) -> None:
     """The ledger was lost or damaged: the job's process still says whose it is."""
     exec_id = new_exec_id()
-    job, other = _sleeper(NODE, exec_id), _sleeper("another-node", exec_id)
+    # Another agent on this machine (the same node name, another work dir) keeps its own.
+    job, other = _sleeper(tmp_path / "work", exec_id), _sleeper(tmp_path / "other", exec_id)
     (tmp_path / "work" / exec_id).mkdir(parents=True)
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "executions.json").write_text("{not json")
@@ -251,7 +252,7 @@ async def test_a_job_no_ledger_holds_is_killed_by_its_environment(
         await manager_factory(work_dir=tmp_path / "work")
         assert await asyncio.to_thread(job.wait, 5) == -9
         assert not (tmp_path / "work" / exec_id).exists()
-        assert other.poll() is None  # not this node's
+        assert other.poll() is None  # not this agent's
     finally:
         for proc in (job, other):
             proc.kill()

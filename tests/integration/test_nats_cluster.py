@@ -39,6 +39,7 @@ HIVE_STREAMS = {
     S.kv_stream(S.nodes_bucket),
     S.kv_stream(S.jobs_bucket),
     S.kv_stream(S.cluster_bucket),
+    S.kv_stream(S.leases_bucket),
     S.exec_stream,
     S.logs_stream,
     S.events_stream,
