@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from hivectl.core import auth, codec
 from hivectl.core.config import NodeAgentConfig
-from hivectl.core.jobs import Cancel, Engine, ExecState, JobSpec, Offer, OfferReply
+from hivectl.core.jobs import Cancel, Engine, ExecState, JobSpec, Offer, OfferReply, Withdraw
 from hivectl.core.models import ErrorReply, Message, OkReply
 from hivectl.core.subjects import Subjects
 from nodeagent.capacity import Held, Ledger
@@ -94,6 +94,8 @@ class Executions:
         self.runs: dict[str, Run] = {}
         self.epoch_seen = 0  # the newest leader's epoch among offers and cancels received
         self.finished: OrderedDict[str, None] = OrderedDict()
+        # Offers the requester took back before this node took them: never taken later.
+        self.withdrawn: OrderedDict[str, None] = OrderedDict()
         self.accepted = 0
         self.rejected = 0
         self.ended: Counter[str] = Counter()  # finished executions by final state
@@ -125,6 +127,7 @@ class Executions:
                 subs = [
                     await nc.subscribe(subject(self.node_id, "offer"), cb=self._on_offer),
                     await nc.subscribe(subject(self.node_id, "cancel"), cb=self._on_cancel),
+                    await nc.subscribe(subject(self.node_id, "withdraw"), cb=self._on_withdraw),
                 ]
                 try:
                     await nc.flush()  # the server has the interest before anyone is told
@@ -223,6 +226,8 @@ class Executions:
         exec_id = offer.exec_id
         if exec_id in self.runs or exec_id in self.finished:
             return None  # a repeated offer: accepted again, not started twice
+        if exec_id in self.withdrawn:
+            return "the requester withdrew this offer"
         if self._closing:
             return "agent shutting down"
         executor = self.executors.get(offer.spec.engine)
@@ -262,6 +267,22 @@ class Executions:
                 extra=self._fields(job_id, cancel.exec_id),
             )
         await _respond(msg, OkReply(id=cancel.exec_id))
+
+    async def _on_withdraw(self, msg: Msg) -> None:
+        """Taken already (running, ended, or its report pending): say so; else refuse it
+        for good, so an offer still on its way can never start it."""
+        withdraw = self._open(msg.data, Withdraw)
+        if isinstance(withdraw, ErrorReply):
+            await _respond(msg, withdraw)
+            return
+        exec_id = withdraw.exec_id
+        taken = exec_id in self.runs or exec_id in self.finished or exec_id in self.ledger.held
+        if not taken:
+            self.withdrawn[exec_id] = None
+            while len(self.withdrawn) > REMEMBER_FINISHED:
+                self.withdrawn.popitem(last=False)
+        reason = "" if taken else "withdrawn before this node took it"
+        await _respond(msg, OfferReply(exec_id=exec_id, accepted=taken, reason=reason))
 
     def _open(self, data: bytes, expect: type[M]) -> M | ErrorReply:
         """The sealed request as `expect`, addressed to this node; else the error to reply."""

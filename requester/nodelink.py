@@ -19,7 +19,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client import Histogram
 
 from hivectl.core import auth, codec
-from hivectl.core.jobs import Cancel, Execution, JobSpec, Offer, OfferReply
+from hivectl.core.jobs import Cancel, Execution, JobSpec, Offer, OfferReply, Withdraw
 from hivectl.core.models import ErrorReply, Message, OkReply
 from hivectl.core.subjects import Subjects
 from requester.registry import Registry
@@ -79,6 +79,19 @@ class NodeLink:
             return Answer(exec_id, False, "the node answered for another execution")
         permanent = answer.permanent and not answer.accepted
         return Answer(exec_id, answer.accepted, answer.reason, permanent=permanent)
+
+    async def withdraw(self, execution: Execution) -> Answer:
+        """Take back an offer whose answer was lost: the node says whether it took it.
+        Unanswered again, the execution's fate stays unknown (ask once more later)."""
+        node, exec_id = execution.node_id, execution.exec_id
+        message = Withdraw(node_id=node, exec_id=exec_id, epoch=self.epoch)
+        answer, _ = await self._request(node, "withdraw", message, OfferReply)
+        if isinstance(answer, str):
+            # Only the node's own word settles it: an agent not listening now (re-joining,
+            # say) may still run the execution.
+            return Answer(exec_id, False, answer, unanswered=True)
+        assert isinstance(answer, OfferReply)
+        return Answer(exec_id, answer.accepted, answer.reason)
 
     def cancel(self, executions: list[Execution], reason: str) -> None:
         """Tell each execution's node to stop it, in the background; failures are logged."""

@@ -36,23 +36,21 @@ from hivectl.core.models import utcnow
 from requester import placement
 from requester.executions import (
     ACTIVE,
-    advance,
     failures,
     finish,
     mark_gone,
     mark_lost,
     missing,
-    settle,
     waiting_since,
 )
 from requester.jobs import FencedJobs
 from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
-from requester.nodelink import LATENCY_BUCKETS, Answer, NodeLink
+from requester.nodelink import LATENCY_BUCKETS, NodeLink
+from requester.offers import Offers
 from requester.registry import Registry
 
 log = logging.getLogger("hive.requester.scheduler")
-KEEP_REJECTED = 32  # declined offers kept in a job's history; older ones are dropped
 # Jobs placed at once. Each waits mostly on two KV writes and its offers; a few in
 # flight keep the requester busy deciding while others wait.
 PARALLEL = 8
@@ -89,7 +87,7 @@ class Scheduler:
         self._node_changes: list[tuple[str, bool]] = []  # (node, lost?)
         self._gone: list[tuple[str, dict[str, str]]] = []  # (node, {exec: job}) it lacks
         self._cancelled_lost: set[str] = set()
-        self._inflight: set[str] = set()  # executions whose offers await an answer
+        self._offers = Offers(store, link, offer_timeout)
         self._busy: set[str] = set()  # jobs being placed now
         self._starved: set[str] = set()  # found no node while capacity was held in flight
         self._wake = asyncio.Event()
@@ -149,7 +147,7 @@ class Scheduler:
 
     async def _tick(self) -> None:
         """Every unfinished job that lacks executions is looked at again."""
-        await self._expire_offers()
+        await self._offers.tick()
         for job in self._store.jobs():
             if job.state not in JOB_TERMINAL and missing(job)[0]:
                 self._wanted.setdefault(job.job_id, None)
@@ -252,8 +250,13 @@ class Scheduler:
             if not await self._store_offers(job, new):
                 return
             release = []
-            answers = await self._send_offers(job, new)
-            release = [e.node_id for e, a in zip(new, answers, strict=True) if not a.accepted]
+            answers = await self._offers.send(job, new)
+            # An offer still unanswered keeps its room: the node may have taken it.
+            release = [
+                e.node_id
+                for e, a in zip(new, answers, strict=True)
+                if not a.accepted and not a.unanswered
+            ]
         finally:
             for node_id in release:
                 ledger.release(node_id, want)
@@ -264,9 +267,6 @@ class Scheduler:
                 self.placed += 1
             else:
                 attempt.declined.append(f"{execution.node_id}: {answer.reason or 'declined'}")
-        self._link.cancel(
-            [e for e, a in zip(new, answers, strict=True) if a.unanswered], "offer timed out"
-        )
 
     async def _store_offers(self, job: Job, new: list[Execution]) -> bool:
         """The new executions stored OFFERED; False when the job changed under us."""
@@ -280,16 +280,6 @@ class Scheduler:
         stored = await self._store.change(job.job_id, add_offers)
         ids = {e.exec_id for e in new}
         return stored is not None and ids <= {e.exec_id for e in stored.executions}
-
-    async def _send_offers(self, job: Job, new: list[Execution]) -> list[Answer]:
-        ids = {e.exec_id for e in new}
-        self._inflight |= ids
-        try:
-            answers = await asyncio.gather(*(self._link.offer(e, job.spec) for e in new))
-            await self._store.change(job.job_id, lambda current: _answered(current, answers))
-        finally:
-            self._inflight -= ids
-        return answers
 
     def _capacity_back(self) -> None:
         """A declined offer's capacity is free again: jobs that found none look again."""
@@ -317,27 +307,6 @@ class Scheduler:
             return job.model_copy(update={"state": state, "reason": why})
 
         await self._store.change(job_id, queue)
-
-    async def _expire_offers(self) -> None:
-        """OFFERED executions nobody is waiting on (the requester died mid-offer) are
-        written off, and their nodes told to cancel in case they did accept."""
-        cutoff = utcnow() - timedelta(seconds=2 * self._offer_timeout)
-        for job in self._store.jobs():
-            if job.state in JOB_TERMINAL:
-                continue
-            stale = {
-                e.exec_id
-                for e in job.executions
-                if e.state is ExecState.OFFERED
-                and e.exec_id not in self._inflight
-                and e.created_at < cutoff
-            }
-            if stale:
-                answers = [Answer(x, False, "no answer to the offer", True) for x in stale]
-                await self._store.change(job.job_id, functools.partial(_answered, answers=answers))
-                self._link.cancel(
-                    [e for e in job.executions if e.exec_id in stale], "offer expired"
-                )
 
     # -- lost nodes -------------------------------------------------------------------
     async def _lose(self, node_id: str) -> None:
@@ -376,43 +345,6 @@ class Scheduler:
         self._cancelled_lost.update(e.exec_id for e in stale)
         if stale:
             self._link.cancel(stale, f"node {node_id} was lost; the execution was written off")
-
-
-def _answered(job: Job, answers: list[Answer]) -> Job | None:
-    """The job with the nodes' answers to its offers applied; None when nothing moves.
-
-    A refusal for good (the spec breaks a rule every node applies) fails the job with
-    the node's reason: offering it elsewhere, or again each tick, cannot help.
-    """
-    now, changed, for_good = utcnow(), False, ""
-    by_id = {a.exec_id: a for a in answers}
-    executions: list[Execution] = []
-    for execution in job.executions:  # one pass: a job may hold many executions
-        answer = by_id.get(execution.exec_id)
-        moved = None
-        if answer is not None:
-            state = ExecState.ACCEPTED if answer.accepted else ExecState.REJECTED
-            moved = advance(execution, state, now, error="" if answer.accepted else answer.reason)
-            if moved is not None and answer.permanent and not for_good:
-                for_good = f"{execution.node_id} refused it for good: {answer.reason}"
-        changed = changed or moved is not None
-        executions.append(moved or execution)
-    if not changed:
-        return None
-    after = settle(_trim_rejected(job.model_copy(update={"executions": executions})))
-    if for_good and after.state not in JOB_TERMINAL:
-        return finish(after, JobState.FAILED, for_good)
-    return after
-
-
-def _trim_rejected(job: Job) -> Job:
-    rejected = [e.exec_id for e in job.executions if e.state is ExecState.REJECTED]
-    drop = set(rejected[:-KEEP_REJECTED])
-    if not drop:
-        return job
-    return job.model_copy(
-        update={"executions": [e for e in job.executions if e.exec_id not in drop]}
-    )
 
 
 def _declined(attempt: Pass) -> str:

@@ -157,6 +157,18 @@ class Cancel(Message):
     epoch: NonNegInt = 0  # as in Offer
 
 
+class Withdraw(Message):
+    """`hive.compute.<node>.withdraw`, sealed: the requester takes back an offer whose
+    answer it never got. Answered by OfferReply: `accepted` when the node has taken the
+    execution (running, or ended); otherwise the node will never take it, so the work
+    may go elsewhere without running twice."""
+
+    kind: ClassVar[str] = "withdraw"
+    node_id: NodeId
+    exec_id: ExecId
+    epoch: NonNegInt = 0  # as in Offer
+
+
 class ExecUpdate(Message):
     """`hive.node.<id>.exec` into the HIVE_EXEC stream, sealed with the node's key."""
 
@@ -234,6 +246,7 @@ register_messages(
     Offer,
     OfferReply,
     Cancel,
+    Withdraw,
     ExecUpdate,
     JobSubmitRequest,
     JobSubmitReply,

@@ -33,6 +33,7 @@ from hivectl.core.jobs import (
     JobSpec,
     Offer,
     OfferReply,
+    Withdraw,
     new_exec_id,
     new_job_id,
 )
@@ -104,6 +105,9 @@ class Jobs:
             epoch=epoch,
         )
         return offer, await self.request("offer", offer, **kw)
+
+    async def withdraw(self, exec_id: str) -> Message:
+        return await self.request("withdraw", Withdraw(node_id=self.node_id, exec_id=exec_id))
 
     async def cancel(self, exec_id: str, reason: str = "stop it", epoch: int = 0) -> Message:
         message = Cancel(node_id=self.node_id, exec_id=exec_id, reason=reason, epoch=epoch)
@@ -629,3 +633,23 @@ async def test_offers_and_cancels_from_an_older_leader_are_refused(
     assert offer.exec_id in manager.runs  # still running: the stale cancel did nothing
     assert isinstance(await jobs.cancel(offer.exec_id, epoch=7), OkReply)
     assert (await jobs.final(offer.exec_id))[-1].state == "CANCELLED"
+
+
+async def test_a_withdrawn_offer_is_never_taken_and_a_taken_one_says_so(
+    manager_factory: Any, jobs: Jobs
+) -> None:
+    """The requester lost an offer's answer: the node's word decides where the work goes."""
+    manager: Executions = await manager_factory()
+    offer, reply = await jobs.offer(process("sleep", "30"))
+    assert isinstance(reply, OfferReply) and reply.accepted
+    taken = await jobs.withdraw(offer.exec_id)
+    assert isinstance(taken, OfferReply) and taken.accepted  # it runs here: keep it
+    assert offer.exec_id in manager.runs
+
+    never = new_exec_id()
+    gone = await jobs.withdraw(never)
+    assert isinstance(gone, OfferReply) and not gone.accepted
+    _late, refused = await jobs.offer(process("true"), exec_id=never)  # still on its way
+    assert isinstance(refused, OfferReply) and not refused.accepted
+    assert refused.reason == "the requester withdrew this offer"
+    assert never not in manager.runs

@@ -507,3 +507,54 @@ async def test_room_a_node_declines_goes_to_a_job_that_waited_for_it(
         assert placed.node_id == "node-a"
         refused = await state(req, first, JobState.QUEUED)
         assert refused.reason == "every fitting node declined (node-a: changed my mind)"
+
+
+class MuteCompute(SimCompute):
+    """Takes (or drops, with `drop`) the first offer without a word back: its answer is
+    lost, as on a network that fails at the worst moment."""
+
+    def __init__(self, *args: Any, drop: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drop = drop
+        self.muted = 0
+
+    async def _on_offer(self, msg: Msg) -> None:
+        if self.muted:
+            await super()._on_offer(msg)
+            return
+        self.muted += 1
+        offer = self._open(msg, Offer)
+        assert offer is not None
+        self.offers.append(offer)
+        if not self.drop:
+            self.accepted.append(offer)  # taken: it runs here, the requester never hears
+
+
+@pytest.mark.parametrize("taken", [True, False])
+async def test_an_offer_whose_answer_is_lost_is_withdrawn_not_written_off(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path, taken: bool
+) -> None:
+    """Written off, a taken offer would run twice; withdrawn, the node says which it is."""
+    cfg = config(nats_server.url, tmp_path / "req", offer_timeout=0.5)
+    async with RunningRequester(cfg) as req:
+        node = MuteCompute(nc, "node-a", drop=not taken)
+        total = Resources(cpu=4.0, memory=8 * 2**30, disk=100 * 2**30)
+        node.info = sample_info(None).model_copy(update={"total": total, "allocatable": total})
+        await node.register()
+        await node.serve()
+        await node_api(nc, "approve", NodeApproveRequest(id="node-a"))
+        await node.heartbeat()
+        job_id = await submit(nc, spec())
+        if taken:
+            first = await execution(req, job_id, lambda e: e.state is ES.ACCEPTED, "taken")
+            await node.update(first.exec_id, job_id, ES.COMPLETED, exit_code=0)
+            done = await state(req, job_id, JobState.COMPLETED)
+            assert [e.state for e in done.executions] == [ES.COMPLETED]  # ran once
+            assert len(node.offers) == 1
+        else:
+            await wait_for(lambda: len(node.accepted) == 1, what="the offer sent again")
+            job = req.jobs.get(job_id) if req.jobs else None
+            assert job is not None
+            assert [e.state for e in job.executions][:1] == [ES.REJECTED]
+            assert job.executions[0].error == "withdrawn before this node took it"
+        assert [w.exec_id for w in node.withdrawals] == [node.offers[0].exec_id]

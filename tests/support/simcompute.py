@@ -1,6 +1,7 @@
 """A simulated compute node: SimNode plus the job side of the wire protocol.
 
-It answers sealed offers and cancels on `hive.compute.<id>.{offer,cancel}` (refusing
+It answers sealed offers, cancels and withdrawals on `hive.compute.<id>.{offer,cancel,
+withdraw}` (refusing
 any whose MAC does not check out under its own key), decides by a policy, and reports
 execution states into HIVE_EXEC as a real agent must: sealed, with a Nats-Msg-Id so a
 resend is stored once. Lean on purpose: bench/jobs.py runs a thousand of them.
@@ -16,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from hivectl.core import auth, codec
-from hivectl.core.jobs import Cancel, ExecState, ExecUpdate, Offer, OfferReply
+from hivectl.core.jobs import Cancel, ExecState, ExecUpdate, Offer, OfferReply, Withdraw
 from hivectl.core.models import ErrorReply, Message, OkReply
 from hivectl.core.subjects import Subjects
 from tests.support.simnode import SimNode
@@ -52,6 +53,7 @@ class SimCompute(SimNode):
         self.offers: list[Offer] = []
         self.accepted: list[Offer] = []
         self.cancels: list[Cancel] = []
+        self.withdrawals: list[Withdraw] = []
         self.forged = 0  # requests whose MAC did not check out
         self._subs: list[Subscription] = []
         self._update_seq = 0
@@ -62,6 +64,7 @@ class SimCompute(SimNode):
         self._subs = [
             await self.nc.subscribe(s.compute(self.node_id, "offer"), cb=self._on_offer),
             await self.nc.subscribe(s.compute(self.node_id, "cancel"), cb=self._on_cancel),
+            await self.nc.subscribe(s.compute(self.node_id, "withdraw"), cb=self._on_withdraw),
         ]
         await self.nc.flush()
 
@@ -94,6 +97,17 @@ class SimCompute(SimNode):
             return
         self.cancels.append(cancel)
         await self._answer(msg, OkReply(id=cancel.exec_id))
+
+    async def _on_withdraw(self, msg: Msg) -> None:
+        """Taken if it accepted the offer, as an agent answers; else never to be taken."""
+        withdraw = self._open(msg, Withdraw)
+        if withdraw is None:
+            await self._answer(msg, ErrorReply(code="unauthenticated", reason="bad MAC"))
+            return
+        self.withdrawals.append(withdraw)
+        taken = any(o.exec_id == withdraw.exec_id for o in self.accepted)
+        reason = "" if taken else "withdrawn before this node took it"
+        await self._answer(msg, OfferReply(exec_id=withdraw.exec_id, accepted=taken, reason=reason))
 
     def _open(self, msg: Msg, expect: type[M]) -> M | None:
         """A request from the requester: sealed with the key this node shares with it."""

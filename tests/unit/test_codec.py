@@ -49,6 +49,7 @@ from hivectl.core.jobs import (
     Offer,
     OfferReply,
     ResourceRequest,
+    Withdraw,
 )
 from hivectl.core.models import (
     MESSAGES,
@@ -217,6 +218,7 @@ SAMPLES: dict[str, Message] = {
     ),
     "offer_reply": OfferReply(exec_id=EXEC_ID, accepted=False, reason="needs 2 GPUs, 1 free"),
     "cancel": Cancel(node_id="gpu-worker-07", exec_id=EXEC_ID, reason="job stopped"),
+    "withdraw": Withdraw(node_id="gpu-worker-07", exec_id=EXEC_ID, epoch=12),
     "exec_update": ExecUpdate(
         node_id="gpu-worker-07",
         seq=99,
