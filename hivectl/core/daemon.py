@@ -83,6 +83,22 @@ def install_signal_handlers(stop: asyncio.Event, name: str) -> None:
 
     for signum in _SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks, name)
+
+
+def log_tasks(name: str) -> None:
+    """SIGUSR1: log what every task of the daemon is waiting on, one line each (the
+    innermost frame), for an operator asking a daemon that seems stuck what it does."""
+    tasks = sorted(asyncio.all_tasks(), key=lambda task: task.get_name())
+    log.warning("%s: %d tasks (SIGUSR1)", name, len(tasks))
+    for task in tasks:
+        stack = task.get_stack(limit=None)
+        where = " <- ".join(
+            f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:"
+            f"{frame.f_lineno})"
+            for frame in reversed(stack[-4:])
+        )
+        log.warning("task %s: %s", task.get_name(), where or "not started")
 
 
 async def until_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:
