@@ -14,13 +14,11 @@ from typing import Annotated
 import typer
 
 from hivectl.cli import paging
+from hivectl.cli.api import Api, CliError, call, run_api
 from hivectl.cli.common import (
-    Api,
-    CliError,
     Listing,
     NoHeadersOption,
     OutputOption,
-    call,
     check_id,
     fail,
     info,
@@ -28,7 +26,6 @@ from hivectl.cli.common import (
     noun_app,
     output_format,
     print_ok,
-    run_api,
 )
 from hivectl.cli.jobdata import JobWatch, check_log_stream, download_results
 from hivectl.cli.jobspec import (

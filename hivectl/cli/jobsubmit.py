@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import typer
 from nats.errors import Error as NatsError
 
-from hivectl.cli.common import EXIT_ERROR, Api, CliError, fail, info, make, run_api, status_line
+from hivectl.cli.api import Api, CliError, run_api
+from hivectl.cli.common import EXIT_ERROR, fail, info, make, status_line
 from hivectl.cli.jobdata import JobWatch, check_log_stream
 from hivectl.cli.jobview import result_line, shown_executions, status_text
 from hivectl.cli.output import write_out
