@@ -195,8 +195,8 @@ class Executions:
     def launch(
         self, executor: Executor, exec_id: str, job_id: str, spec: JobSpec, handle: str | None
     ) -> None:
-        """Run an admitted execution (its resources locked in the ledger); `handle`: of
-        one already running, to follow instead of start."""
+        """One task for an execution the ledger holds: it starts the job, or with a
+        `handle` (a container that outlived the agent) follows it to its end."""
 
         async def state(value: ExecState) -> None:
             await self.publisher.update(exec_id, job_id, value, None, "")

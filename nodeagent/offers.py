@@ -47,8 +47,8 @@ class Work(Protocol):
     def launch(
         self, executor: Executor, exec_id: str, job_id: str, spec: JobSpec, handle: str | None
     ) -> None:
-        """Run an admitted execution (its resources locked in the ledger); `handle`: of
-        one already running, to follow instead of start."""
+        """Run an admitted execution, its resources locked in the ledger (`handle`:
+        None, a new one)."""
 
     def cancel(self, exec_id: str, reason: str) -> bool:
         """Stop one execution; False when it is not running here."""
