@@ -1,14 +1,11 @@
-"""The node's executions: offers and cancels from the requester, one task per execution.
+"""The node's executions: one task per execution, its reports, and what a restart left.
 
-An offer (sealed with the node's message key) is accepted when its engine is enabled
-here, the executor has nothing against the spec, and the capacity ledger admits its
-resources (locking them). An offer whose spec this node's JobSpec rules refuse is
-refused for good (`OfferReply.permanent`: no node would run it); every other refusal is
-transient. A repeated offer for a known execution is answered "accepted" again and
-starts nothing. Each execution then publishes ACCEPTED, STARTING,
-RUNNING and one of COMPLETED / FAILED / CANCELLED to HIVE_EXEC, its output to
-HIVE_LOGS (ending with an EOF marker) and its outputs to the results store; the lock
-is released before the final update, so the requester can place the next job at once.
+Offers and cancels reach them through `nodeagent.offers`, which admits an execution
+(locking its resources in the capacity ledger) and calls `launch`. Each execution then
+publishes ACCEPTED, STARTING, RUNNING and one of COMPLETED / FAILED / CANCELLED to
+HIVE_EXEC, its output to HIVE_LOGS (ending with an EOF marker) and its outputs to the
+results store; the lock is released before the final update, so the requester can place
+the next job at once.
 
 On close the agent stops taking offers, gives running executions `job_grace_period`
 to finish, then kills them and reports them CANCELLED ("agent shutting down"). On
@@ -25,17 +22,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from pydantic import ValidationError
 
-from hivectl.core import auth, codec
 from hivectl.core.config import NodeAgentConfig
-from hivectl.core.jobs import Cancel, Engine, ExecState, JobSpec, Offer, OfferReply, Withdraw
-from hivectl.core.models import ErrorReply, Message, OkReply
+from hivectl.core.jobs import Engine, ExecState, JobSpec
 from hivectl.core.subjects import Subjects
 from nodeagent.capacity import Held, Ledger
 from nodeagent.executors import (
@@ -48,10 +40,10 @@ from nodeagent.executors import (
 )
 from nodeagent.executors.docker import DockerExecutor
 from nodeagent.executors.process import ProcessExecutor
+from nodeagent.offers import Offers, exec_fields
 from nodeagent.publish import LogBatcher, Publisher
 
 log = logging.getLogger("hive.nodeagent")
-M = TypeVar("M", bound=Message)
 
 SHUTDOWN_PUBLISH = 10.0  # after the kill, how long final updates may take on close
 REMEMBER_FINISHED = 10_000  # exec ids kept so a repeated offer is not run twice
@@ -68,7 +60,7 @@ class Run:
 
 
 class Executions:
-    """Offer and cancel handlers, the running executions, and their reports."""
+    """The running executions and their reports; `offers` admits new ones."""
 
     def __init__(
         self,
@@ -81,7 +73,6 @@ class Executions:
         self.cfg = cfg
         self.node_id = node_id
         self.ledger = ledger
-        self.key = key
         self.subjects = Subjects(cfg.nats.prefix)
         self.publisher = Publisher(self.subjects, node_id, key, next_seq)
         self.executors: dict[str, Executor] = {}
@@ -92,16 +83,9 @@ class Executions:
         # Enabled executors that cannot run jobs now, with why (the agent's latest info).
         self.unavailable: dict[str, str] = {}
         self.runs: dict[str, Run] = {}
-        self.epoch_seen = 0  # the newest leader's epoch among offers and cancels received
         self.finished: OrderedDict[str, None] = OrderedDict()
-        # Offers the requester took back before this node took them: never taken later.
-        self.withdrawn: OrderedDict[str, None] = OrderedDict()
-        self.accepted = 0
-        self.rejected = 0
         self.ended: Counter[str] = Counter()  # finished executions by final state
-        self._subs: list[Subscription] = []
-        self._closing = False
-        self._sync_lock = asyncio.Lock()
+        self.offers = Offers(self.subjects, node_id, key, ledger, self)
         self._reports: set[asyncio.Task[None]] = set()  # reports left from before a restart
 
     @property
@@ -111,7 +95,17 @@ class Executions:
 
     @property
     def taking_offers(self) -> bool:
-        return bool(self._subs)
+        return self.offers.taking
+
+    @property
+    def accepted(self) -> int:
+        """Offers accepted since the agent started."""
+        return self.offers.accepted
+
+    @property
+    def rejected(self) -> int:
+        """Offers refused since the agent started."""
+        return self.offers.rejected
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self, nc: Client) -> None:
@@ -121,25 +115,11 @@ class Executions:
 
     async def sync(self, nc: Client, active: bool) -> None:
         """Take offers while the node is joined and active; stop when it is not."""
-        async with self._sync_lock:
-            if active and not self._subs and not self._closing:
-                subject = self.subjects.compute
-                subs = [
-                    await nc.subscribe(subject(self.node_id, "offer"), cb=self._on_offer),
-                    await nc.subscribe(subject(self.node_id, "cancel"), cb=self._on_cancel),
-                    await nc.subscribe(subject(self.node_id, "withdraw"), cb=self._on_withdraw),
-                ]
-                try:
-                    await nc.flush()  # the server has the interest before anyone is told
-                finally:
-                    self._subs = subs
-            elif not active and self._subs:
-                await self._unsubscribe()
+        await self.offers.sync(nc, active)
 
     async def close(self, grace: float) -> None:
         """Stop taking offers; let executions finish within `grace`, then kill them."""
-        self._closing = True
-        await self._unsubscribe()
+        await self.offers.close()
         pending = {run.task for run in self.runs.values() if run.task is not None}
         pending |= self._reports
         if pending:
@@ -177,7 +157,7 @@ class Executions:
                 log.warning(
                     "stopping execution %s: the requester wrote it off or placed it elsewhere",
                     exec_id,
-                    extra=self._fields(None, exec_id),
+                    extra=exec_fields(self.node_id, None, exec_id),
                 )
 
     def fence(self, reason: str, before: float) -> int:
@@ -192,146 +172,32 @@ class Executions:
             self.cancel(exec_id, reason, at_once=True)
         return len(running)
 
-    async def _unsubscribe(self) -> None:
-        subs, self._subs = self._subs, []
-        for sub in subs:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # connection closing: the subscription is gone anyway
-                log.debug("unsubscribe failed: %s", exc)
+    # -- what admission uses (nodeagent.offers.Work) ----------------------------------
+    def known(self, exec_id: str) -> bool:
+        """Running here, or finished lately: an offer for it is a repeat."""
+        return exec_id in self.runs or exec_id in self.finished
 
-    # -- requests ----------------------------------------------------------------------
-    async def _on_offer(self, msg: Msg) -> None:
-        offer = self._open(msg.data, Offer)
-        if isinstance(offer, ErrorReply):
-            self.rejected += 1
-            log.warning("refused an offer (%s): %s", offer.code, offer.reason)
-            await _respond(msg, self._unrunnable(msg.data) or offer)
-            return
-        reason = self._admit(offer)
-        accepted = reason is None
-        reply = OfferReply(exec_id=offer.exec_id, accepted=accepted, reason=reason or "")
-        await _respond(msg, reply)
-        if not accepted:
-            self.rejected += 1
-            log.info(
-                "rejected execution %s: %s",
-                offer.exec_id,
-                reason,
-                extra=self._fields(offer.job_id, offer.exec_id),
-            )
-
-    def _admit(self, offer: Offer) -> str | None:
-        """None when the execution runs (or already did); else why not."""
-        exec_id = offer.exec_id
-        if exec_id in self.runs or exec_id in self.finished:
-            return None  # a repeated offer: accepted again, not started twice
-        if exec_id in self.withdrawn:
-            return "the requester withdrew this offer"
-        if self._closing:
-            return "agent shutting down"
-        executor = self.executors.get(offer.spec.engine)
+    def executor(self, engine: str) -> Executor | str:
+        """The executor that runs `engine` jobs here, or why none can now."""
+        executor = self.executors.get(engine)
         if executor is None:
-            return f"{offer.spec.engine} executor is disabled on this node"
+            return f"{engine} executor is disabled on this node"
         if executor.engine in self.unavailable:
             return f"{executor.engine} executor unavailable: {self.unavailable[executor.engine]}"
-        reason = executor.refusal(offer.spec) or self.ledger.admit(
-            exec_id,
-            offer.spec.resources.as_resources(),
-            job_id=offer.job_id,
-            engine=executor.engine,
-            spec=offer.spec.model_dump(mode="json"),
-        )
-        if reason is None:
-            self.accepted += 1
-            log.info(
-                "accepted execution %s of job %s",
-                exec_id,
-                offer.job_id,
-                extra=self._fields(offer.job_id, exec_id),
-            )
-            self._launch(executor, exec_id, offer.job_id, offer.spec, handle=None)
-        return reason
+        return executor
 
-    async def _on_cancel(self, msg: Msg) -> None:
-        cancel = self._open(msg.data, Cancel)
-        if isinstance(cancel, ErrorReply):
-            await _respond(msg, cancel)
-            return
-        if self.cancel(cancel.exec_id, cancel.reason or "cancelled by the requester"):
-            job_id = self.runs[cancel.exec_id].job.job_id if cancel.exec_id in self.runs else None
-            log.info(
-                "cancelling execution %s: %s",
-                cancel.exec_id,
-                cancel.reason,
-                extra=self._fields(job_id, cancel.exec_id),
-            )
-        await _respond(msg, OkReply(id=cancel.exec_id))
-
-    async def _on_withdraw(self, msg: Msg) -> None:
-        """Taken already (running, ended, or its report pending): say so; else refuse it
-        for good, so an offer still on its way can never start it."""
-        withdraw = self._open(msg.data, Withdraw)
-        if isinstance(withdraw, ErrorReply):
-            await _respond(msg, withdraw)
-            return
-        exec_id = withdraw.exec_id
-        taken = exec_id in self.runs or exec_id in self.finished or exec_id in self.ledger.held
-        if not taken:
-            self.withdrawn[exec_id] = None
-            while len(self.withdrawn) > REMEMBER_FINISHED:
-                self.withdrawn.popitem(last=False)
-        reason = "" if taken else "withdrawn before this node took it"
-        await _respond(msg, OfferReply(exec_id=exec_id, accepted=taken, reason=reason))
-
-    def _open(self, data: bytes, expect: type[M]) -> M | ErrorReply:
-        """The sealed request as `expect`, addressed to this node; else the error to reply."""
-        key = self.key()
-        if key is None:
-            return ErrorReply(code="not_joined", reason="the node has not joined the cluster")
-        try:
-            message = codec.decode(auth.open_sealed(data, key), expect)
-        except auth.AuthError as exc:
-            return ErrorReply(code="unauthenticated", reason=str(exc))
-        except codec.CodecError as exc:
-            return exc.reply()
-        if getattr(message, "node_id", None) != self.node_id:
-            return ErrorReply(code="wrong_node", reason=f"this is node {self.node_id}")
-        epoch = int(getattr(message, "epoch", 0))
-        if epoch < self.epoch_seen:  # a leader that lost the lead and has not noticed
-            reason = f"from leader epoch {epoch}; this node has seen epoch {self.epoch_seen}"
-            return ErrorReply(code="stale_epoch", reason=reason)
-        self.epoch_seen = epoch
-        return message
-
-    def _unrunnable(self, data: bytes) -> OfferReply | None:
-        """For an authentic offer to this node whose spec this node's JobSpec refuses:
-        a refusal for good, since every node applies the same rules (a requester older
-        than its nodes may let such a spec through). None for any other fault."""
-        key = self.key()
-        if key is None:
-            return None
-        try:
-            body = codec.unpack(auth.open_sealed(data, key))
-            if not isinstance(body, dict) or body.get("node_id") != self.node_id:
-                return None
-            JobSpec.model_validate(body.get("spec"))
-            return None  # the spec is fine: something else is wrong with the offer
-        except (auth.AuthError, codec.CodecError):
-            return None
-        except ValidationError as exc:
-            reason = f"invalid job spec: {codec.describe_validation_error(exc)}"
-        try:
-            return OfferReply(
-                exec_id=body.get("exec_id"), accepted=False, permanent=True, reason=reason[:1024]
-            )
-        except ValidationError:
-            return None  # no usable execution id to answer for
+    def job_of(self, exec_id: str) -> str | None:
+        """The job of an execution running here."""
+        run = self.runs.get(exec_id)
+        return run.job.job_id if run is not None else None
 
     # -- executions ----------------------------------------------------------------------
-    def _launch(
+    def launch(
         self, executor: Executor, exec_id: str, job_id: str, spec: JobSpec, handle: str | None
     ) -> None:
+        """One task for an execution the ledger holds: it starts the job, or with a
+        `handle` (a container that outlived the agent) follows it to its end."""
+
         async def state(value: ExecState) -> None:
             await self.publisher.update(exec_id, job_id, value, None, "")
 
@@ -361,7 +227,9 @@ class Executions:
             outcome = Outcome(exit_code=None, error=str(exc), cancelled=job.cancel.is_set())
         except Exception as exc:
             log.exception(
-                "execution %s failed", job.exec_id, extra=self._fields(job.job_id, job.exec_id)
+                "execution %s failed",
+                job.exec_id,
+                extra=exec_fields(self.node_id, job.job_id, job.exec_id),
             )
             outcome = Outcome(exit_code=None, error=f"internal error: {exc}")
         await self._finish(run, outcome)
@@ -392,7 +260,7 @@ class Executions:
             job.exec_id,
             state,
             error,
-            extra=self._fields(job.job_id, job.exec_id),
+            extra=exec_fields(self.node_id, job.job_id, job.exec_id),
         )
         await self._report(job.exec_id, job.job_id, state, outcome.exit_code, error, notice)
 
@@ -408,10 +276,6 @@ class Executions:
         """Publish an execution's final update; only then is its ledger entry dropped."""
         if await self.publisher.update(exec_id, job_id, state, exit_code, error, notice):
             self.ledger.release(exec_id)
-
-    def _fields(self, job_id: str | None, exec_id: str) -> dict[str, str | None]:
-        """The fields a log line about one execution carries (JSON keys)."""
-        return {"node_id": self.node_id, "job_id": job_id, "exec_id": exec_id}
 
     def _forget(self, exec_id: str) -> None:
         self.runs.pop(exec_id, None)
@@ -441,9 +305,9 @@ class Executions:
                 log.info(
                     "re-attaching to execution %s",
                     held.exec_id,
-                    extra=self._fields(held.job_id, held.exec_id),
+                    extra=exec_fields(self.node_id, held.job_id, held.exec_id),
                 )
-                self._launch(docker, held.exec_id, held.job_id, _spec(held), handle=container)
+                self.launch(docker, held.exec_id, held.job_id, _spec(held), handle=container)
             else:
                 self._background(self._lost(held))
         if isinstance(docker, DockerExecutor):
@@ -472,7 +336,7 @@ class Executions:
             held.exec_id,
             ExecState.CANCELLED,
             error,
-            extra=self._fields(held.job_id, held.exec_id),
+            extra=exec_fields(self.node_id, held.job_id, held.exec_id),
         )
         await self._report(held.exec_id, held.job_id, ExecState.CANCELLED, None, error)
 
@@ -491,7 +355,7 @@ class Executions:
             "reporting execution %s %s again: the agent stopped before it got out",
             held.exec_id,
             state,
-            extra=self._fields(held.job_id, held.exec_id),
+            extra=exec_fields(self.node_id, held.job_id, held.exec_id),
         )
         archive = self.results_dir / f"{held.exec_id}.tar.gz"
         if archive.is_file() and await self.publisher.results(held.exec_id, archive):
@@ -504,15 +368,6 @@ def _spec(held: Held) -> JobSpec:
         return JobSpec.model_validate(held.spec)
     except ValueError:
         return JobSpec(engine=Engine.DOCKER, image="unknown")
-
-
-async def _respond(msg: Msg, message: Any) -> None:
-    if not msg.reply:
-        return  # published, not requested: nobody to answer
-    try:
-        await msg.respond(codec.encode(message))
-    except Exception as exc:
-        log.debug("cannot reply on %s: %s", msg.subject, exc)
 
 
 def _log_notice(logs: LogBatcher) -> str:

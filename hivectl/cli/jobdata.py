@@ -23,7 +23,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
-from hivectl.cli.common import Api, CliError, info
+from hivectl.cli.api import Api, CliError
+from hivectl.cli.common import info
 from hivectl.cli.jobview import shown_executions
 from hivectl.core.jobs import (
     EXEC_TERMINAL,

@@ -1,24 +1,24 @@
-"""`hivectl job …`: submit jobs, list and inspect them, read their logs and results."""
+"""`hivectl job …`: submit jobs, list and inspect them, read their logs and results.
+
+The module whose `app` hivectl mounts for the noun. What `job submit` does after
+checking its command line (an idempotent submit, retried, then the wait) is in
+`hivectl.cli.jobsubmit`, imported by that verb alone.
+"""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from nats.errors import Error as NatsError
 
 from hivectl.cli import paging
+from hivectl.cli.api import Api, CliError, call, run_api
 from hivectl.cli.common import (
-    EXIT_ERROR,
-    Api,
-    CliError,
     Listing,
     NoHeadersOption,
     OutputOption,
-    call,
     check_id,
     fail,
     info,
@@ -26,8 +26,6 @@ from hivectl.cli.common import (
     noun_app,
     output_format,
     print_ok,
-    run_api,
-    status_line,
 )
 from hivectl.cli.jobdata import JobWatch, check_log_stream, download_results
 from hivectl.cli.jobspec import (
@@ -57,14 +55,10 @@ from hivectl.cli.jobview import (
     WIDE_COLUMNS,
     describe_lines,
     job_row,
-    result_line,
     shown_executions,
-    status_text,
 )
-from hivectl.cli.output import counted, print_data, write_lines, write_out
-from hivectl.core.bus import BusError, NoAnswer, RemoteError, connect_cli, connection_failure
+from hivectl.cli.output import counted, print_data, write_lines
 from hivectl.core.jobs import (
-    JOB_ID_PATTERN,
     JOB_TERMINAL,
     ExecState,
     Execution,
@@ -75,14 +69,8 @@ from hivectl.core.jobs import (
     JobListRequest,
     JobState,
     JobStopRequest,
-    JobSubmitReply,
-    JobSubmitRequest,
-    new_job_id,
 )
 from hivectl.core.models import OkReply
-
-if TYPE_CHECKING:
-    from stamina.instrumentation import RetryDetails, RetryHook
 
 app = noun_app(
     "Run jobs on the cluster's compute nodes and follow them: submit, list, describe, "
@@ -109,15 +97,6 @@ JobIdOption = Annotated[
         show_default=False,
     ),
 ]
-_JOB_ID = re.compile(JOB_ID_PATTERN)
-# A submit with no reply is sent again (the same job id: it never runs twice) up to this
-# many times in all, each waiting the client's timeout, with 0.2s, 0.4s, 0.8s between
-# them: under half a minute with the default timeout. So is one the requester could not
-# store yet ("store unavailable": on a NATS cluster, a server down while another takes
-# over its streams, which takes seconds). Refusals are not retried.
-SUBMIT_ATTEMPTS = 4
-RETRIED = (BusError, NatsError)
-STORE_UNAVAILABLE = "store_unavailable"
 MessageOption = Annotated[
     str,
     typer.Option(
@@ -184,114 +163,9 @@ def submit(
     flags.command, flags.env = command or [], env or []
     flags.constraints, flags.outputs = constraint or [], outputs or []
     spec = build_spec(flags, file)
-    request = make(JobSubmitRequest, spec=spec, job_id=_chosen_id(job_id))
-    if id_only or no_wait:
-        submitted = run_api(ctx, lambda api: send_submit(api, request))
-        write_out(submitted)
-        if not id_only:
-            info(f"Follow it with: hivectl job logs --follow {submitted}")
-        return
-    _submit_and_wait(ctx, request, follow)
+    from hivectl.cli.jobsubmit import submit_job  # the submit path: for this verb alone
 
-
-def _chosen_id(given: str | None) -> str:
-    if given is None:
-        return new_job_id()
-    if not _JOB_ID.match(given):
-        fail(f"invalid job id {given!r}: use 'j-' and 16 hex digits, like {new_job_id()}")
-    return given
-
-
-async def send_submit(api: Api, request: JobSubmitRequest) -> str:
-    """Submit, sending the same request again (same job id) while no reply comes or the
-    requester could not store it yet: the requester creates a job id once, so a lost
-    reply never makes a second job. The id is the requester's answer (an older one
-    picks its own)."""
-    import stamina  # only a submit needs it
-
-    unanswered: list[BaseException] = []  # tries that may have reached the store
-    stamina.instrumentation.set_on_retry_hooks([_retrying(request.job_id, unanswered)])
-    try:
-        async for attempt in stamina.retry_context(
-            on=_again, attempts=SUBMIT_ATTEMPTS, timeout=SUBMIT_ATTEMPTS * api.cfg.timeout + 5,
-            wait_initial=0.2, wait_max=2.0, wait_jitter=0.2,
-        ):  # fmt: skip
-            with attempt:
-                if api.nc.is_closed:  # the connection broke under the last try
-                    api.nc = await connect_cli(api.cfg.nats)
-                return (await api.call("job", "submit", request, JobSubmitReply)).job_id
-    except (*RETRIED, RemoteError) as exc:
-        if not _again(exc):
-            raise
-        text, job_id = str(exc) or type(exc).__name__, request.job_id
-        if not _maybe_stored(exc) and not unanswered:
-            raise CliError(text) from None  # it never reached a requester
-        raise CliError(
-            f"{text}. Job {job_id} may have been submitted: see `hivectl job describe {job_id}`; "
-            f"submitting again with `--id {job_id}` never makes a second job"
-        ) from None
-    raise AssertionError("retry_context ended without a result")
-
-
-def _again(exc: Exception) -> bool:
-    """Worth sending the same submit again: no reply, or a store that could not answer."""
-    return isinstance(exc, RETRIED) or (
-        isinstance(exc, RemoteError) and exc.code == STORE_UNAVAILABLE
-    )
-
-
-def _maybe_stored(exc: BaseException) -> bool:
-    """The requester may have stored the job before this went wrong."""
-    return isinstance(exc, NoAnswer | RemoteError)
-
-
-def _retrying(job_id: str | None, unanswered: list[BaseException]) -> RetryHook:
-    def note(details: RetryDetails) -> None:
-        cause = details.caused_by
-        if _maybe_stored(cause):
-            unanswered.append(cause)
-        if isinstance(cause, RemoteError):
-            info(f"The submit was not stored yet ({cause}); sending it again as {job_id}")
-        else:
-            info(f"No reply to the submit ({cause}); sending it again as {job_id}")
-
-    return note
-
-
-def _submit_and_wait(ctx: typer.Context, request: JobSubmitRequest, follow: bool) -> None:
-    watch = JobWatch()
-    try:
-        job = run_api(ctx, lambda api: _run_job(api, request, watch, follow))
-    except KeyboardInterrupt:
-        if watch.job_id:
-            info(f"Stopped waiting; {watch.job_id} goes on (hivectl job stop {watch.job_id}).")
-        raise typer.Exit(130) from None
-    info(result_line(job))
-    if job.state is not JobState.COMPLETED:
-        raise typer.Exit(EXIT_ERROR)
-
-
-async def _run_job(api: Api, request: JobSubmitRequest, watch: JobWatch, follow: bool) -> Job:
-    await check_log_stream(api)  # before anything is sent
-    watch.job_id = await send_submit(api, request)
-    try:
-        return await _wait_job(api, watch, follow)
-    except RETRIED as exc:
-        why = connection_failure(api.cfg.nats.url, exc, closed=api.nc.is_closed)
-        job_id = watch.job_id
-        raise CliError(
-            f"{why}; {job_id} may still run: see `hivectl job describe {job_id}`"
-        ) from None
-
-
-async def _wait_job(api: Api, watch: JobWatch, follow: bool) -> Job:
-    js = api.nc.jetstream()  # of the connection now: the submit may have made a new one
-    if follow:
-        return await watch.follow(api, js, show_all=False)
-    with status_line(f"{watch.job_id}: PENDING") as show:
-        job = await watch.wait(api, lambda job: show(status_text(job)))
-    await watch.replay(api, js, job, shown_executions(job, show_all=False))
-    return job
+    submit_job(ctx, spec, job_id, id_only=id_only, no_wait=no_wait, follow=follow)
 
 
 # -- list ----------------------------------------------------------------------------

@@ -8,19 +8,17 @@ from typing import Annotated
 import typer
 
 from hivectl.cli import paging
+from hivectl.cli.api import Api, call, run_api
 from hivectl.cli.common import (
-    Api,
     Listing,
     NoHeadersOption,
     OutputOption,
-    call,
     check_id,
     check_selector,
     make,
     noun_app,
     output_format,
     print_ok,
-    run_api,
 )
 from hivectl.cli.output import (
     NONE,

@@ -13,7 +13,7 @@ import gc
 from collections.abc import Iterator
 from typing import TypeVar
 
-from hivectl.cli.common import Api, CliError
+from hivectl.cli.api import Api, CliError
 from hivectl.core import codec
 from hivectl.core.models import Message
 
