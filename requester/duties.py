@@ -74,7 +74,6 @@ class LeaderDuties:
             offer_timeout=cfg.offer_timeout,
         )
         scheduler.placement_seconds = self.placement_seconds
-        self.reconciler = Reconciler(self.jobs, scheduler.executions_gone)
         self.exec_consumer = ExecConsumer(
             self.subjects,
             self.registry,
@@ -83,8 +82,11 @@ class LeaderDuties:
             cancel=self.link.cancel,
             limits=codec.Limits(max_bytes=cfg.max_payload),
         )
-        scheduler.start()
         consumer = self.exec_consumer
+        self.reconciler = Reconciler(
+            self.jobs, scheduler.executions_gone, lambda: consumer.caught_up_at
+        )
+        scheduler.start()
         stream = self.subjects.exec_stream
         await js.retried(stream, lambda: consumer.start(js), deadline=js.setup_deadline)
         # Nodes that went silent before we led, or while no requester ran, lose their
@@ -108,8 +110,8 @@ class LeaderDuties:
         if self.scheduler is not None and job.state is JobState.PENDING and not job.executions:
             self.scheduler.kick(job.job_id)
 
-    def reconcile(self, node_id: str, held: list[str]) -> list[str]:
-        return [] if self.reconciler is None else self.reconciler.check(node_id, held)
+    async def reconcile(self, node_id: str, held: list[str]) -> list[str]:
+        return [] if self.reconciler is None else await self.reconciler.check(node_id, held)
 
     def forget(self, node_id: str) -> None:
         if self.reconciler is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -221,6 +222,9 @@ class ExecConsumer:
         self._drops = Drops(subjects, log, "exec update")
         self.received = 0
         self.rejected = self._drops.counts
+        # Monotonic time as of which every update stored was applied: a fetch asked then
+        # came back empty, or with the last pending update, all applied.
+        self.caught_up_at = 0.0
 
     async def start(self, js: JetStreamContext) -> None:
         config = ConsumerConfig(
@@ -250,9 +254,11 @@ class ExecConsumer:
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
         while True:
+            asked = time.monotonic()
             try:
                 batch = await sub.fetch(batch=256, timeout=1.0)
             except (NatsTimeoutError, TimeoutError):
+                self.caught_up_at = asked  # nothing was waiting
                 continue
             except asyncio.CancelledError:
                 raise
@@ -260,17 +266,19 @@ class ExecConsumer:
                 log.warning("exec updates: fetch failed: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
-            for msg in batch:
-                await self.handle(msg)
+            applied = [await self.handle(msg) for msg in batch]
+            if batch and all(applied) and batch[-1].metadata.num_pending == 0:
+                self.caught_up_at = asked
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: Msg) -> bool:
+        """Apply one update (or drop it); False when it must come again (store trouble)."""
         try:
             update = self._open(msg)
-            before = self._owned(update)
+            before = await self._owned(update)
         except Dropped as drop:
             self._drop(msg.subject, drop)
             await msg.ack()
-            return
+            return True
         try:
             after = await self._store.change(
                 update.job_id, lambda job: apply_update(job, update, msg.metadata.timestamp)
@@ -278,10 +286,11 @@ class ExecConsumer:
         except Exception:  # KV unavailable: leave it unacked, it comes back
             log.exception("exec update for %s not applied; will retry", update.exec_id)
             await msg.nak(delay=1.0)
-            return
+            return False
         await msg.ack()
         self.received += 1
         self._follow_up(before, update, after)
+        return True
 
     def _follow_up(self, before: Execution, update: ExecUpdate, after: Job | None) -> None:
         if before.state not in ACTIVE and update.state in (ES.STARTING, ES.RUNNING):
@@ -308,15 +317,29 @@ class ExecConsumer:
             raise Dropped("bad_state", f"a node cannot report {update.state}")
         return update
 
-    def _owned(self, update: ExecUpdate) -> Execution:
-        """The execution the update is about, when it was placed on the sending node."""
-        job = self._store.get(update.job_id)
+    async def _owned(self, update: ExecUpdate) -> Execution:
+        """The execution the update is about, when it was placed on the sending node.
+
+        Memory may lag the bucket (a watch that stalled while a stream elected a
+        leader, a leader just taken over): what it does not know is read afresh before
+        an update is dropped for good."""
+        found = _placed(self._store.get(update.job_id), update)
+        if found is not None:
+            return found
+        job = await self._store.fresh(update.job_id)
         if job is None:
             raise Dropped("unknown_job", f"no job {update.job_id}")
-        for execution in job.executions:
-            if execution.exec_id == update.exec_id and execution.node_id == update.node_id:
-                return execution
-        raise Dropped("not_your_exec", f"{update.exec_id} is not {update.node_id}'s execution")
+        found = _placed(job, update)
+        if found is None:
+            raise Dropped("not_your_exec", f"{update.exec_id} is not {update.node_id}'s execution")
+        return found
 
     def _drop(self, subject: str, drop: Dropped) -> None:
         self._drops.record(subject, drop)
+
+
+def _placed(job: Job | None, update: ExecUpdate) -> Execution | None:
+    for execution in job.executions if job is not None else ():
+        if execution.exec_id == update.exec_id and execution.node_id == update.node_id:
+            return execution
+    return None

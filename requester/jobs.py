@@ -75,6 +75,9 @@ class FencedJobs:
     def jobs(self) -> Iterable[Job]:
         return self.store.jobs()
 
+    async def fresh(self, job_id: str) -> Job | None:
+        return await self.store.fresh(job_id)
+
     async def change(self, job_id: str, change: Change) -> Job | None:
         if not self._valid():
             raise Deposed(f"epoch {self.epoch} cannot prove its lease")
@@ -106,6 +109,8 @@ class JobStore:
         # put in it, so "what runs on node X" costs no scan of every job.
         self._active: dict[str, dict[str, str]] = {}
         self._indexed: dict[str, list[tuple[str, str]]] = {}
+        self._job_of: dict[str, str] = {}  # exec id -> job id, every execution kept
+        self._execs_of: dict[str, list[str]] = {}
         # Told of every job value taken in (our writes and other requesters'), after
         # the index: the leader places a job another requester stored at once.
         self.watchers: list[Callable[[Job], None]] = []
@@ -136,7 +141,20 @@ class JobStore:
         """{exec id: job id} of the executions active on `node_id`, as stored now."""
         return dict(self._active.get(node_id, {}))
 
+    def job_of(self, exec_id: str) -> str | None:
+        """The job an execution belongs to (any state), as stored now."""
+        return self._job_of.get(exec_id)
+
+    async def fresh(self, job_id: str) -> Job | None:
+        """The job as the bucket has it this moment, not as memory last saw it."""
+        return await self._view.reload(job_id)
+
     def _index(self, job_id: str, job: Job | None) -> None:
+        for exec_id in self._execs_of.pop(job_id, ()):
+            self._job_of.pop(exec_id, None)
+        if job is not None and job.executions:
+            self._execs_of[job_id] = [e.exec_id for e in job.executions]
+            self._job_of.update(dict.fromkeys(self._execs_of[job_id], job_id))
         for node_id, exec_id in self._indexed.pop(job_id, ()):
             held = self._active.get(node_id)
             if held is not None:

@@ -219,6 +219,11 @@ class KvView(Generic[M]):
         await self._retried(lambda kv: kv.purge(key))
         self.forget(key)
 
+    async def reload(self, key: str) -> M | None:
+        """The value as the bucket has it now (memory may lag a watch that stalled)."""
+        await self._reload(key)
+        return self.get(key)
+
     async def _reload(self, key: str) -> None:
         """Re-read one value after a lost compare-and-set."""
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from nats.aio.msg import Msg
@@ -39,7 +39,7 @@ log = logging.getLogger("hive.requester.membership")
 M = TypeVar("M", bound=Message)
 S = TypeVar("S", Heartbeat, ResourceUpdate, Leave)  # the sequenced messages nodes publish
 # (node id, the executions it reports holding) -> those it should stop
-Reconcile = Callable[[str, list[str]], list[str]]
+Reconcile = Callable[[str, list[str]], Awaitable[list[str]]]
 
 
 class Membership:
@@ -113,7 +113,7 @@ class Membership:
         self.received["info"] += 1
         stale: list[str] = []
         if update.executions is not None and self._reconcile is not None:
-            stale = self._reconcile(node_id, update.executions)
+            stale = await self._reconcile(node_id, update.executions)
         reply = InfoReply(
             known=True, approval=record.approval, lost_after=self._lost_after, stale=stale
         )

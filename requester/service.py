@@ -322,8 +322,8 @@ class Requester:
             os.getpid(),
         )
 
-    def _reconcile(self, node_id: str, held: list[str]) -> list[str]:
-        return [] if self.duties is None else self.duties.reconcile(node_id, held)
+    async def _reconcile(self, node_id: str, held: list[str]) -> list[str]:
+        return [] if self.duties is None else await self.duties.reconcile(node_id, held)
 
     def _forget_node(self, node_id: str) -> None:
         self.liveness.forget(node_id)
