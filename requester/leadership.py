@@ -15,6 +15,8 @@ one key, `leader`, in the `hive_leases` bucket (history 1):
   whole `lease` by its own clock, the leader is gone: it takes over with
   compare-and-set on that revision (so of several followers one wins).
 - A leader that stops cleanly deletes the key, so the next one takes over at once.
+- One that stepped down for want of an answer and finds its own record still there
+  (the same revision: nobody took over) takes it back at once.
 
 The epoch (bucket revisions only grow) fences a leader that was paused or cut off and
 has not yet noticed: job records remember the epoch of the leader that last wrote them
@@ -154,6 +156,14 @@ class Leadership:
             return
         holder = codec.unpack_model(entry.value, LeaseRecord).holder
         revision = int(entry.revision or 0)
+        if entry.value == self._record:
+            # Our own lease, from before we stepped down for want of an answer (the
+            # leases stream electing a leader, say): nobody took over since, or the
+            # revision would differ. Take it back now rather than wait a lease for it.
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                taken = await self._kv.update(KEY, self._record, last=revision)
+                await self._elected(taken, "")
+            return
         if revision != self._seen[0]:
             self._seen, self.leader = (revision, now), holder
             return

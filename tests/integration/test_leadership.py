@@ -122,3 +122,18 @@ async def test_an_older_epoch_cannot_write_a_job_a_newer_one_decided(nc: Client)
     stored = store.get(job_id)
     assert stored is not None and stored.reason == "new"
     await store.close()
+
+
+async def test_a_leader_that_stepped_down_unanswered_takes_its_own_lease_back(
+    pair: tuple[Candidate, Candidate],
+) -> None:
+    """The leases stream electing a leader kept renewals unanswered past the margin; once
+    it answers, the lease is still the same record: nobody took over, so it is ours."""
+    a, b = pair
+    leader, follower = (a, b) if a.lead.is_leader else (b, a)
+    leader.die()
+    old_epoch = leader.lead.epoch
+    await leader.lead._step_down("no answer from the leases bucket")
+    await leader.lead.step()
+    assert leader.lead.is_leader and leader.lead.epoch > old_epoch
+    assert leader.lead.takeovers == 0 and not follower.lead.is_leader
