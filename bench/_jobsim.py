@@ -27,6 +27,34 @@ class JobStack(_sim.Stack):
         super().__init__(name)
         self.extra_env = env or {}
         self.agents: list[subprocess.Popen[bytes]] = []
+        self._followers: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def followers(self) -> list[int]:
+        return [proc.pid for proc in self._followers]
+
+    def start_follower(self, name: str, timeout: float = 60.0) -> int:
+        """A second requester on the same NATS (its own data dir); its metrics port."""
+        port = _sim.free_port()
+        cmd = [str(_sim.BIN / "hive-requester"), "run", "--config", str(self.empty_config),
+               "--nats-url", self.url, "--data-dir", str(self.tmp / name), "--auto-approve",
+               "--metrics-port", str(port), "--log-level", "WARNING"]  # fmt: skip
+        out = (self.tmp / f"{name}.log").open("wb")
+        env = clean_env(HIVE_HEALTH_CHECK_INTERVAL="1s", HIVE_NAME=name, **self.extra_env)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_sim._die_with_parent)  # fmt: skip
+        out.close()
+        self._followers.append(proc)
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError):
+                self.scrape(timeout=1.0, port=port)
+                _sim.log(f"second requester {name} ready (pid {proc.pid}, metrics :{port})")
+                return port
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"requester {name} did not start")
+            time.sleep(0.1)
 
     def start_requester(
         self,
@@ -78,6 +106,8 @@ class JobStack(_sim.Stack):
         return "\n".join(text.splitlines()[-lines:])
 
     def close(self) -> None:
+        for proc in self._followers:
+            proc.terminate()
         for proc in self.agents:
             if proc.poll() is None:
                 proc.terminate()

@@ -276,8 +276,8 @@ class Stack:
     def requester_alive(self) -> bool:
         return self.requester is not None and self.requester.poll() is None
 
-    def scrape(self, timeout: float = 10.0) -> Metrics:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+    def scrape(self, timeout: float = 10.0, *, port: int = 0) -> Metrics:
+        url = f"http://127.0.0.1:{port or self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return Metrics(response.read().decode())
 

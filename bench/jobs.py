@@ -1,4 +1,5 @@
-"""Job benchmark: placement throughput of one requester, and submit-to-running latency.
+"""Job benchmark: placement throughput of one and of two requesters, and submit-to-running
+latency.
 
 Part placement (`--part placement`): nats-server and `hive-requester run --auto-approve`
 as a separate process; 1,000 simulated compute nodes (bench/_sim.py registration, then
@@ -152,6 +153,8 @@ async def submit_and_confirm(
 
 
 def part_placement(args: argparse.Namespace) -> dict[str, Any]:
+    """One requester, then two on the same NATS and simulated nodes: the same workload
+    each time, so the rates compare (the second requester follows; the leader places)."""
     total = args.jobs * args.count
     with _jobsim.JobStack("jobs-placement") as stack:
         stack.start_nats()
@@ -161,41 +164,84 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
             f"  rtt p50 {floor['sequential_rtt_s']['p50'] * 1e3:.3f} ms, "
             f"{floor['burst']['rate_per_s']:,}/s with 64 in flight"
         )
-        stack.start_requester()
+        stack.start_requester(env={"HIVE_NAME": "req-1"})
         log(f"registering {args.nodes:,} simulated nodes")
         reg = _sim.register(stack.url, args.nodes, procs=1, in_flight=200, report=True)
         keys = reg.pop("keys")
         log(f"  {reg['registered']:,} registered in {reg['elapsed_s']}s")
-        responder = Worker(
-            _jobsim.answer_offers, stack.url, keys, total, args.limit, 5.0, name="simcompute"
-        )
-        try:
-            ready_s = asyncio.run(wait_nodes(stack, len(keys), 60))
-            log(f"  all {len(keys):,} APPROVED and HEALTHY after {ready_s:.1f}s more")
-            responder.wait_ready()
-            meters = {
-                "requester": CpuMeter(stack.requester_pid),
-                "nats_server": CpuMeter(stack.nats_pid),
-            }
-            responder.go()
-            log(f"submitting {args.jobs} jobs x count {args.count} = {total:,} executions")
-            run = asyncio.run(
-                submit_and_confirm(
-                    stack.url, responder, args.jobs, args.count, args.in_flight, args.limit
-                )
-            )
-            usage = {name: meter.read() for name, meter in meters.items()}
-        finally:
-            responder.stop()
-        after = stack.scrape()
+        ready_s = asyncio.run(wait_nodes(stack, len(keys), 60))
+        log(f"  all {len(keys):,} APPROVED and HEALTHY after {ready_s:.1f}s more")
+        one = placement_round(stack, args, keys, "one requester")
+        second_port = stack.start_follower("req-2")
+        two = placement_round(stack, args, keys, "two requesters")
+        races = {
+            "leader": stack.scrape().total("hive_job_writes_lost_races_total"),
+            "follower": stack.scrape(port=second_port).total("hive_job_writes_lost_races_total"),
+        }
         alive = stack.requester_alive()
         log_tail = stack.requester_log(15) if not alive else ""
+    result = placement_result(args, total, one, floor, reg, alive)
+    result["two_requesters"] = {
+        "figure": "the same workload with a second requester following (same run, nodes)",
+        "value": round(two["rate"], 1),
+        "target": f">= the one-requester rate ({round(one['rate'], 1)}/s)",
+        "pass": two["rate"] >= one["rate"] and two["checks_pass"],
+        "ratio_to_one": round(two["rate"] / one["rate"], 3) if one["rate"] else None,
+        "lost_cas_races_by_requester": races,
+        "processes": two["usage"],
+        "execution_states_at_end": two["run"]["execution_states"],
+    }
+    result["pass"] = result["pass"] and result["two_requesters"]["pass"]
+    if log_tail:
+        result["requester_log_tail"] = log_tail
+    return result
 
+
+def placement_round(
+    stack: _jobsim.JobStack, args: argparse.Namespace, keys: Any, label: str
+) -> dict[str, Any]:
+    """One round of the workload: submit, wait for every execution ACCEPTED."""
+    total = args.jobs * args.count
+    responder = Worker(
+        _jobsim.answer_offers, stack.url, keys, total, args.limit, 5.0, name="simcompute"
+    )
+    try:
+        responder.wait_ready()
+        meters = {"requester": CpuMeter(stack.requester_pid)}
+        if stack.nats_pid is not None:
+            meters["nats_server"] = CpuMeter(stack.nats_pid)
+        for pid in stack.followers:
+            meters[f"follower-{pid}"] = CpuMeter(pid)
+        responder.go()
+        log(f"{label}: {args.jobs} jobs x count {args.count} = {total:,} executions")
+        run = asyncio.run(
+            submit_and_confirm(
+                stack.url, responder, args.jobs, args.count, args.in_flight, args.limit
+            )
+        )
+        usage = {name: meter.read() for name, meter in meters.items()}
+    finally:
+        responder.stop()
+    span = run["t_confirmed"] - run["t_first_submit"]
+    rate = total / span if span == span and span > 0 else 0.0
+    log(f"  {label}: {rate:,.0f} executions placed/s")
+    checks_pass = run["submitted"] == args.jobs and run["unconfirmed_jobs"] == 0
+    return {"run": run, "usage": usage, "rate": rate, "span": span, "checks_pass": checks_pass}
+
+
+def placement_result(
+    args: argparse.Namespace,
+    total: int,
+    one: dict[str, Any],
+    floor: dict[str, Any],
+    reg: dict[str, Any],
+    alive: bool,
+) -> dict[str, Any]:
+    run, rate, span = one["run"], one["rate"], one["span"]
     sim = run.pop("sim")
     t0 = run["t_first_submit"]
-    span = run["t_confirmed"] - t0
-    rate = total / span if span == span and span > 0 else 0.0
     sim_span = sim["t_last_accept"] - t0 if sim["accepted"] else float("nan")
+    usage = one["usage"]
     usage["simcompute_cpu_s"] = sim["cpu_s"]
     checks = {
         "placed_at_least_target": rate >= PLACEMENT_TARGET,
@@ -205,7 +251,7 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
         "no_bad_offers": sim["bad_offers"] == 0,
         "requester_alive": alive,
     }
-    result: dict[str, Any] = {
+    return {
         "figure": f"executions placed/s by one requester ({args.nodes:,} sim nodes accepting "
         f"at once; {args.jobs} jobs x count {args.count}; first submit -> every execution "
         "ACCEPTED in the job API)",
@@ -220,9 +266,6 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
         "executions": total,
         "first_submit_to_confirmed_s": round(span, 3),
         "first_submit_to_last_accept_s": round(sim_span, 3),
-        "first_submit_to_first_offer_s": round(sim["t_first_accept"] - t0, 4)
-        if sim["accepted"]
-        else None,
         "placed_per_s_by_sim_clock": round(total / sim_span, 1) if sim_span > 0 else None,
         "submit": {
             "in_flight": args.in_flight,
@@ -233,25 +276,13 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
         },
         "sim": {
             k: sim[k]
-            for k in (
-                "accepted",
-                "bad_offers",
-                "cancels",
-                "offer_bytes",
-                "nodes_used",
-                "execs_per_node_min_max",
-                "errors",
-            )
+            for k in ("accepted", "bad_offers", "cancels", "offer_bytes", "nodes_used", "errors")
         },
         "execution_states_at_end": run["execution_states"],
-        "offers_sent_by_requester": int(after.total("hive_job_offers_total")),
         "registration": {k: reg[k] for k in ("registered", "failed", "elapsed_s", "rate_per_s")},
         "processes": usage,
         "nats_floor": floor,
     }
-    if log_tail:
-        result["requester_log_tail"] = log_tail
-    return result
 
 
 # -- part latency ------------------------------------------------------------------------------
