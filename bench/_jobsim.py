@@ -51,6 +51,7 @@ class JobStack(_sim.Stack):
             with contextlib.suppress(OSError):
                 self.scrape(timeout=1.0, port=port)
                 _sim.log(f"second requester {name} ready (pid {proc.pid}, metrics :{port})")
+                _settle(proc.pid, deadline)
                 return port
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"requester {name} did not start")
@@ -105,9 +106,20 @@ class JobStack(_sim.Stack):
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def close(self) -> None:
-        for proc in self._followers:
+    def stop_followers(self) -> None:
+        """Stop the second requesters (SIGTERM, and wait): the first leads on alone."""
+        followers, self._followers = self._followers, []
+        for proc in followers:
             proc.terminate()
+        for proc in followers:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        self.stop_followers()
         for proc in self.agents:
             if proc.poll() is None:
                 proc.terminate()
@@ -119,6 +131,18 @@ class JobStack(_sim.Stack):
                 proc.wait()
         self.agents = []
         super().close()
+
+
+def _settle(pid: int, deadline: float, idle: float = 0.05) -> None:
+    """Until process `pid` uses under `idle` of a core over 0.2s (its start-up done:
+    loading the buckets, the first watch catch-up), or the deadline."""
+    meter = _sim.CpuMeter(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        used = meter.read()
+        if used["cpu_pct_of_one_core"] < idle * 100:
+            return
+        meter = _sim.CpuMeter(pid)
 
 
 # -- worker targets ------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import _sim
 from _sim import PREFIX, CpuMeter, Worker, log, summary
 
 PLACEMENT_TARGET = 2_000  # executions placed per second by one requester
+LOST_RACES = "hive_job_writes_lost_races_total"
 LATENCY_P50_S = 0.050
 LATENCY_P99_S = 0.250
 
@@ -171,30 +172,58 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
         log(f"  {reg['registered']:,} registered in {reg['elapsed_s']}s")
         ready_s = asyncio.run(wait_nodes(stack, len(keys), 60))
         log(f"  all {len(keys):,} APPROVED and HEALTHY after {ready_s:.1f}s more")
-        one = placement_round(stack, args, keys, "one requester")
-        second_port = stack.start_follower("req-2")
-        two = placement_round(stack, args, keys, "two requesters")
-        races = {
-            "leader": stack.scrape().total("hive_job_writes_lost_races_total"),
-            "follower": stack.scrape(port=second_port).total("hive_job_writes_lost_races_total"),
-        }
+        ones, twos, races = [], [], {"leader": 0.0, "follower": 0.0}
+        # One, two, two, one, ...: every round leaves its jobs in the store, which makes
+        # the next one a little slower, so each setup gets the same share of early and
+        # late rounds (and of load from elsewhere).
+        for i in range(2 * args.rounds):
+            if (i % 4) in (0, 3):
+                ones.append(placement_round(stack, args, keys, "one requester"))
+                continue
+            port = stack.start_follower("req-2")
+            twos.append(placement_round(stack, args, keys, "two requesters"))
+            races["follower"] += stack.scrape(port=port).total(LOST_RACES)
+            stack.stop_followers()
+        races["leader"] = stack.scrape().total(LOST_RACES)
         alive = stack.requester_alive()
         log_tail = stack.requester_log(15) if not alive else ""
+    one = sorted(ones, key=lambda r: r["rate"])[len(ones) // 2]  # the median round
     result = placement_result(args, total, one, floor, reg, alive)
-    result["two_requesters"] = {
-        "figure": "the same workload with a second requester following (same run, nodes)",
-        "value": round(two["rate"], 1),
-        "target": f">= the one-requester rate ({round(one['rate'], 1)}/s)",
-        "pass": two["rate"] >= one["rate"] and two["checks_pass"],
-        "ratio_to_one": round(two["rate"] / one["rate"], 3) if one["rate"] else None,
-        "lost_cas_races_by_requester": races,
-        "processes": two["usage"],
-        "execution_states_at_end": two["run"]["execution_states"],
-    }
+    result["two_requesters"] = two_requesters(ones, twos, races)
     result["pass"] = result["pass"] and result["two_requesters"]["pass"]
     if log_tail:
         result["requester_log_tail"] = log_tail
     return result
+
+
+def two_requesters(
+    ones: list[dict[str, Any]], twos: list[dict[str, Any]], races: dict[str, float]
+) -> dict[str, Any]:
+    """The second requester against the first, round by round: placement (the nodes'
+    clock) and confirmation (first submit -> every execution ACCEPTED in the job API,
+    which a follower answers from its own view of the bucket)."""
+
+    def median(rounds: list[dict[str, Any]], key: str) -> float:
+        values = sorted(r[key] for r in rounds)
+        return values[len(values) // 2]
+
+    placed = {n: median(r, "placed_rate") for n, r in (("one", ones), ("two", twos))}
+    confirmed = {n: median(r, "rate") for n, r in (("one", ones), ("two", twos))}
+    return {
+        "figure": "executions placed/s with a second requester following (same run, nodes, "
+        f"workload; median of {len(twos)} rounds, in the order one, two, two, one, ...)",
+        "value": round(placed["two"], 1),
+        "target": f">= the one-requester rate ({round(placed['one'], 1)}/s, same rounds)",
+        "pass": placed["two"] >= placed["one"] and all(r["checks_pass"] for r in twos),
+        "ratio_to_one": round(placed["two"] / placed["one"], 3) if placed["one"] else None,
+        "placed_per_s_by_round": {
+            "one": [round(r["placed_rate"], 1) for r in ones],
+            "two": [round(r["placed_rate"], 1) for r in twos],
+        },
+        "confirmed_per_s_median": {k: round(v, 1) for k, v in confirmed.items()},
+        "lost_cas_races_by_requester": races,
+        "processes_last_round": twos[-1]["usage"],
+    }
 
 
 def placement_round(
@@ -222,11 +251,22 @@ def placement_round(
         usage = {name: meter.read() for name, meter in meters.items()}
     finally:
         responder.stop()
-    span = run["t_confirmed"] - run["t_first_submit"]
+    t0 = run["t_first_submit"]
+    span = run["t_confirmed"] - t0
     rate = total / span if span == span and span > 0 else 0.0
-    log(f"  {label}: {rate:,.0f} executions placed/s")
+    sim = run["sim"]
+    placed_span = sim["t_last_accept"] - t0 if sim["accepted"] else float("nan")
+    placed = total / placed_span if placed_span > 0 else 0.0
+    log(f"  {label}: {placed:,.0f} executions placed/s, {rate:,.0f}/s confirmed in the API")
     checks_pass = run["submitted"] == args.jobs and run["unconfirmed_jobs"] == 0
-    return {"run": run, "usage": usage, "rate": rate, "span": span, "checks_pass": checks_pass}
+    return {
+        "run": run,
+        "usage": usage,
+        "rate": rate,
+        "placed_rate": placed,
+        "span": span,
+        "checks_pass": checks_pass,
+    }
 
 
 def placement_result(
@@ -510,6 +550,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=40, help="jobs submitted (placement)")
     parser.add_argument("--count", type=int, default=100, help="executions per job (placement)")
     parser.add_argument("--in-flight", type=int, default=16, help="submits in flight (placement)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="rounds of one and of two requesters (placement)"
+    )
     parser.add_argument(
         "--limit", type=float, default=120.0, help="time limit of each part's measurement (s)"
     )

@@ -10,13 +10,19 @@ moment they lead. Every job write goes through FencedJobs with the leader's epoc
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
 from hivectl.core import codec
 from hivectl.core.config import RequesterConfig
-from hivectl.core.jobs import Job, JobState
+from hivectl.core.jobs import JOB_ID_PATTERN, Job, JobState
 from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
 from requester.executions import ACTIVE, ExecConsumer
@@ -30,20 +36,24 @@ from requester.store import Store
 
 log = logging.getLogger("hive.requester")
 EXPIRE_EVERY = 60.0  # seconds between looks for finished jobs past their retention
+JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 class LeaderDuties:
     def __init__(
         self,
         config: RequesterConfig,
+        nc: Client,
         subjects: Subjects,
         registry: Registry,
         liveness: Liveness,
         jobs: JobStore,
         link: NodeLink,
+        *,
         started_at: float,
     ) -> None:
         self.config = config
+        self.nc = nc  # for the nudges other requesters send (job_created)
         self.subjects = subjects
         self.registry = registry
         self.liveness = liveness
@@ -53,6 +63,7 @@ class LeaderDuties:
         self.scheduler: Scheduler | None = None
         self.exec_consumer: ExecConsumer | None = None
         self.reconciler: Reconciler | None = None
+        self._created: Subscription | None = None
         self._silent_check: float | None = None
         self._next_expiry = 0.0
         self.placement_seconds = placement_histogram()  # across every term as leader
@@ -63,6 +74,9 @@ class LeaderDuties:
 
     async def start(self, js: Store, epoch: int, valid: Callable[[], bool]) -> None:
         cfg = self.config
+        subject = self.subjects.job_created
+        self._created = await self.nc.subscribe(subject, cb=self._on_created)
+        self.jobs.lead()
         fenced = FencedJobs(self.jobs, epoch, valid)
         self.link.epoch = epoch
         self.scheduler = scheduler = Scheduler(
@@ -95,15 +109,30 @@ class LeaderDuties:
         self._next_expiry = time.monotonic() + self._expire_every
 
     async def stop(self) -> None:
+        if self._created is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await self._created.unsubscribe()
+            self._created = None
         for part in (self.scheduler, self.exec_consumer):
             if part is not None:
                 await part.close()
         self.scheduler = self.exec_consumer = self.reconciler = None
+        self.jobs.follow()
 
     # -- inputs from the rest of the requester ------------------------------------------
     def kick(self, job_id: str) -> None:
         if self.scheduler is not None:
             self.scheduler.kick(job_id)
+
+    async def _on_created(self, msg: Msg) -> None:
+        """Another requester created a job: read it now (our watch may lag) and place it."""
+        job_id = msg.data.decode(errors="replace")
+        if self.scheduler is None or not JOB_ID.match(job_id):
+            return
+        if self.jobs.get(job_id) is None:
+            with contextlib.suppress(Exception):  # the tick finds it in any case
+                await self.jobs.fresh(job_id)
+        self.kick(job_id)
 
     def job_seen(self, job: Job) -> None:
         """A job another requester (or we) stored: a fresh one wants placing now."""

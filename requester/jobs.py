@@ -137,6 +137,17 @@ class JobStore:
         """Writes to job records another writer beat (each was applied again after)."""
         return self._view.lost_races
 
+    def follow(self) -> None:
+        """Another requester leads: keep its writes packed until someone reads them
+        (decoding every placement write cost a follower a tenth of a core, on a
+        machine the leader shares). The indexes below serve the leader alone."""
+        self._view.lazy = True
+
+    def lead(self) -> None:
+        """This requester leads: every job decoded, the indexes rebuilt."""
+        self._view.lazy = False
+        self._view.decode_all()
+
     def active_on(self, node_id: str) -> dict[str, str]:
         """{exec id: job id} of the executions active on `node_id`, as stored now."""
         return dict(self._active.get(node_id, {}))

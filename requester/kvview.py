@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -32,10 +31,27 @@ CAS_ATTEMPTS = 8
 _DELETE_OPS = ("DEL", "PURGE")
 
 
-@dataclass(slots=True)
 class Entry(Generic[M]):
-    value: M
-    revision: int
+    """A value and its revision; a lazy view keeps the bytes and decodes on first read."""
+
+    __slots__ = ("_model", "_packed", "_value", "revision")
+
+    def __init__(
+        self, value: M | None, revision: int, packed: bytes = b"", model: type[M] | None = None
+    ) -> None:
+        self._value, self.revision, self._packed, self._model = value, revision, packed, model
+
+    @property
+    def value(self) -> M:
+        if self._value is None:
+            assert self._model is not None
+            self._value = codec.unpack_model(self._packed, self._model)
+            self._packed = b""
+        return self._value
+
+    @property
+    def decoded(self) -> bool:
+        return self._value is not None
 
 
 class KvView(Generic[M]):
@@ -73,6 +89,8 @@ class KvView(Generic[M]):
         self._js: Store | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.lost_races = 0  # compare-and-set writes another writer beat (then retried)
+        # Keep others' writes packed until read (`on_set` is then not told of them).
+        self.lazy = False
 
     # -- start / stop -------------------------------------------------------------------
     async def start(self, js: Store) -> None:
@@ -108,6 +126,11 @@ class KvView(Generic[M]):
         if mine is not None and mine[0] == entry.value:
             self._store(entry.key, Entry(mine[1], revision))  # our write, echoed early
             return
+        if self.lazy:  # decoded when read: a follower reads few of the values it is sent
+            if known is not None:
+                self._on_drop(entry.key)
+            self._set(entry.key, Entry(None, revision, entry.value, self._model))
+            return
         try:
             value = codec.unpack_model(entry.value, self._model)
         except codec.CodecError as exc:
@@ -118,10 +141,24 @@ class KvView(Generic[M]):
         self._store(entry.key, Entry(value, revision))
 
     def _store(self, key: str, entry: Entry[M]) -> None:
+        self._set(key, entry)
+        self._on_set(key, entry.value)
+
+    def _set(self, key: str, entry: Entry[M]) -> None:
         if key not in self._entries:
             self._sorted = None
         self._entries[key] = entry
-        self._on_set(key, entry.value)
+
+    def decode_all(self) -> None:
+        """Decode what a lazy view kept packed, telling `on_set` of each (rebuilding what
+        an owner derives from the values: a view that stops being lazy calls this)."""
+        for key, entry in list(self._entries.items()):
+            try:
+                value = entry.value
+            except codec.CodecError as exc:
+                log.error("unreadable %s %s in %s: %s", self._noun, key, self.bucket, exc)
+                continue
+            self._on_set(key, value)
 
     def forget(self, key: str) -> None:
         if self._entries.pop(key, None) is not None:

@@ -192,14 +192,14 @@ class Requester:
         await ensure_job_streams(js, self.subjects)
         self.link = NodeLink(self.nc, self.subjects, self.registry, cfg.offer_timeout)
         self.jobs = JobStore(self.nc, self.subjects, on_cancel=self.link.cancel)
-        self.duties = duties = LeaderDuties(
-            cfg, self.subjects, self.registry, self.liveness, self.jobs, self.link, self._started_at
-        )
+        parts = (self.nc, self.subjects, self.registry, self.liveness, self.jobs, self.link)
+        self.duties = duties = LeaderDuties(cfg, *parts, started_at=self._started_at)
         self.jobs.watchers.append(duties.job_seen)
         await self.jobs.start(js)
+        self.jobs.follow()  # until this requester leads (duties.start)
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.job_api = JobApi(
-            self.jobs, kick=duties.kick, max_payload=self._max_payload(), limits=limits
+            self.jobs, kick=self._created, max_payload=self._max_payload(), limits=limits
         )
 
     async def _lead_when_elected(self, js: Store) -> None:
@@ -321,6 +321,17 @@ class Requester:
             time.monotonic() - self._started_at,
             os.getpid(),
         )
+
+    def _created(self, job_id: str) -> None:
+        """A job this requester created: placed here when it leads, else the leader is
+        told at once (its watch of the bucket may be busy with its own writes)."""
+        if self.duties is not None and self.duties.active:
+            self.duties.kick(job_id)
+        elif self.nc is not None:
+            task = asyncio.ensure_future(
+                self.nc.publish(self.subjects.job_created, job_id.encode())
+            )
+            task.add_done_callback(lambda t: t.exception())  # a lost nudge: the tick finds it
 
     async def _reconcile(self, node_id: str, held: list[str]) -> list[str]:
         return [] if self.duties is None else await self.duties.reconcile(node_id, held)

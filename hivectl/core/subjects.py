@@ -136,6 +136,12 @@ class Subjects:
         return f"{self._ident.upper()}_EVENTS"
 
     @property
+    def job_created(self) -> str:
+        """A requester that is not the leader says here that it created a job, so the
+        leader places it at once rather than when its watch of the bucket gets there."""
+        return f"{self.prefix}.requester.job-created"
+
+    @property
     def requester_queue(self) -> str:
         """Queue group shared by every requester, so each request is served once."""
         return f"{self._ident}-requesters"
