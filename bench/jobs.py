@@ -149,6 +149,7 @@ async def submit_and_confirm(
         "unconfirmed_jobs": len(pending),
         "confirm_polls": polls,
         "execution_states": states,
+        "job_ids": ids,
         "sim": sim,
     }
 
@@ -157,7 +158,9 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
     """One requester, then two on the same NATS and simulated nodes: the same workload
     each time, so the rates compare (the second requester follows; the leader places)."""
     total = args.jobs * args.count
-    with _jobsim.JobStack("jobs-placement") as stack:
+    # Each round's jobs are stopped and expire (1s retention) before the next round, so
+    # every round starts from an empty store and the rounds compare.
+    with _jobsim.JobStack("jobs-placement", env={"HIVE_JOB_RETENTION": "1s"}) as stack:
         stack.start_nats()
         log("floor: NATS request/reply to a trivial responder")
         floor = _jobsim.measure_nats_floor(stack.url, 350, 1000, 10_000, 64)
@@ -173,9 +176,8 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
         ready_s = asyncio.run(wait_nodes(stack, len(keys), 60))
         log(f"  all {len(keys):,} APPROVED and HEALTHY after {ready_s:.1f}s more")
         ones, twos, races = [], [], {"leader": 0.0, "follower": 0.0}
-        # One, two, two, one, ...: every round leaves its jobs in the store, which makes
-        # the next one a little slower, so each setup gets the same share of early and
-        # late rounds (and of load from elsewhere).
+        # One, two, two, one, ...: each setup gets the same share of early and late
+        # rounds, and so of load from elsewhere.
         for i in range(2 * args.rounds):
             if (i % 4) in (0, 3):
                 ones.append(placement_round(stack, args, keys, "one requester"))
@@ -251,6 +253,7 @@ def placement_round(
         usage = {name: meter.read() for name, meter in meters.items()}
     finally:
         responder.stop()
+    asyncio.run(clear_jobs(stack.url, run.pop("job_ids")))
     t0 = run["t_first_submit"]
     span = run["t_confirmed"] - t0
     rate = total / span if span == span and span > 0 else 0.0
@@ -267,6 +270,28 @@ def placement_round(
         "span": span,
         "checks_pass": checks_pass,
     }
+
+
+async def clear_jobs(url: str, ids: list[str], timeout: float = 60.0) -> None:
+    """Stop the round's jobs and wait until they have expired from the store."""
+    from hivectl.core import bus
+    from hivectl.core.jobs import JobListReply, JobListRequest, JobStopRequest
+    from hivectl.core.models import OkReply
+
+    nc, _ = await _sim._connect(url, "bench-clear")
+    try:
+        stop = f"{PREFIX}.api.job.stop"
+        await asyncio.gather(
+            *(bus.request(nc, stop, JobStopRequest(id=i), OkReply, timeout=30) for i in ids)
+        )
+        deadline = time.monotonic() + timeout
+        listing = f"{PREFIX}.api.job.list"
+        while (await bus.request(nc, listing, JobListRequest(), JobListReply, timeout=30)).jobs:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"jobs not expired after {timeout:g}s")
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
 
 
 def placement_result(
