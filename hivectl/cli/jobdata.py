@@ -15,10 +15,11 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError, ObjectNotFoundError
@@ -39,7 +40,13 @@ from hivectl.core.jobs import (
     JobType,
 )
 
+if TYPE_CHECKING:
+    from stamina.instrumentation import RetryDetails, RetryHook
+
 POLL_INTERVAL = 0.2  # how often a waiting hivectl looks again, in seconds
+# Tries of a JetStream call that may meet a stream electing its leader, each waiting the
+# JetStream timeout (5s): an election after a server's kill -9 took 4 to 8 seconds.
+STREAM_ATTEMPTS = 3
 Live = Callable[[], Awaitable[bool]]
 
 
@@ -128,15 +135,32 @@ async def _nudge(sub: Subscription) -> None:
 
 
 async def check_log_stream(api: Api) -> JetStreamContext:
-    """JetStream, once the logs stream is known to exist (else a one-line error)."""
+    """JetStream, once the logs stream is known to exist (else a one-line error).
+
+    Asked again while nothing answers: on a NATS cluster, the streams a server that went
+    down led have no leader for some seconds (4 to 8 after a kill -9), and a stream
+    without one does not answer."""
+    import stamina  # only commands that read logs need it
+
+    stream = api.subjects.logs_stream
     js = api.nc.jetstream()
+    stamina.instrumentation.set_on_retry_hooks([_asking_again(stream)])
     try:
-        await js.stream_info(api.subjects.logs_stream)
+        async for attempt in stamina.retry_context(
+            on=NatsTimeoutError, attempts=STREAM_ATTEMPTS, wait_initial=0.2, wait_max=1.0
+        ):
+            with attempt:
+                await js.stream_info(stream)
     except NotFoundError:
-        raise CliError(
-            f"there is no log stream {api.subjects.logs_stream} (is the requester running?)"
-        ) from None
+        raise CliError(f"there is no log stream {stream} (is the requester running?)") from None
     return js
+
+
+def _asking_again(stream: str) -> RetryHook:
+    def note(details: RetryDetails) -> None:
+        info(f"JetStream did not answer about {stream} (a NATS server away?); asking again")
+
+    return note
 
 
 async def copy_logs(
