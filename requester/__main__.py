@@ -72,11 +72,16 @@ _DATA_HELP = (
     "/var/lib/hive-requester as root, ~/.local/share/hive/requester otherwise)."
 )
 _APPROVE_HELP = "Approve newly registered nodes at once (default: they wait as PENDING)."
+_NAME_HELP = (
+    "This requester's id in `hivectl node list` and in its logs (default: requester); "
+    "each requester of a cluster needs its own."
+)
 
 
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help=_CONFIG_HELP)] = None,
+    name: Annotated[str | None, typer.Option(help=_NAME_HELP)] = None,
     nats_url: Annotated[str | None, typer.Option(help=_NATS_HELP)] = None,
     credentials: Annotated[
         Path | None, typer.Option("--credentials", metavar="PATH", help=_CREDENTIALS_HELP)
@@ -109,6 +114,7 @@ def run(
         cfg = load_config(
             RequesterConfig,
             config,
+            name=name,
             nats={"url": nats_url, "credentials_file": credentials},
             embedded={"enabled": embedded, "host": host, "port": port},
             data_dir=data_dir,

@@ -15,10 +15,11 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError, ObjectNotFoundError
@@ -39,8 +40,15 @@ from hivectl.core.jobs import (
     JobType,
 )
 
+if TYPE_CHECKING:
+    from stamina.instrumentation import RetryDetails, RetryHook
+
 POLL_INTERVAL = 0.2  # how often a waiting hivectl looks again, in seconds
+# Tries of a JetStream call that may meet a stream electing its leader, each waiting the
+# JetStream timeout (5s): an election after a server's kill -9 took 4 to 8 seconds.
+STREAM_ATTEMPTS = 3
 Live = Callable[[], Awaitable[bool]]
+T = TypeVar("T")
 
 
 # -- waiting on a job ----------------------------------------------------------------
@@ -129,14 +137,36 @@ async def _nudge(sub: Subscription) -> None:
 
 async def check_log_stream(api: Api) -> JetStreamContext:
     """JetStream, once the logs stream is known to exist (else a one-line error)."""
+    stream = api.subjects.logs_stream
     js = api.nc.jetstream()
     try:
-        await js.stream_info(api.subjects.logs_stream)
+        await patiently(lambda: js.stream_info(stream), stream)
     except NotFoundError:
-        raise CliError(
-            f"there is no log stream {api.subjects.logs_stream} (is the requester running?)"
-        ) from None
+        raise CliError(f"there is no log stream {stream} (is the requester running?)") from None
     return js
+
+
+async def patiently(call: Callable[[], Awaitable[T]], stream: str) -> T:
+    """`call()`, a JetStream request about `stream`, asked again while nothing answers:
+    on a NATS cluster, a server that went down leaves the streams it led (and the meta
+    group, which creates consumers, if it led that) without a leader for some seconds,
+    4 to 8 after a kill -9, and what has no leader does not answer."""
+    import stamina  # only commands that read logs need it
+
+    stamina.instrumentation.set_on_retry_hooks([_asking_again(stream)])
+    async for attempt in stamina.retry_context(
+        on=NatsTimeoutError, attempts=STREAM_ATTEMPTS, wait_initial=0.2, wait_max=1.0
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("retry_context ended without a result")
+
+
+def _asking_again(stream: str) -> RetryHook:
+    def note(details: RetryDetails) -> None:
+        info(f"JetStream did not answer about {stream} (a NATS server away?); asking again")
+
+    return note
 
 
 async def copy_logs(
@@ -151,8 +181,11 @@ async def copy_logs(
     subject = api.subjects.logs(execution.job_id, execution.exec_id)
     if live is None and await last_seq(js, stream, subject) == 0:
         return False
-    sub = await js.subscribe(
-        subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    sub = await patiently(
+        lambda: js.subscribe(
+            subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        ),
+        stream,
     )
     seen = 0
     try:
@@ -177,7 +210,7 @@ async def copy_logs(
 async def last_seq(js: JetStreamContext, stream: str, subject: str) -> int:
     """The stream sequence of the last message on `subject`; 0 when there is none."""
     try:
-        msg = await js.get_last_msg(stream, subject)
+        msg = await patiently(lambda: js.get_last_msg(stream, subject), stream)
     except NotFoundError:
         return 0
     return int(msg.seq or 0)

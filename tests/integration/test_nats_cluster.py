@@ -18,10 +18,10 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig, StreamInfo
 
-from hivectl.core.bus import connect_daemon
+from hivectl.core.bus import BusError, connect_daemon, request
 from hivectl.core.config import JetStreamSettings, RequesterConfig
 from hivectl.core.embedded import EmbeddedNats
-from hivectl.core.jobs import ExecState
+from hivectl.core.jobs import ExecState, JobGetReply, JobGetRequest
 from hivectl.core.subjects import Subjects
 from nodeagent.publish import Publisher
 from requester.provision import StoreSetupError
@@ -157,16 +157,20 @@ class Submitter:
     async def _loop(self) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hivectl.cli.main", "--nats-url", self.url,
-                "job", "submit", "--id-only", "--engine", "process", "--", "true",
-                env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, err = await proc.communicate()
-            assert proc.returncode is not None
-            self.done.append(
-                (started, time.monotonic(), proc.returncode, out.decode().strip(), err.decode())
+            rc, out, err = await self.hivectl(
+                "job", "submit", "--id-only", "--engine", "process", "--", "true"
             )
+            self.done.append((started, time.monotonic(), rc, out.strip(), err))
+
+    async def hivectl(self, *args: str) -> tuple[int, str, str]:
+        """One hivectl command, as the operator runs it: (exit status, stdout, stderr)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hivectl.cli.main", "--nats-url", self.url, *args,
+            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
 
     def succeeded_after(self, moment: float) -> int:
         return sum(1 for start, _, rc, _, _ in self.done if rc == 0 and start > moment)
@@ -257,3 +261,40 @@ async def test_an_agents_updates_survive_the_exec_stream_leader_killed(
         assert info.state.messages == 20
     finally:
         await publisher.nc.close()
+
+
+async def test_hivectl_asks_again_while_the_log_stream_elects_a_leader(
+    nats_cluster: NatsCluster, admin: Client, tmp_path: Path
+) -> None:
+    """`job logs`, and a `job submit` that waits for its output, look at the log stream
+    first: killed with the server leading it, it answers nothing for seconds."""
+    async with RunningRequester(on_cluster(nats_cluster, tmp_path / "r", replicas=3)):
+        operator = Submitter(nats_cluster, tmp_path)
+        rc, job_id, err = await operator.hivectl(
+            "job", "submit", "--id-only", "--engine", "process", "--", "true"
+        )  # no agent: it waits, QUEUED, with no output yet
+        assert rc == 0, err
+        old = await nats_cluster.stream_leader(admin, S.logs_stream)
+        victim = nats_cluster.index_of(old)
+        survivor = await connect_daemon(
+            nats_cluster.settings(only=(victim + 1) % nats_cluster.size), "survivor"
+        )
+        try:
+            nats_cluster.kill(victim)
+            # The requester answers again (through another server) before the stream
+            # has elected its new leader.
+            await wait_for(lambda: answers(survivor, job_id.strip()), what="the requester")
+            rc, out, err = await operator.hivectl("job", "logs", job_id.strip())
+        finally:
+            await survivor.close()
+    assert (rc, out) == (0, ""), err
+    assert f"JetStream did not answer about {S.logs_stream}" in err  # and asked again
+
+
+async def answers(nc: Client, job_id: str) -> bool:
+    """The requester answers `job get` through `nc` (after reconnecting, say)."""
+    try:
+        await request(nc, S.api("job", "get"), JobGetRequest(id=job_id), JobGetReply, 1)
+    except BusError:
+        return False
+    return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 from pathlib import Path
@@ -37,6 +38,8 @@ CLUSTER_NAME = "hive"
 START_ATTEMPTS = 3  # fresh ports each time another process took one of ours meanwhile
 READY_TIMEOUT = 30.0
 PROBE_STREAM = "CLUSTER_PROBE"
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+QUIET_FROM = 20000  # above the well-known ports (4222, 9464, ...) a machine may be using
 
 
 class NatsCluster:
@@ -73,7 +76,7 @@ class NatsCluster:
     def start(self) -> NatsCluster:
         """Start every server and wait until JetStream works across all of them."""
         for attempt in range(START_ATTEMPTS):
-            self._route_ports = _free_ports(self.size)
+            self._route_ports = free_ports(self.size)
             self.servers = [self._server(i) for i in range(self.size)]
             try:
                 for server in self.servers:
@@ -125,23 +128,8 @@ class NatsCluster:
                     await self._probe(i)
 
     async def _probe(self, i: int) -> None:
-        nc = await connect_daemon(self.settings(only=i), f"probe-{self.names[i]}")
-        config = StreamConfig(
-            name=PROBE_STREAM,
-            storage=StorageType.MEMORY,
-            num_replicas=sum(server.running for server in self.servers),
-        )
-        try:
-            js = nc.jetstream(timeout=2)
-            while True:
-                try:
-                    await js.add_stream(config)
-                    await js.delete_stream(PROBE_STREAM)
-                    return
-                except (NatsError, NatsTimeoutError, TimeoutError):
-                    await asyncio.sleep(0.1)  # no meta leader yet, or a peer not current
-        finally:
-            await nc.close()
+        running = sum(server.running for server in self.servers)
+        await jetstream_works(self.settings(only=i), running, f"probe-{self.names[i]}")
 
     def stop(self) -> None:
         for server in self.servers:
@@ -170,7 +158,51 @@ class NatsCluster:
         return int(info.config.num_replicas or 1)
 
 
-def _free_ports(count: int) -> list[int]:
+async def jetstream_works(settings: NatsSettings, replicas: int, name: str = "probe") -> None:
+    """Return once a stream of `replicas` copies can be created and removed through the
+    server `settings` names: the meta group has a leader and knows enough peers as current.
+    Retries until then; the caller bounds it (`asyncio.timeout`)."""
+    nc = await connect_daemon(settings, name)
+    config = StreamConfig(name=PROBE_STREAM, storage=StorageType.MEMORY, num_replicas=replicas)
+    try:
+        js = nc.jetstream(timeout=2)
+        while True:
+            try:
+                await js.add_stream(config)
+                await js.delete_stream(PROBE_STREAM)
+                return
+            except (NatsError, NatsTimeoutError, TimeoutError):
+                await asyncio.sleep(0.1)  # no meta leader yet, or a peer not current
+    finally:
+        await nc.close()
+
+
+def quiet_ports(count: int) -> list[int]:
+    """`count` free ports below the kernel's ephemeral range, which no outgoing connection
+    takes: they stay free between choosing them and the moment a server binds them, even
+    while other servers dial routes and clients connect (free_ports' can be taken so)."""
+    low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    if low - QUIET_FROM < 1000:
+        return free_ports(count)  # an unusual ephemeral range: no quiet ports to pick from
+    held: list[socket.socket] = []
+    try:
+        for port in random.sample(range(QUIET_FROM, low), min(low - QUIET_FROM, 200)):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+            if len(held) == count:
+                return [int(s.getsockname()[1]) for s in held]
+        raise RuntimeError(f"no {count} free ports between {QUIET_FROM} and {low}")
+    finally:
+        for s in held:
+            s.close()
+
+
+def free_ports(count: int) -> list[int]:
     """`count` distinct ports that were free a moment ago (held open together so the
     kernel hands out different ones); `start()` retries if one was taken meanwhile."""
     sockets = [socket.socket() for _ in range(count)]

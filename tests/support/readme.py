@@ -24,11 +24,20 @@ def section(title: str) -> str:
     return rest[: end.start()] if end else rest
 
 
+def blocks(title: str) -> list[str]:
+    """The shell blocks of a section, as written (a shell runs them as scripts)."""
+    return [body for lang, body in _FENCE.findall(section(title)) if lang in ("sh", "")]
+
+
 def commands(title: str, block: int = 0) -> list[str]:
     """The commands of the `block`-th shell block of a section, comments stripped."""
-    blocks = [body for lang, body in _FENCE.findall(section(title)) if lang in ("sh", "")]
-    lines = (line.split(" #", 1)[0].strip() for line in blocks[block].splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    return lines(blocks(title)[block])
+
+
+def lines(block: str) -> list[str]:
+    """A shell block's commands, one a line, comments stripped."""
+    stripped = (line.split(" #", 1)[0].strip() for line in block.splitlines())
+    return [line for line in stripped if line and not line.startswith("#")]
 
 
 def inline_commands(title: str, program: str) -> list[str]:
