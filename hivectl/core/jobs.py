@@ -1,8 +1,10 @@
 """Jobs and executions: the spec an operator submits, the records the requester keeps,
 and the messages between requester, nodes and hivectl about them.
 
-A job is one record in the `hive_jobs` bucket holding its spec, its state and all its
-executions, so one compare-and-set covers a whole scheduling decision.
+A job is one record in the `hive_jobs` bucket (its spec and state) and one record per
+execution in `hive_execs` (key `<job id>.<exec id>`), so a job's record does not grow
+with its count and a change to one execution rewrites no other. In memory, and in the
+rules that decide, a `Job` carries its executions; the store writes what changed.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class Execution(Model):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     notice: Reason = ""  # what a node's limit cut (its log, its outputs)
+    epoch: NonNegInt = 0  # as Job.epoch, for this execution's own record
 
 
 class Job(Model):
@@ -115,6 +118,18 @@ class Job(Model):
     # The epoch of the leading requester that last decided for this job: an older
     # leader (paused, cut off) may not write it again.
     epoch: NonNegInt = 0
+    # Executions by state, over all of them: set in replies whose `executions` is cut
+    # short (`job list` sends none, a big job's `get` the first few); never stored.
+    counts: dict[ExecState, NonNegInt] = Field(default_factory=dict)
+
+    def tally(self) -> dict[ExecState, int]:
+        """Executions by state: `counts` when the reply carried it, else counted here."""
+        if self.counts:
+            return dict(self.counts)
+        tally: dict[ExecState, int] = {}
+        for execution in self.executions:
+            tally[execution.state] = tally.get(execution.state, 0) + 1
+        return tally
 
 
 # -- requester <-> node ------------------------------------------------------------------
@@ -225,6 +240,25 @@ class JobGetReply(Message):
     job: Job
 
 
+class JobExecutionsRequest(Message):
+    """One page of a job's executions, oldest first, optionally of one state or node."""
+
+    kind: ClassVar[str] = "job_executions"
+    id: IdPrefix
+    state: ExecState | None = None
+    node: ShortText = ""  # a node id, or a unique prefix of one
+    after: ShortText = ""  # the last exec id of the previous page
+    limit: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1000
+
+
+class JobExecutionsReply(Message):
+    kind: ClassVar[str] = "job_executions_reply"
+    job_id: JobId
+    executions: list[Execution]
+    next: ShortText = ""  # pass as `after` for the next page; empty on the last
+    total: NonNegInt = 0  # executions that match the filters, on every page
+
+
 class JobStopRequest(Message):
     kind: ClassVar[str] = "job_stop"
     id: IdPrefix
@@ -254,6 +288,8 @@ register_messages(
     JobListReply,
     JobGetRequest,
     JobGetReply,
+    JobExecutionsRequest,
+    JobExecutionsReply,
     JobStopRequest,
     JobEvent,
 )

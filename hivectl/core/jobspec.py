@@ -170,6 +170,13 @@ def inside_work_dir(path: str) -> bool:
     return resolved != ".." and not resolved.startswith("../")
 
 
+# A batch's executions are placed, stored and listed one key each, so nothing grows
+# with `count` but the bucket; 10,000 bounds what one submit can ask of a cluster
+# (Slurm's default MaxArraySize is 1,001, raised by sites to 10,000s) and keeps the
+# requester's in-memory view of one job under a few MiB.
+MAX_COUNT = 10_000
+
+
 class JobSpec(Model):
     """What an operator asks for; validated whole before anything is stored.
 
@@ -197,7 +204,7 @@ class JobSpec(Model):
     workdir: Annotated[Text, StringConstraints(max_length=1024)] = ""
     resources: ResourceRequest = Field(default_factory=ResourceRequest)
     constraints: Annotated[list[Selector], Field(max_length=32)] = Field(default_factory=list)
-    count: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1
+    count: Annotated[int, Strict(), Field(ge=1, le=MAX_COUNT)] = 1
     timeout: Seconds = 0.0  # execution timeout; 0: none
     queue_timeout: Seconds = 300.0  # how long it may wait for a node
     retries: Annotated[int, Strict(), Field(ge=0, le=10)] = 0

@@ -92,6 +92,12 @@ class Subjects:
         return f"{self._ident}_jobs"
 
     @property
+    def execs_bucket(self) -> str:
+        """One key per execution, `<job id>.<exec id>`: a job's record does not grow
+        with its count, and a change to one execution rewrites no other."""
+        return f"{self._ident}_execs"
+
+    @property
     def leases_bucket(self) -> str:
         """Who of a cluster's requesters leads (schedules, consumes updates, decides)."""
         return f"{self._ident}_leases"
