@@ -13,8 +13,7 @@ from typing import Annotated
 
 import typer
 
-from hivectl.cli import paging
-from hivectl.cli.api import Api, CliError, call, run_api
+from hivectl.cli.api import Api, CliError, run_api
 from hivectl.cli.common import (
     Listing,
     NoHeadersOption,
@@ -63,14 +62,9 @@ from hivectl.core.jobs import (
     ExecState,
     Execution,
     Job,
-    JobGetReply,
-    JobGetRequest,
-    JobListReply,
-    JobListRequest,
     JobState,
     JobStopRequest,
 )
-from hivectl.core.models import OkReply
 
 app = noun_app(
     "Run jobs on the cluster's compute nodes and follow them: submit, list, describe, "
@@ -201,24 +195,17 @@ def list_jobs(
     ```
     """
     fmt = output_format(ctx, output)
-    query = make(JobListRequest, state=filter_state)
-    jobs = run_api(ctx, lambda api: fetch_all(api, query), status="Listing jobs")
+    jobs = run_api(ctx, lambda api: api.client.list(filter_state), status="Listing jobs")
     jobs.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
     Listing("jobs", COLUMNS, WIDE_COLUMNS, job_row).show(jobs, fmt, no_headers=no_headers)
-
-
-async def fetch_all(api: Api, query: JobListRequest) -> list[Job]:
-    """Every job the query matches, from every page."""
-    pages = await paging.follow(api, "job", query, JobListReply)
-    return [job for page in pages for job in page.jobs]
 
 
 # -- describe, stop ------------------------------------------------------------------
 
 
 def get_job(ctx: typer.Context, job_id: str) -> Job:
-    query = make(JobGetRequest, id=check_id(job_id, "job"))
-    return call(ctx, "job", "get", query, JobGetReply).job
+    checked = check_id(job_id, "job")
+    return run_api(ctx, lambda api: api.client.get(checked))
 
 
 @app.command("describe")
@@ -254,8 +241,9 @@ def stop(
     hivectl job stop j-3f2a -m "wrong input"
     ```
     """
-    query = make(JobStopRequest, id=check_id(job_id, "job"), reason=message)
-    call(ctx, "job", "stop", query, OkReply)
+    checked = check_id(job_id, "job")
+    make(JobStopRequest, id=checked, reason=message)  # a reason it refuses: exit 2
+    run_api(ctx, lambda api: api.client.stop(checked, message))
     print_ok()
 
 
