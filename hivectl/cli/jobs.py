@@ -15,6 +15,7 @@ import typer
 
 from hivectl.cli.api import Api, CliError, run_api
 from hivectl.cli.common import (
+    EXIT_USAGE,
     Listing,
     NoHeadersOption,
     OutputOption,
@@ -47,7 +48,7 @@ from hivectl.cli.jobspec import (
     SpecFlags,
     TargetOption,
     TimeoutOption,
-    build_spec,
+    build_specs,
 )
 from hivectl.cli.jobview import (
     COLUMNS,
@@ -56,7 +57,7 @@ from hivectl.cli.jobview import (
     job_row,
     shown_executions,
 )
-from hivectl.cli.output import counted, print_data, write_lines
+from hivectl.cli.output import OutputFormat, counted, print_data, write_lines
 from hivectl.core.jobs import (
     JOB_TERMINAL,
     ExecState,
@@ -123,20 +124,40 @@ def submit(
     retries: RetriesOption = None,
     network: NetworkOption = None,
     outputs: OutputsOption = None,
-    no_wait: Annotated[
-        bool, typer.Option("--no-wait", help="Print the job id and return.")
-    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Wait for the job (all the jobs of a file of several), or print the id and "
+            "return.",
+        ),
+    ] = True,
     id_only: Annotated[
         bool, typer.Option("--id-only", help="Print only the id (no wait).")
     ] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Stream the logs as it runs.")] = False,
     job_id: JobIdOption = None,
+    ids_format: Annotated[
+        OutputFormat | None,
+        typer.Option(
+            "-o",
+            "--ids-format",
+            case_sensitive=False,
+            help="How to print the job ids: one a line (default), or json or yaml (a list).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Submit a job. By default wait for it, print its output, then its result line;
     exit 0 if it COMPLETED, 1 otherwise.
 
     Flags override the fields of a `-f` spec file (`env` and resources merge key by
     key). The spec is checked before anything is sent.
+
+    A file may hold many jobs: a YAML stream (documents separated by `---`) or a list
+    (JSON or YAML). All are checked, then submitted over one connection; their ids are
+    printed one a line (`-o json`: a list), then hivectl waits for them all (not with
+    `--no-wait`) and exits 1 unless every one COMPLETED, naming those that did not.
 
     Submitting is safe to retry: the job's id is chosen before it is sent, and a submit
     that gets no reply is sent again with the same id, which the requester answers with
@@ -151,15 +172,31 @@ def submit(
     hivectl job submit --cpu 500m --memory 512MiB -e MODE=fast -l zone=eu-1 python:3 -- python -V
     hivectl job submit --target all --engine process -- df -h
     hivectl job submit -f job.yaml --count 3 --id-only
+    hivectl job submit -f jobs.yaml --no-wait -o json
     ```
     """
     flags = SpecFlags(**{k: v for k, v in locals().items() if k in SPEC_FLAG_NAMES})
     flags.command, flags.env = command or [], env or []
     flags.constraints, flags.outputs = constraint or [], outputs or []
-    spec = build_spec(flags, file)
+    specs, many = build_specs(flags, file)
+    if many:
+        _check_many(len(specs), job_id, follow)
+        from hivectl.cli.jobmany import submit_jobs  # the path of a file of many jobs
+
+        submit_jobs(ctx, specs, wait=wait and not id_only, fmt=ids_format)
+        return
     from hivectl.cli.jobsubmit import submit_job  # the submit path: for this verb alone
 
-    submit_job(ctx, spec, job_id, id_only=id_only, no_wait=no_wait, follow=follow)
+    submit_job(
+        ctx, specs[0], job_id, id_only=id_only, no_wait=not wait, follow=follow, fmt=ids_format
+    )
+
+
+def _check_many(count: int, job_id: str | None, follow: bool) -> None:
+    if job_id is not None:
+        fail(f"--id names one job; the file holds {count}", EXIT_USAGE)
+    if follow:
+        fail(f"--follow streams one job's output; the file holds {count} jobs", EXIT_USAGE)
 
 
 # -- list ----------------------------------------------------------------------------

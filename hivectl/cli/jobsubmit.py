@@ -17,7 +17,7 @@ from hivectl.cli.api import Api, CliError, run_api
 from hivectl.cli.common import EXIT_ERROR, fail, info, make, status_line
 from hivectl.cli.jobdata import JobWatch, check_log_stream
 from hivectl.cli.jobview import result_line, shown_executions, status_text
-from hivectl.cli.output import write_out
+from hivectl.cli.output import OutputFormat, print_data, write_out
 from hivectl.core.bus import BusError, RemoteError, connection_failure
 from hivectl.core.errors import SubmitUncertain
 from hivectl.core.jobs import (
@@ -44,13 +44,18 @@ def submit_job(
     id_only: bool,
     no_wait: bool,
     follow: bool,
+    fmt: OutputFormat | None = None,
 ) -> None:
     """What `job submit` does with a checked spec: send it as `job_id` (a new id when
-    None), then wait for the job unless `id_only` or `no_wait`."""
+    None), then wait for the job unless `id_only` or `no_wait`. `fmt` json or yaml
+    prints the id as a list of one, as for a file of many jobs."""
     request = make(JobSubmitRequest, spec=spec, job_id=_chosen_id(job_id))
     if id_only or no_wait:
         submitted = run_api(ctx, lambda api: send_submit(api, request))
-        write_out(submitted)
+        if fmt is not None and fmt.is_data:
+            print_data([submitted], fmt)
+        else:
+            write_out(submitted)
         if not id_only:
             info(f"Follow it with: hivectl job logs --follow {submitted}")
         return
