@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import difflib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +45,7 @@ from hivectl.core.errors import (
 )
 from hivectl.core.jobs import (
     JOB_ID_PATTERN,
+    REFUSED_FIELDS,
     ExecState,
     Execution,
     Job,
@@ -58,6 +60,7 @@ from hivectl.core.jobs import (
     JobStopRequest,
     JobSubmitReply,
     JobSubmitRequest,
+    ResourceRequest,
     new_job_id,
 )
 from hivectl.core.jobwait import JobTracker
@@ -358,12 +361,31 @@ def submit_request(spec: Spec, job_id: str | None, index: int | None = None) -> 
         raise InvalidId(
             f"invalid job id {job_id!r}: use 'j-' and 16 hex digits, like {new_job_id()}"
         )
+    if not isinstance(spec, JobSpec):
+        for field, close in unknown_fields(spec):
+            hint = f" (did you mean {close!r}?)" if close else ""
+            raise InvalidSpec(field, f"unknown field{hint}", index=index)
     try:
         checked = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     except ValidationError as exc:
         field, problem = spec_problem(exc)
         raise InvalidSpec(field, problem, index=index) from None
     return JobSubmitRequest(spec=checked, job_id=job_id or new_job_id())
+
+
+def unknown_fields(spec: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(field, the closest known one or '') for each key of `spec` that JobSpec (or its
+    resources) has not: a typo is refused, not dropped."""
+    known = {"": list(JobSpec.model_fields), "resources.": list(ResourceRequest.model_fields)}
+    resources = spec.get("resources") if isinstance(spec, Mapping) else None
+    for parent, mapping in (("", spec), ("resources.", resources)):
+        if not isinstance(mapping, Mapping):
+            continue
+        for key in mapping:
+            if str(key) in known[parent] or (not parent and key in REFUSED_FIELDS):
+                continue
+            close = difflib.get_close_matches(str(key), known[parent], n=1)
+            yield f"{parent}{key}", f"{parent}{close[0]}" if close else ""
 
 
 def spec_problem(exc: ValidationError) -> tuple[str, str]:
