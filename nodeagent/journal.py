@@ -179,7 +179,10 @@ class Journal:
     def _open(self) -> None:
         old, self._file = self._file, None
         if old is not None:
-            old.close()
+            try:
+                old.close()
+            except OSError as exc:  # a line it could not write (disk full): still unsaid
+                log.warning("closing the ledger journal failed: %s", exc)
         path = self.state_dir / f"executions.{self.generation}.jsonl"
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held until close)
         self.appended = 0
