@@ -133,6 +133,7 @@ class Executions:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await self.ledger.close()
 
     def cancel(self, exec_id: str, reason: str, *, at_once: bool = False) -> bool:
         """Stop one execution; `at_once`: no grace between SIGTERM and SIGKILL."""

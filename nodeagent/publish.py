@@ -163,7 +163,8 @@ class LogBatcher:
         self.dropped = 0
         self._chunks: list[tuple[str, bytearray]] = []
         self._size = 0
-        self._wake = asyncio.Event()
+        self._pending = asyncio.Event()  # something to send (or closing)
+        self._wake = asyncio.Event()  # send now: a full batch (or closing)
         self._room = asyncio.Event()
         self._room.set()
         self._closed = False
@@ -183,6 +184,7 @@ class LogBatcher:
         else:
             self._chunks.append((stream, bytearray(data)))
         self._size += len(data)
+        self._pending.set()
         if self._size >= FLUSH_BYTES:
             self._wake.set()
         while self._size >= MAX_BUFFERED and not self._task.done():
@@ -192,13 +194,18 @@ class LogBatcher:
     async def close(self) -> None:
         """Flush what is left and stop."""
         self._closed = True
+        self._pending.set()
         self._wake.set()
         with contextlib.suppress(Exception):
             await self._task
 
     async def _loop(self) -> None:
         while True:
-            await wait_event(self._wake, FLUSH_INTERVAL)
+            # Idle, no timer: an execution that writes nothing (a sleep, a quiet job)
+            # costs the event loop nothing, however many run at once.
+            await self._pending.wait()
+            await wait_event(self._wake, FLUSH_INTERVAL)  # a batch: the interval or full
+            self._pending.clear()
             self._wake.clear()
             closed = self._closed
             await self._flush()

@@ -41,6 +41,7 @@ from hivectl.core.models import ErrorReply, Message, OkReply, Resources
 from hivectl.core.subjects import Subjects
 from nodeagent.capacity import Ledger
 from nodeagent.executions import Executions
+from nodeagent.journal import write_snapshot
 
 if TYPE_CHECKING:
     from tests.support.dockerd import PrivateDockerd
@@ -210,11 +211,13 @@ def _orphan(tmp_path: Path, admitted: str | None = None) -> tuple[subprocess.Pop
     spec = process("sleep", "60")
     ledger.admit(exec_id, Resources(cpu=1.0), job_id=new_job_id(), engine="process",
                  spec=spec.model_dump())  # fmt: skip
-    if admitted is not None:
-        ledger.held[exec_id].started = admitted
     (tmp_path / "work" / exec_id).mkdir(parents=True)
     job = subprocess.Popen(["sleep", "60"], start_new_session=True)
     ledger.set_handle(exec_id, str(job.pid))
+    if admitted is not None:  # an entry of long ago: as a compaction would have written it
+        ledger.journal.close()
+        entry = ledger.held[exec_id].to_json() | {"started": admitted}
+        write_snapshot(tmp_path / "state", ledger.journal.generation + 1, [entry])
     return job, exec_id
 
 
