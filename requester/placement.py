@@ -12,10 +12,10 @@ import heapq
 from collections import Counter
 from dataclasses import dataclass
 
-from hivectl.core.jobs import ExecState, Job
+from hivectl.core.jobs import Job
 from hivectl.core.models import Approval, Health, NodeRecord, Resources
 from hivectl.core.selectors import parse_selector
-from requester.executions import EVERY_NODE, live
+from requester.executions import EVERY_NODE, tally
 from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
 
@@ -171,12 +171,8 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
     if nodes is not None:
         return sorted(c.node_id for c in fitting if c.node_id in nodes)
     want = Room.of(job.spec.resources)
-    used = Counter(e.node_id for e in live(job))
-    avoid = {
-        e.node_id
-        for e in job.executions
-        if e.state in (ExecState.FAILED, ExecState.LOST, ExecState.REJECTED)
-    }
+    counted = tally(job)
+    used, avoid = Counter(counted.live), counted.avoid
     # A heap of (executions of this job already there, failed there before, -score,
     # executions there in all, id): each pick pops the best node and pushes it back with
     # its new key while the job still fits, so a pick costs log(n) instead of re-scoring
