@@ -262,6 +262,28 @@ def mark_gone(job: Job, exec_ids: frozenset[str], reason: str) -> Job | None:
 
 
 # -- the consumer -----------------------------------------------------------------------
+BATCH = 256  # updates applied together at most (each job's in one write)
+
+
+async def _next_batch(sub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """The next update as soon as it is stored, with those already waiting behind it.
+
+    Not one `fetch(BATCH)`: when nothing waits, nats-py's fetch of a batch lingers until
+    the batch is full or its timeout passes, so an update coming to an idle consumer
+    waited up to the whole timeout (a second) and a batch job's executions trickled
+    through at that pace. A fetch of one returns with the first; what its metadata says
+    waits behind it is there to take at once.
+    """
+    first = await sub.fetch(batch=1, timeout=1.0)
+    waiting = first[-1].metadata.num_pending if first else 0
+    if not waiting:
+        return first
+    try:
+        return first + await sub.fetch(batch=min(waiting, BATCH - 1), timeout=1.0)
+    except (NatsTimeoutError, TimeoutError):  # taken meanwhile (redelivery): next round
+        return first
+
+
 CancelSink = Callable[[list[Execution], str], None]
 
 
@@ -331,7 +353,7 @@ class ExecConsumer:
         while True:
             asked = time.monotonic()
             try:
-                batch = await sub.fetch(batch=256, timeout=1.0)
+                batch = await _next_batch(sub)
             except (NatsTimeoutError, TimeoutError):
                 self.caught_up_at = asked  # nothing was waiting
                 continue
