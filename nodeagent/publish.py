@@ -95,13 +95,15 @@ class Publisher:
 
         return await self._retry(f"{state} update of {exec_id}", attempt)
 
-    async def log(self, job_id: str, exec_id: str, stream: str, data: bytes) -> bool:
-        headers = {LOG_STREAM_HEADER: stream}
+    async def log(self, job_id: str, exec_id: str, stream: str, data: bytes, chunk_id: str) -> bool:
+        """One chunk of output. `chunk_id`, unique to the chunk, makes a resend (the
+        server stored it, its ack was lost to a reconnect) stored once."""
+        headers = {LOG_STREAM_HEADER: stream, "Nats-Msg-Id": chunk_id}
         return await self._log(job_id, exec_id, data, headers)
 
     async def eof(self, job_id: str, exec_id: str, exit_code: int, dropped: int = 0) -> bool:
         """The end of an execution's log; `dropped`: bytes the log cap left out."""
-        headers = {LOG_EOF_HEADER: str(exit_code)}
+        headers = {LOG_EOF_HEADER: str(exit_code), "Nats-Msg-Id": f"{exec_id}-eof"}
         if dropped:
             headers[LOG_DROPPED_HEADER] = str(dropped)
         return await self._log(job_id, exec_id, b"", headers)
