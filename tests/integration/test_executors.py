@@ -340,6 +340,31 @@ async def test_process_env_is_cleaned(
     assert env["LANG"] == "C.UTF-8" and env["HOME"].endswith(offer.exec_id)
 
 
+async def test_process_limits_are_set_before_the_job_starts(
+    manager_factory: Any, jobs: Jobs
+) -> None:
+    await manager_factory()
+    spec = process("sh", "-c", "ulimit -n; ulimit -c; ulimit -v", resources={"memory": "64MiB"})
+    offer, _ = await jobs.offer(spec)
+    await jobs.final(offer.exec_id)
+    assert joined(await jobs.logs(offer), "stdout") == b"1024\n0\n65536\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [("no-such-program", "No such file or directory"), ("./missing.sh", "No such file or directory"),
+     ("/etc/hostname", "Permission denied")],
+)  # fmt: skip
+async def test_a_process_that_cannot_start_fails_saying_why(
+    manager_factory: Any, jobs: Jobs, command: str, why: str
+) -> None:
+    await manager_factory()
+    offer, _ = await jobs.offer(process(command))
+    updates = await jobs.final(offer.exec_id)
+    assert updates[-1].state is ExecState.FAILED
+    assert updates[-1].error == f"cannot start {command!r}: {why}"
+
+
 async def test_process_timeout_kills_the_process_group(manager_factory: Any, jobs: Jobs) -> None:
     await manager_factory()
     script = "sleep 30 & echo $!; wait"
