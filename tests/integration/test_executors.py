@@ -352,8 +352,9 @@ async def test_process_limits_are_set_before_the_job_starts(
 
 @pytest.mark.parametrize(
     ("command", "why"),
-    [("no-such-program", "No such file or directory"), ("./missing.sh", "No such file or directory"),
-     ("/etc/hostname", "Permission denied")],
+    [("no-such-program", "No such file or directory"),
+     ("./missing.sh", "No such file or directory"),
+     ("/etc/passwd", "Permission denied")],
 )  # fmt: skip
 async def test_a_process_that_cannot_start_fails_saying_why(
     manager_factory: Any, jobs: Jobs, command: str, why: str
