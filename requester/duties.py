@@ -26,7 +26,8 @@ from hivectl.core.jobs import JOB_ID_PATTERN, Job, JobState
 from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
 from requester.executions import ExecConsumer
-from requester.jobs import FencedJobs, JobStore
+from requester.fenced import FencedJobs
+from requester.jobs import JobStore
 from requester.liveness import Liveness
 from requester.nodelink import NodeLink
 from requester.reconcile import Reconciler

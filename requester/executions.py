@@ -41,7 +41,7 @@ from requester.registry import Registry
 from requester.streams import EXEC_CONSUMER
 
 if TYPE_CHECKING:
-    from requester.jobs import FencedJobs
+    from requester.fenced import FencedJobs
 
 log = logging.getLogger("hive.requester.executions")
 ES = ExecState

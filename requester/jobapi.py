@@ -31,7 +31,8 @@ from hivectl.core.jobs import (
 from hivectl.core.models import Message, OkReply
 from requester.api import REPLY_HEADROOM
 from requester.executions import finish
-from requester.jobs import JobError, JobStore
+from requester.fenced import JobError
+from requester.jobs import JobStore
 from requester.routing import ApiRouter
 
 Kick = Callable[[str], None]

@@ -29,8 +29,8 @@ from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobEvent
 from hivectl.core.models import utcnow
 from hivectl.core.subjects import Subjects
 from requester.executions import ACTIVE, node_stopped
+from requester.fenced import Change, Deposed, JobError
 from requester.kvview import KvView
-from requester.routing import Refusal
 from requester.store import Store
 
 log = logging.getLogger("hive.requester.jobs")
@@ -39,60 +39,7 @@ log = logging.getLogger("hive.requester.jobs")
 CAS_ATTEMPTS = 16
 WRITES_AT_ONCE = 512  # record writes of one change in flight together
 
-Change = Callable[[Job], Job | None]  # None: nothing to change
 CancelSink = Callable[[list[Execution], str], None]
-
-
-class JobError(Refusal):
-    """A request about jobs that is refused: `code` for counters and error replies."""
-
-
-class Deposed(Exception):
-    """A newer leader decides for this job now (or our lease cannot be proved): this
-    requester must not write it."""
-
-
-class FencedJobs:
-    """The job store as the leader writes it: every record it writes carries the
-    leader's epoch, and a change is refused once a newer leader has written the job or
-    an execution it changes, or once the lease cannot be proved (see leadership.py)."""
-
-    def __init__(self, store: JobStore, epoch: int, valid: Callable[[], bool]) -> None:
-        self.store = store
-        self.epoch = epoch
-        self._valid = valid
-
-    def get(self, job_id: str) -> Job | None:
-        return self.store.get(job_id)
-
-    def unfinished(self) -> list[Job]:
-        return self.store.unfinished()
-
-    def jobs(self) -> Iterable[Job]:
-        return self.store.jobs()
-
-    def record(self, job_id: str) -> Job | None:
-        return self.store.record(job_id)
-
-    def execution(self, job_id: str, exec_id: str) -> Execution | None:
-        return self.store.execution(job_id, exec_id)
-
-    async def fresh_exec(self, job_id: str, exec_id: str) -> Execution | None:
-        return await self.store.fresh_exec(job_id, exec_id)
-
-    def active_on(self, node_id: str) -> dict[str, str]:
-        return self.store.active_on(node_id)
-
-    def active_nodes(self) -> list[str]:
-        return self.store.active_nodes()
-
-    async def fresh(self, job_id: str) -> Job | None:
-        return await self.store.fresh(job_id)
-
-    async def change(self, job_id: str, change: Change) -> Job | None:
-        if not self._valid():
-            raise Deposed(f"epoch {self.epoch} cannot prove its lease")
-        return await self.store.change(job_id, change, epoch=self.epoch)
 
 
 @dataclass(slots=True, eq=False)

@@ -23,7 +23,7 @@ from datetime import timedelta
 from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobState
 from hivectl.core.models import utcnow
 from requester.executions import advance, finish, settle
-from requester.jobs import Deposed, FencedJobs
+from requester.fenced import Deposed, FencedJobs
 from requester.nodelink import Answer, NodeLink
 
 log = logging.getLogger("hive.requester.offers")

@@ -43,7 +43,7 @@ from requester.executions import (
     missing,
     waiting_since,
 )
-from requester.jobs import FencedJobs
+from requester.fenced import FencedJobs
 from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
 from requester.nodelink import LATENCY_BUCKETS, NodeLink

@@ -12,7 +12,8 @@ from nats.aio.client import Client
 
 from hivectl.core.jobs import Job, JobSpec, new_job_id
 from hivectl.core.subjects import Subjects
-from requester.jobs import Deposed, FencedJobs, JobStore
+from requester.fenced import Deposed, FencedJobs
+from requester.jobs import JobStore
 from requester.leadership import Leadership
 from requester.store import Store
 
