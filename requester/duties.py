@@ -25,7 +25,7 @@ from hivectl.core.config import RequesterConfig
 from hivectl.core.jobs import JOB_ID_PATTERN, Job, JobState
 from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
-from requester.executions import ACTIVE, ExecConsumer
+from requester.executions import ExecConsumer
 from requester.jobs import FencedJobs, JobStore
 from requester.liveness import Liveness
 from requester.nodelink import NodeLink
@@ -191,10 +191,7 @@ class LeaderDuties:
         (or before this one led) would otherwise keep its jobs RUNNING for good.
         """
         assert self.scheduler is not None
-        holding = {
-            e.node_id for job in self.jobs.jobs() for e in job.executions if e.state in ACTIVE
-        }
-        for node_id in sorted(holding):
+        for node_id in sorted(self.jobs.active_nodes()):
             if self.liveness.health(node_id) is Health.UNKNOWN:
                 log.warning(
                     "node %s not heard from in the %gs since the requester started; "

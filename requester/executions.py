@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -114,8 +114,11 @@ def missing(job: Job) -> tuple[int, frozenset[str] | None]:
 
 
 def waiting_since(job: Job) -> datetime:
-    """Since when the job has wanted a node: its queue timeout counts from here."""
-    ended = [e.ended_at for e in failures(job) + stopped_by_node(job) if e.ended_at is not None]
+    """Since when the job has wanted a node: its queue timeout counts from its last
+    progress (an execution that ended, however it ended, short of a node's refusal)."""
+    ended = [
+        e.ended_at for e in job.executions if e.ended_at is not None and e.state is not ES.REJECTED
+    ]
     return max([job.created_at, *ended])
 
 
@@ -160,14 +163,30 @@ def settle(job: Job) -> Job:
 
 def apply_update(job: Job, update: ExecUpdate, at: datetime) -> Job | None:
     """The job after a node's update; None when it changes nothing."""
-    current = next((e for e in job.executions if e.exec_id == update.exec_id), None)
-    if job.state in JOB_TERMINAL or current is None:
+    return apply_updates(job, [(update, at)])
+
+
+def apply_updates(job: Job, updates: list[tuple[ExecUpdate, datetime]]) -> Job | None:
+    """The job after nodes' updates, in order (one pass, however many: a consumer
+    applies a fetched batch at once); None when they change nothing."""
+    if job.state in JOB_TERMINAL:
         return None
-    state, error = update.state, update.error
-    if state is ES.CANCELLED:  # nobody asked: the node stopped it as it shut down
-        error = f"{STOPPED_BY_NODE}{error or 'no reason given'}"
-    moved = advance(current, state, at, update.exit_code, error, update.notice)
-    return None if moved is None else settle(with_exec(job, moved))
+    executions = list(job.executions)
+    where = {e.exec_id: i for i, e in enumerate(executions)}
+    moved_any = False
+    for update, at in updates:
+        i = where.get(update.exec_id)
+        if i is None:
+            continue
+        state, error = update.state, update.error
+        if state is ES.CANCELLED:  # nobody asked: the node stopped it as it shut down
+            error = f"{STOPPED_BY_NODE}{error or 'no reason given'}"
+        moved = advance(executions[i], state, at, update.exit_code, error, update.notice)
+        if moved is not None:
+            executions[i], moved_any = moved, True
+    if not moved_any:
+        return None
+    return settle(job.model_copy(update={"executions": executions}))
 
 
 def mark_lost(job: Job, node_id: str) -> Job | None:
@@ -196,6 +215,14 @@ def mark_gone(job: Job, exec_ids: frozenset[str], reason: str) -> Job | None:
 
 # -- the consumer -----------------------------------------------------------------------
 CancelSink = Callable[[list[Execution], str], None]
+
+
+class Taken(NamedTuple):
+    """An update to apply: its message (to ack), and the execution as it was."""
+
+    msg: Msg
+    update: ExecUpdate
+    before: Execution
 
 
 class ExecConsumer:
@@ -266,36 +293,46 @@ class ExecConsumer:
                 log.warning("exec updates: fetch failed: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
-            applied = [await self.handle(msg) for msg in batch]
-            if batch and all(applied) and batch[-1].metadata.num_pending == 0:
+            if batch and await self.handle(batch) and batch[-1].metadata.num_pending == 0:
                 self.caught_up_at = asked
 
-    async def handle(self, msg: Msg) -> bool:
-        """Apply one update (or drop it); False when it must come again (store trouble)."""
+    async def handle(self, batch: list[Msg]) -> bool:
+        """Apply a fetched batch (dropping what is not to be applied), each job's updates
+        in one change; False when some must come again (store trouble)."""
+        by_job: dict[str, list[Taken]] = {}
+        for msg in batch:
+            try:
+                update = self._open(msg)
+                before = await self._owned(update)
+            except Dropped as drop:
+                self._drop(msg.subject, drop)
+                await msg.ack()
+                continue
+            by_job.setdefault(update.job_id, []).append(Taken(msg, update, before))
+        applied = await asyncio.gather(*(self._apply(job_id, t) for job_id, t in by_job.items()))
+        return all(applied)
+
+    async def _apply(self, job_id: str, taken: list[Taken]) -> bool:
+        updates = [(t.update, t.msg.metadata.timestamp) for t in taken]
         try:
-            update = self._open(msg)
-            before = await self._owned(update)
-        except Dropped as drop:
-            self._drop(msg.subject, drop)
-            await msg.ack()
-            return True
-        try:
-            after = await self._store.change(
-                update.job_id, lambda job: apply_update(job, update, msg.metadata.timestamp)
-            )
-        except Exception:  # KV unavailable: leave it unacked, it comes back
-            log.exception("exec update for %s not applied; will retry", update.exec_id)
-            await msg.nak(delay=1.0)
+            after = await self._store.change(job_id, lambda job: apply_updates(job, updates))
+        except Exception:  # KV unavailable: leave them unacked, they come back
+            log.exception("%d exec update(s) of %s not applied; will retry", len(taken), job_id)
+            for t in taken:
+                await t.msg.nak(delay=1.0)
             return False
-        await msg.ack()
-        self.received += 1
-        self._follow_up(before, update, after)
+        for t in taken:
+            await t.msg.ack()
+        self.received += len(taken)
+        self._follow_up(taken, after)
         return True
 
-    def _follow_up(self, before: Execution, update: ExecUpdate, after: Job | None) -> None:
-        if before.state not in ACTIVE and update.state in (ES.STARTING, ES.RUNNING):
-            # The node runs work this requester wrote off (lost, cancelled): stop it.
-            self._cancel([before], f"execution is {before.state.lower()} at the requester")
+    def _follow_up(self, taken: list[Taken], after: Job | None) -> None:
+        for t in taken:
+            if t.before.state not in ACTIVE and t.update.state in (ES.STARTING, ES.RUNNING):
+                # The node runs work this requester wrote off (lost, cancelled): stop it.
+                reason = f"execution is {t.before.state.lower()} at the requester"
+                self._cancel([t.before], reason)
         if after is not None and after.state not in JOB_TERMINAL and missing(after)[0]:
             self._kick(after.job_id)
 
@@ -323,23 +360,14 @@ class ExecConsumer:
         Memory may lag the bucket (a watch that stalled while a stream elected a
         leader, a leader just taken over): what it does not know is read afresh before
         an update is dropped for good."""
-        found = _placed(self._store.get(update.job_id), update)
-        if found is not None:
-            return found
-        job = await self._store.fresh(update.job_id)
-        if job is None:
+        found = self._store.execution(update.job_id, update.exec_id)
+        if found is None or found.node_id != update.node_id:
+            found = await self._store.fresh_exec(update.job_id, update.exec_id)
+        if found is None and await self._store.fresh(update.job_id) is None:
             raise Dropped("unknown_job", f"no job {update.job_id}")
-        found = _placed(job, update)
-        if found is None:
+        if found is None or found.node_id != update.node_id:
             raise Dropped("not_your_exec", f"{update.exec_id} is not {update.node_id}'s execution")
         return found
 
     def _drop(self, subject: str, drop: Dropped) -> None:
         self._drops.record(subject, drop)
-
-
-def _placed(job: Job | None, update: ExecUpdate) -> Execution | None:
-    for execution in job.executions if job is not None else ():
-        if execution.exec_id == update.exec_id and execution.node_id == update.node_id:
-            return execution
-    return None

@@ -1,50 +1,42 @@
-"""Jobs: the `hive_jobs` bucket mirrored in memory, and the operator API over it.
+"""Jobs: the `hive_jobs` and `hive_execs` buckets mirrored in memory, changed by CAS.
 
-One record per job holds its spec, state and every execution, so one compare-and-set
-covers a whole decision (placing, applying an update, stopping). A write that loses a
-race re-reads the record and re-applies the change, which is therefore a pure function
-of the record. The store also says what every write meant: a job event when the state
-moved, and a cancel for each execution that a write took from active to CANCELLED, so
-no caller can forget either.
+A job is stored as one record (spec, state, reason) and one record per execution
+(`<job id>.<exec id>`), so a batch of 10,000 is 10,001 small records: a job's record
+does not grow with its count, and a change to one execution rewrites no other. The
+rules that decide (executions.py, offers.py, the scheduler) still see a job whole: a
+`Job` with its executions, composed here from the two buckets and cached until one of
+its records changes. A change is a pure function of that whole job; the store writes
+what it changed (each record by compare-and-set on its own revision, executions first,
+the job record last) and, when another writer got to one of those records first,
+reads it again and re-applies the change, which then writes only what is still left.
+The store also says what every write meant: a job event when the state moved, and a
+cancel for each execution that a write took from active to CANCELLED.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from nats.aio.client import Client
 
 from hivectl.core import codec
-from hivectl.core.jobs import (
-    JOB_TERMINAL,
-    ExecState,
-    Execution,
-    Job,
-    JobEvent,
-    JobGetReply,
-    JobGetRequest,
-    JobListReply,
-    JobListRequest,
-    JobState,
-    JobStopRequest,
-    JobSubmitReply,
-    JobSubmitRequest,
-    new_job_id,
-)
-from hivectl.core.models import Message, OkReply, utcnow
+from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobEvent
+from hivectl.core.models import utcnow
 from hivectl.core.subjects import Subjects
-from requester.api import REPLY_HEADROOM
-from requester.executions import ACTIVE, finish, node_stopped
+from requester.executions import ACTIVE, node_stopped
 from requester.kvview import KvView
-from requester.routing import ApiRouter, Refusal
+from requester.routing import Refusal
 from requester.store import Store
 
 log = logging.getLogger("hive.requester.jobs")
 # The scheduler and the execution-update consumer both write job records; give their
 # races more rounds than the node registry needs.
 CAS_ATTEMPTS = 16
+WRITES_AT_ONCE = 512  # record writes of one change in flight together
 
 Change = Callable[[Job], Job | None]  # None: nothing to change
 CancelSink = Callable[[list[Execution], str], None]
@@ -60,9 +52,9 @@ class Deposed(Exception):
 
 
 class FencedJobs:
-    """The job store as the leader writes it: every change carries the leader's epoch
-    and is refused once a newer leader has written the job, or once the lease cannot be
-    proved (see leadership.py). Reads pass through."""
+    """The job store as the leader writes it: every record it writes carries the
+    leader's epoch, and a change is refused once a newer leader has written the job or
+    an execution it changes, or once the lease cannot be proved (see leadership.py)."""
 
     def __init__(self, store: JobStore, epoch: int, valid: Callable[[], bool]) -> None:
         self.store = store
@@ -72,8 +64,26 @@ class FencedJobs:
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
 
+    def unfinished(self) -> list[Job]:
+        return self.store.unfinished()
+
     def jobs(self) -> Iterable[Job]:
         return self.store.jobs()
+
+    def record(self, job_id: str) -> Job | None:
+        return self.store.record(job_id)
+
+    def execution(self, job_id: str, exec_id: str) -> Execution | None:
+        return self.store.execution(job_id, exec_id)
+
+    async def fresh_exec(self, job_id: str, exec_id: str) -> Execution | None:
+        return await self.store.fresh_exec(job_id, exec_id)
+
+    def active_on(self, node_id: str) -> dict[str, str]:
+        return self.store.active_on(node_id)
+
+    def active_nodes(self) -> list[str]:
+        return self.store.active_nodes()
 
     async def fresh(self, job_id: str) -> Job | None:
         return await self.store.fresh(job_id)
@@ -81,15 +91,16 @@ class FencedJobs:
     async def change(self, job_id: str, change: Change) -> Job | None:
         if not self._valid():
             raise Deposed(f"epoch {self.epoch} cannot prove its lease")
-        epoch = self.epoch
+        return await self.store.change(job_id, change, epoch=self.epoch)
 
-        def fenced(job: Job) -> Job | None:
-            if job.epoch > epoch:
-                raise Deposed(f"{job.job_id} was written by epoch {job.epoch}, we are {epoch}")
-            after = change(job)
-            return None if after is None else after.model_copy(update={"epoch": epoch})
 
-        return await self.store.change(job_id, fenced)
+def exec_key(job_id: str, exec_id: str) -> str:
+    return f"{job_id}.{exec_id}"
+
+
+def _bare(job: Job) -> Job:
+    """The job's own record: what `hive_jobs` stores of it."""
+    return job.model_copy(update={"executions": [], "counts": {}})
 
 
 class JobStore:
@@ -103,54 +114,115 @@ class JobStore:
             noun="job",
             error=JobError,
             attempts=CAS_ATTEMPTS,
-            on_set=self._index,
+            on_set=self._job_taken_in,
+            on_key=self._composed_stale,
         )
-        # node id -> {exec id: job id} of the executions active there, and what each job
-        # put in it, so "what runs on node X" costs no scan of every job.
-        self._active: dict[str, dict[str, str]] = {}
-        self._indexed: dict[str, list[tuple[str, str]]] = {}
+        self._execs: KvView[Execution] = KvView(
+            subjects.execs_bucket,
+            Execution,
+            noun="execution",
+            error=JobError,
+            on_set=self._exec_taken_in,
+            on_key=self._exec_key_changed,
+        )
+        # job id -> {exec id: its key}, in creation order: exec ids sort by creation, and
+        # a job whose keys came out of order (a reload, the initial load) is sorted when
+        # next composed.
+        self._members: dict[str, dict[str, str]] = {}
+        self._unsorted: set[str] = set()
         self._job_of: dict[str, str] = {}  # exec id -> job id, every execution kept
-        self._execs_of: dict[str, list[str]] = {}
-        # Told of every job value taken in (our writes and other requesters'), after
-        # the index: the leader places a job another requester stored at once.
+        self._composed: dict[str, Job] = {}  # job id -> the job whole, until a record changes
+        # node id -> {exec id: job id} of the executions active there, and exec id -> its
+        # node while active, so "what runs on node X" costs no scan of every job.
+        self._active: dict[str, dict[str, str]] = {}
+        self._active_at: dict[str, str] = {}
+        # Told of every job record taken in (our writes and other requesters'): the
+        # leader places a job another requester stored at once.
         self.watchers: list[Callable[[Job], None]] = []
 
     async def start(self, js: Store) -> None:
-        """Open (or create) the bucket and load every job before serving."""
+        """Open (or create) the buckets and load every job before serving."""
+        await self._execs.start(js)
         await self._view.start(js)
+        await self._unnest()
 
     async def close(self) -> None:
         await self._view.close()
+        await self._execs.close()
 
     # -- reads ------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
+        """The job with its executions (composed once, then cached until it changes)."""
+        job = self._composed.get(job_id)
+        if job is not None:
+            return job
+        record = self._view.get(job_id)
+        if record is None:
+            return None
+        if job_id in self._unsorted:
+            self._unsorted.discard(job_id)
+            self._members[job_id] = dict(sorted(self._members[job_id].items()))
+        keys = self._members.get(job_id, {})
+        executions = [e for key in keys.values() if (e := self._execs.get(key)) is not None]
+        job = record.model_copy(update={"executions": executions})
+        self._composed[job_id] = job
+        return job
+
+    def record(self, job_id: str) -> Job | None:
+        """The job's own record, without its executions (cheap: nothing composed)."""
         return self._view.get(job_id)
 
-    def jobs(self) -> Iterable[Job]:
+    def execution(self, job_id: str, exec_id: str) -> Execution | None:
+        """One execution, from memory (nothing composed)."""
+        return self._execs.get(exec_key(job_id, exec_id))
+
+    def records(self) -> list[Job]:
         return self._view.values()
+
+    def jobs(self) -> Iterable[Job]:
+        """Every job whole: composes what is not cached; prefer `records`/`unfinished`."""
+        return [job for key in list(self._view.keys()) if (job := self.get(key)) is not None]
+
+    def unfinished(self) -> list[Job]:
+        return [
+            job
+            for record in self.records()
+            if record.state not in JOB_TERMINAL and (job := self.get(record.job_id)) is not None
+        ]
+
+    def execution_states(self) -> Counter[ExecState]:
+        """Every execution kept, by state (a metrics scrape: not on a hot path)."""
+        return Counter(e.state for e in self._execs.values())
 
     def __len__(self) -> int:
         return len(self._view)
 
     @property
     def lost_races(self) -> int:
-        """Writes to job records another writer beat (each was applied again after)."""
-        return self._view.lost_races
+        """Writes to job or execution records another writer beat (each applied again)."""
+        return self._view.lost_races + self._execs.lost_races
 
     def follow(self) -> None:
         """Another requester leads: keep its writes packed until someone reads them
         (decoding every placement write cost a follower a tenth of a core, on a
         machine the leader shares). The indexes below serve the leader alone."""
-        self._view.lazy = True
+        self._view.lazy = self._execs.lazy = True
 
     def lead(self) -> None:
-        """This requester leads: every job decoded, the indexes rebuilt."""
-        self._view.lazy = False
+        """This requester leads: every record decoded, the indexes rebuilt."""
+        self._view.lazy = self._execs.lazy = False
+        self._active.clear()
+        self._active_at.clear()
+        self._execs.decode_all()
         self._view.decode_all()
 
     def active_on(self, node_id: str) -> dict[str, str]:
         """{exec id: job id} of the executions active on `node_id`, as stored now."""
         return dict(self._active.get(node_id, {}))
+
+    def active_nodes(self) -> list[str]:
+        """Nodes that hold active executions, as stored now."""
+        return list(self._active)
 
     def job_of(self, exec_id: str) -> str | None:
         """The job an execution belongs to (any state), as stored now."""
@@ -158,82 +230,166 @@ class JobStore:
 
     async def fresh(self, job_id: str) -> Job | None:
         """The job as the bucket has it this moment, not as memory last saw it."""
-        return await self._view.reload(job_id)
+        await self._view.reload(job_id)
+        return self.get(job_id)
 
-    def _index(self, job_id: str, job: Job | None) -> None:
-        for exec_id in self._execs_of.pop(job_id, ()):
-            self._job_of.pop(exec_id, None)
-        if job is not None and job.executions:
-            self._execs_of[job_id] = [e.exec_id for e in job.executions]
-            self._job_of.update(dict.fromkeys(self._execs_of[job_id], job_id))
-        for node_id, exec_id in self._indexed.pop(job_id, ()):
-            held = self._active.get(node_id)
-            if held is not None:
-                held.pop(exec_id, None)
-                if not held:
-                    del self._active[node_id]
-        if job is None:
-            return
-        for watcher in self.watchers:
-            watcher(job)
-        entries = [(e.node_id, e.exec_id) for e in job.executions if e.state in ACTIVE]
-        for node_id, exec_id in entries:
-            self._active.setdefault(node_id, {})[exec_id] = job_id
-        if entries:
-            self._indexed[job_id] = entries
+    async def fresh_exec(self, job_id: str, exec_id: str) -> Execution | None:
+        """One execution as the bucket has it this moment."""
+        return await self._execs.reload(exec_key(job_id, exec_id))
 
     def resolve(self, prefix: str) -> Job:
         """The one job whose id equals, or else starts with, `prefix`."""
-        job = self._view.get(self._view.resolve(prefix))
+        job = self.get(self._view.resolve(prefix))
         if job is None:  # deleted between the two lookups
             raise JobError("not_found", f"job {prefix!r} not found")
         return job
+
+    # -- what memory takes in ----------------------------------------------------------
+    def _composed_stale(self, job_id: str) -> None:
+        self._composed.pop(job_id, None)
+
+    def _exec_key_changed(self, key: str) -> None:
+        job_id, _, exec_id = key.partition(".")
+        self._composed.pop(job_id, None)
+        members = self._members.setdefault(job_id, {})
+        if self._execs.revision(key) is not None:
+            if exec_id not in members:
+                if members and exec_id < next(reversed(members)):
+                    self._unsorted.add(job_id)
+                members[exec_id] = key
+                self._job_of[exec_id] = job_id
+            return
+        members.pop(exec_id, None)
+        self._job_of.pop(exec_id, None)
+        if not members:
+            del self._members[job_id]
+            self._unsorted.discard(job_id)
+
+    def _job_taken_in(self, job_id: str, job: Job | None) -> None:
+        if job is not None:
+            for watcher in self.watchers:
+                watcher(job)
+
+    def _exec_taken_in(self, key: str, execution: Execution | None) -> None:
+        job_id, _, exec_id = key.partition(".")
+        node_id = self._active_at.pop(exec_id, None)
+        if node_id is not None:
+            held = self._active[node_id]
+            held.pop(exec_id, None)
+            if not held:
+                del self._active[node_id]
+        if execution is not None and execution.state in ACTIVE:
+            self._active.setdefault(execution.node_id, {})[exec_id] = job_id
+            self._active_at[exec_id] = execution.node_id
 
     # -- writes -----------------------------------------------------------------------
     async def create(self, job: Job) -> tuple[Job, bool]:
         """Store a new job: (the job, True); or, when its id is taken, (the job stored
         under it, False). The KV create is a compare-and-set, so two requesters (or one
         submit and its retry) never both create the same id."""
-        if not await self._view.create(job.job_id, job):
-            stored = self._view.get(job.job_id)
+        if not await self._view.put(job.job_id, _bare(job), None):
+            stored = self.get(job.job_id)
             if stored is None:  # deleted in between: the id is its own again
                 raise JobError("conflict", f"job {job.job_id} changed meanwhile; submit again")
             return stored, False
         await self._publish_event(JobEvent(job_id=job.job_id, new=job.state, reason="submitted"))
         return job, True
 
-    async def change(self, job_id: str, change: Change) -> Job | None:
-        """Apply `change` by compare-and-set, retrying lost races; the job as stored after.
+    async def change(self, job_id: str, change: Change, *, epoch: int | None = None) -> Job | None:
+        """Apply `change` to the whole job, writing what it changed; the job after.
 
         None when the job does not exist. A change that returns None writes nothing.
+        With `epoch` (the leader's), a record a newer leader wrote is not written
+        (Deposed), and every record written carries `epoch`.
         """
+        for _ in range(CAS_ATTEMPTS):
+            before = self.get(job_id)
+            if before is None:
+                return None
+            after = change(before)
+            if after is None:
+                return before
+            if await self._write(before, after, epoch):
+                written = self.get(job_id) or after
+                await self._after_write(before, written)
+                return written
+        raise JobError("conflict", f"job {job_id!r} kept changing; try again")
 
-        def apply(job: Job) -> Job | None:
-            after = change(job)
-            return None if after is None else after.model_copy(update={"updated_at": utcnow()})
+    async def _write(self, before: Job, after: Job, epoch: int | None) -> bool:
+        """Write the records `after` changes from `before`; False when a race was lost
+        (memory then holds what won, and the change must be decided again)."""
+        if epoch is not None and before.epoch > epoch:
+            raise Deposed(f"{before.job_id} was written by epoch {before.epoch}, we are {epoch}")
+        job_id = before.job_id
+        puts, drops = self._exec_writes(before, after, epoch)
+        for start in range(0, len(puts), WRITES_AT_ONCE):
+            batch = puts[start : start + WRITES_AT_ONCE]
+            done = await asyncio.gather(*(self._execs.put(k, e, last) for k, e, last in batch))
+            if not all(done):
+                return False
+        for key in drops:
+            await self._execs.purge(key)
+        record = _bare(after)
+        if record != _bare(before):
+            stamp = {"updated_at": utcnow()} | ({} if epoch is None else {"epoch": epoch})
+            revision = self._view.revision(job_id)
+            if revision is None:  # the job was deleted meanwhile
+                return True
+            return await self._view.put(job_id, record.model_copy(update=stamp), revision)
+        return True
 
-        changed = await self._view.change(job_id, apply)
-        if changed is None:
-            return None
-        before, after = changed
-        if after is not before:
-            await self._after_write(before, after)
-        return after
+    def _exec_writes(
+        self, before: Job, after: Job, epoch: int | None
+    ) -> tuple[list[tuple[str, Execution, int | None]], list[str]]:
+        """(key, execution, revision to replace or None) of each new or changed
+        execution, and the keys of those `after` dropped."""
+        old = {e.exec_id: e for e in before.executions}
+        puts: list[tuple[str, Execution, int | None]] = []
+        for execution in after.executions:
+            prior = old.pop(execution.exec_id, None)
+            if prior is execution or prior == execution:
+                continue
+            if epoch is not None:
+                if prior is not None and prior.epoch > epoch:
+                    raise Deposed(f"{execution.exec_id} was written by epoch {prior.epoch}")
+                execution = execution.model_copy(update={"epoch": epoch})
+            key = exec_key(before.job_id, execution.exec_id)
+            puts.append((key, execution, None if prior is None else self._execs.revision(key)))
+        return puts, [exec_key(before.job_id, exec_id) for exec_id in old]
 
     async def expire(self, retention: float) -> int:
         """Delete the finished jobs that ended over `retention` seconds ago; how many.
 
-        A finished job never changes again, so its last update is when it ended.
+        A finished job's record never changes again, so its last update is when it ended.
         """
         if retention <= 0:
             return 0
         cutoff = utcnow() - timedelta(seconds=retention)
-        old = [j.job_id for j in self.jobs() if j.state in JOB_TERMINAL and j.updated_at < cutoff]
+        old = [
+            j.job_id for j in self.records() if j.state in JOB_TERMINAL and j.updated_at < cutoff
+        ]
         for job_id in old:
+            keys = list(self._members.get(job_id, {}).values())
+            for start in range(0, len(keys), WRITES_AT_ONCE):
+                await asyncio.gather(*map(self._execs.purge, keys[start : start + WRITES_AT_ONCE]))
             await self._view.purge(job_id)
         if old:
             log.info("deleted %d jobs that finished over %gs ago", len(old), retention)
         return len(old)
+
+    async def _unnest(self) -> None:
+        """Records written before executions had their own keys carry them inside: move
+        them out (each execution created, then the record rewritten without them)."""
+        for record in self.records():
+            if not record.executions:
+                continue
+            for execution in record.executions:
+                await self._execs.put(exec_key(record.job_id, execution.exec_id), execution, None)
+            revision = self._view.revision(record.job_id)
+            if revision is not None:
+                await self._view.put(record.job_id, _bare(record), revision)
+            log.info("moved %d executions of %s to their own records", len(record.executions),
+                     record.job_id)  # fmt: skip
 
     async def _after_write(self, before: Job, after: Job) -> None:
         if before.state != after.state:
@@ -261,89 +417,3 @@ class JobStore:
             await self._nc.publish(self._subjects.job_events(event.job_id), codec.encode(event))
         except Exception as exc:  # an event lost to a closing connection is no reason to fail
             log.debug("job event not published: %s", exc)
-
-
-Kick = Callable[[str], None]
-
-
-class JobApi(ApiRouter):
-    noun = "job"
-
-    """`hive.api.job.{submit,list,get,stop}`: reads from memory, writes through the store."""
-
-    def __init__(
-        self, store: JobStore, *, kick: Kick, max_payload: int, limits: codec.Limits
-    ) -> None:
-        self._store = store
-        self._kick = kick
-        self._max_reply = max_payload - REPLY_HEADROOM
-        self._limits = limits
-        super().__init__()
-        self.handlers.update(
-            submit=self.submit, list=self.list_jobs, get=self.get_job, stop=self.stop_job
-        )
-
-    async def submit(self, data: bytes) -> Message:
-        """Create the job; a repeat of a submit (same id, same spec) gets the same job.
-
-        Clients pick the id, so a submit whose reply was lost can be sent again without
-        a second job; the same id with another spec is refused. `decode` validates the
-        whole spec: a bad one is an "invalid" reply naming the field.
-        """
-        request = codec.decode(data, JobSubmitRequest, self._limits)
-        job_id = request.job_id or new_job_id()
-        known = self._store.get(job_id)  # a retry usually finds it here, with no write
-        if known is None:
-            known, created = await self._store.create(Job(job_id=job_id, spec=request.spec))
-            if created:
-                self._kick(job_id)
-                return JobSubmitReply(job_id=job_id)
-        if not known.spec.same_as(request.spec):
-            raise JobError(
-                "exists",
-                f"job {job_id} exists with another spec: submit this one with another id (or none)",
-            )
-        return JobSubmitReply(job_id=job_id)
-
-    async def list_jobs(self, data: bytes) -> Message:
-        request = codec.decode(data, JobListRequest, self._limits)
-        jobs = sorted(
-            (j for j in self._store.jobs() if request.state is None or j.state == request.state),
-            key=_newest_first,
-        )
-        if request.after:
-            after = self._store.get(request.after)
-            if after is None:
-                raise JobError("not_found", f"job {request.after!r} (list position) not found")
-            mark = _newest_first(after)
-            jobs = [j for j in jobs if _newest_first(j) > mark]
-        return self._page(jobs[: request.limit + 1], request.limit)
-
-    def _page(self, jobs: list[Job], limit: int) -> JobListReply:
-        """The first `limit` jobs, fewer if they would not fit in one message."""
-        while True:
-            page = jobs[:limit]
-            more = len(jobs) > len(page)
-            reply = JobListReply(jobs=page, next=page[-1].job_id if more and page else "")
-            if len(codec.encode(reply)) <= self._max_reply or limit == 1:
-                return reply
-            limit = max(1, limit // 2)
-
-    async def get_job(self, data: bytes) -> Message:
-        request = codec.decode(data, JobGetRequest, self._limits)
-        return JobGetReply(job=self._store.resolve(request.id))
-
-    async def stop_job(self, data: bytes) -> Message:
-        request = codec.decode(data, JobStopRequest, self._limits)
-        job = self._store.resolve(request.id)
-        reason = request.reason or "stopped by an operator"
-        # A terminal job is left as it is: stopping it again is not an error.
-        await self._store.change(
-            job.job_id,
-            lambda j: None if j.state in JOB_TERMINAL else finish(j, JobState.STOPPED, reason),
-        )
-        return OkReply(id=job.job_id)
-
-
-def _newest_first(job: Job) -> tuple[float, str]:
-    return (-job.created_at.timestamp(), job.job_id)

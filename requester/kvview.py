@@ -60,6 +60,8 @@ class KvView(Generic[M]):
     `on_drop(key)` runs when a value leaves memory or is replaced by someone else's
     write, so an owner can drop what it derived from the old value. `on_set(key, value)`
     sees every value memory takes in (None when the key goes), for an owner's indexes.
+    `on_key(key)` runs whenever a key's value in memory changes or goes, decoded or
+    not (a lazy view's too), for an owner that caches what it built from values.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class KvView(Generic[M]):
         error: type[Refusal] = Refusal,
         on_drop: Callable[[str], None] | None = None,
         on_set: Callable[[str, M | None], None] | None = None,
+        on_key: Callable[[str], None] | None = None,
         attempts: int = CAS_ATTEMPTS,
     ) -> None:
         self.bucket = bucket
@@ -79,6 +82,7 @@ class KvView(Generic[M]):
         self._error = error
         self._on_drop = on_drop or (lambda key: None)
         self._on_set = on_set or (lambda key, value: None)  # every value taken in, or None
+        self._on_key = on_key or (lambda key: None)
         self._attempts = attempts
         self._entries: dict[str, Entry[M]] = {}
         self._sorted: list[str] | None = None  # sorted keys, until a key comes or goes
@@ -148,6 +152,7 @@ class KvView(Generic[M]):
         if key not in self._entries:
             self._sorted = None
         self._entries[key] = entry
+        self._on_key(key)
 
     def decode_all(self) -> None:
         """Decode what a lazy view kept packed, telling `on_set` of each (rebuilding what
@@ -163,6 +168,7 @@ class KvView(Generic[M]):
     def forget(self, key: str) -> None:
         if self._entries.pop(key, None) is not None:
             self._sorted = None
+            self._on_key(key)
         self._on_drop(key)
         self._on_set(key, None)
 
@@ -174,6 +180,11 @@ class KvView(Generic[M]):
     def values(self) -> list[M]:
         """All values, copied at once (safe to call from another thread)."""
         return [entry.value for entry in list(self._entries.values())]
+
+    def revision(self, key: str) -> int | None:
+        """The revision memory holds of `key`; None when it holds none."""
+        entry = self._entries.get(key)
+        return entry.revision if entry else None
 
     def keys(self) -> Iterable[str]:
         return self._entries.keys()
@@ -208,6 +219,23 @@ class KvView(Generic[M]):
                 revision = await self._retried(lambda kv: kv.create(key, data))
         except KeyWrongLastSequenceError:  # another requester created it first (or we did,
             # and the reply was lost to a leader election): memory gets what is stored
+            self.lost_races += 1
+            await self._reload(key)
+            return False
+        self._store(key, Entry(value, revision))
+        return True
+
+    async def put(self, key: str, value: M, last: int | None) -> bool:
+        """Write `value` if `key` is still at revision `last` (None: if it does not exist);
+        False when another writer got there first (memory then holds what is stored).
+        For an owner that decides over several keys and retries the whole decision."""
+        try:
+            async with self._write(key, value) as data:
+                if last is None:
+                    revision = await self._retried(lambda kv: kv.create(key, data))
+                else:
+                    revision = await self._update(key, data, last)
+        except KeyWrongLastSequenceError:
             self.lost_races += 1
             await self._reload(key)
             return False
@@ -268,7 +296,8 @@ class KvView(Generic[M]):
         except (KeyNotFoundError, KeyDeletedError):
             self.forget(key)
             return
-        self._entries.pop(key, None)
+        if self._entries.pop(key, None) is not None:
+            self._on_key(key)
         self._sorted = None
         self._apply(entry)
 

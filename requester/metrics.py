@@ -121,18 +121,14 @@ class RequesterCollector(Collector):
     def _jobs(self) -> Iterator[Metric]:
         req = self._requester
         jobs = GaugeMetricFamily("hive_jobs", "Jobs by state.", labels=["state"])
-        states = Counter(job.state for job in req.jobs.jobs()) if req.jobs else Counter()
+        states = Counter(job.state for job in req.jobs.records()) if req.jobs else Counter()
         for state in JobState:
             jobs.add_metric([state.value], states[state])
         yield jobs
         executions = GaugeMetricFamily(
             "hive_executions", "Executions of known jobs by state.", labels=["state"]
         )
-        by_state = (
-            Counter(e.state for job in req.jobs.jobs() for e in job.executions)
-            if req.jobs
-            else Counter()
-        )
+        by_state = req.jobs.execution_states() if req.jobs else Counter()
         for exec_state in ExecState:
             executions.add_metric([exec_state.value], by_state[exec_state])
         yield executions

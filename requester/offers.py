@@ -84,9 +84,7 @@ class Offers:
 
     async def _withdraw_stale(self) -> None:
         cutoff = utcnow() - timedelta(seconds=2 * self._offer_timeout)
-        for job in self._store.jobs():
-            if job.state in JOB_TERMINAL:
-                continue
+        for job in self._store.unfinished():
             pending = {a.exec_id for a in self._unstored.get(job.job_id, [])}
             stale = [
                 e

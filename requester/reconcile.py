@@ -87,9 +87,8 @@ class Reconciler:
         ended = []
         for exec_id in exec_ids:
             job_id = self._store.job_of(exec_id)
-            job = None if job_id is None else await self._store.fresh(job_id)
-            states = {e.exec_id: e.state for e in job.executions} if job else {}
-            if states.get(exec_id) in EXEC_TERMINAL:
+            execution = None if job_id is None else await self._store.fresh_exec(job_id, exec_id)
+            if execution is not None and execution.state in EXEC_TERMINAL:
                 ended.append(exec_id)
         return sorted(ended)
 

@@ -148,8 +148,8 @@ class Scheduler:
     async def _tick(self) -> None:
         """Every unfinished job that lacks executions is looked at again."""
         await self._offers.tick()
-        for job in self._store.jobs():
-            if job.state not in JOB_TERMINAL and missing(job)[0]:
+        for job in self._store.unfinished():
+            if missing(job)[0]:
                 self._wanted.setdefault(job.job_id, None)
 
     async def _drain(self) -> None:
@@ -157,10 +157,21 @@ class Scheduler:
         await self._node_changes_now()
         if not self._wanted:
             return
-        ledger = Ledger.of(self._store.jobs())
+        ledger = self._ledger()
         async with asyncio.TaskGroup() as placing:
             while (job_id := await self._next_job()) is not None:
                 placing.create_task(self._place(job_id, ledger), name=f"place-{job_id}")
+
+    def _ledger(self) -> Ledger:
+        """What the active executions of unfinished jobs hold, per node: from the
+        store's index of them, so it costs what runs now, not every job ever kept."""
+        ledger = Ledger()
+        for node_id in self._store.active_nodes():
+            for job_id in self._store.active_on(node_id).values():
+                record = self._store.record(job_id)
+                if record is not None and record.state not in JOB_TERMINAL:
+                    ledger.hold(node_id, Room.of(record.spec.resources))
+        return ledger
 
     async def _node_changes_now(self) -> None:
         while self._gone:
@@ -296,7 +307,10 @@ class Scheduler:
             if job.state in JOB_TERMINAL or missing(job)[0] == 0:
                 return None
             limit = job.spec.queue_timeout
-            if now - waiting_since(job) >= timedelta(seconds=limit):
+            # A batch bigger than the room there is waits while its executions run:
+            # only a job with nothing running has waited in vain.
+            running = any(e.state in ACTIVE for e in job.executions)
+            if not running and now - waiting_since(job) >= timedelta(seconds=limit):
                 return finish(job, JobState.FAILED, f"queue timeout ({limit:g}s): {why}")
             running = any(
                 e.state in (ExecState.RUNNING, ExecState.COMPLETED) for e in job.executions
@@ -310,12 +324,11 @@ class Scheduler:
 
     # -- lost nodes -------------------------------------------------------------------
     async def _lose(self, node_id: str) -> None:
-        for job in self._store.jobs():
-            if any(e.node_id == node_id and e.state in ACTIVE for e in job.executions):
-                log.warning("node %s lost: job %s loses its executions there", node_id, job.job_id)
-                after = await self._store.change(job.job_id, lambda j: mark_lost(j, node_id))
-                if after is not None and missing(after)[0]:
-                    self._wanted.setdefault(job.job_id, None)
+        for job_id in sorted(set(self._store.active_on(node_id).values())):
+            log.warning("node %s lost: job %s loses its executions there", node_id, job_id)
+            after = await self._store.change(job_id, lambda j: mark_lost(j, node_id))
+            if after is not None and missing(after)[0]:
+                self._wanted.setdefault(job_id, None)
 
     async def _drop_gone(self, node_id: str, gone: dict[str, str]) -> None:
         by_job: dict[str, set[str]] = {}

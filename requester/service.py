@@ -28,7 +28,8 @@ from requester.duties import LeaderDuties
 from requester.events import Events
 from requester.executions import ExecConsumer
 from requester.identity import cluster_identity
-from requester.jobs import JobApi, JobStore
+from requester.jobapi import JobApi
+from requester.jobs import JobStore
 from requester.leadership import Leadership
 from requester.liveness import Liveness
 from requester.membership import Membership

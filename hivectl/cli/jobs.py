@@ -52,8 +52,11 @@ from hivectl.cli.jobspec import (
 )
 from hivectl.cli.jobview import (
     COLUMNS,
+    EXEC_COLUMNS,
     WIDE_COLUMNS,
+    cut_short,
     describe_lines,
+    exec_row,
     job_row,
     shown_executions,
 )
@@ -63,6 +66,8 @@ from hivectl.core.jobs import (
     ExecState,
     Execution,
     Job,
+    JobExecutionsReply,
+    JobExecutionsRequest,
     JobGetReply,
     JobGetRequest,
     JobListReply,
@@ -74,7 +79,7 @@ from hivectl.core.models import OkReply
 
 app = noun_app(
     "Run jobs on the cluster's compute nodes and follow them: submit, list, describe, "
-    "logs, stop and results.\n\nIds may be shortened to any unique prefix."
+    "executions, logs, stop and results.\n\nIds may be shortened to any unique prefix."
 )
 
 IdArgument = Annotated[
@@ -216,9 +221,21 @@ async def fetch_all(api: Api, query: JobListRequest) -> list[Job]:
 # -- describe, stop ------------------------------------------------------------------
 
 
-def get_job(ctx: typer.Context, job_id: str) -> Job:
+def get_job(ctx: typer.Context, job_id: str, *, whole: bool = False) -> Job:
+    """The job; with `whole`, with every execution, paged in when the reply left some
+    out (a big job's `get` carries only the first few)."""
     query = make(JobGetRequest, id=check_id(job_id, "job"))
-    return call(ctx, "job", "get", query, JobGetReply).job
+    job = call(ctx, "job", "get", query, JobGetReply).job
+    if not whole or not cut_short(job):
+        return job
+    listing = make(JobExecutionsRequest, id=job.job_id)
+
+    async def work(api: Api) -> list[Execution]:
+        pages = await paging.follow(api, "job", listing, JobExecutionsReply, verb="executions")
+        return [e for page in pages for e in page.executions]
+
+    executions = run_api(ctx, work, status="Reading executions")
+    return job.model_copy(update={"executions": executions})
 
 
 @app.command("describe")
@@ -238,6 +255,51 @@ def describe(ctx: typer.Context, job_id: IdArgument, output: OutputOption = None
         print_data(job, fmt)
     else:
         write_lines(describe_lines(job, datetime.now(UTC)))
+
+
+@app.command("executions")
+def executions(
+    ctx: typer.Context,
+    job_id: IdArgument,
+    output: OutputOption = None,
+    no_headers: NoHeadersOption = False,
+    state: Annotated[
+        ExecState | None,
+        typer.Option(
+            "--state",
+            case_sensitive=False,
+            metavar="STATE",
+            help="Only executions in this state: OFFERED, ACCEPTED, STARTING, RUNNING, "
+            "COMPLETED, FAILED, CANCELLED, LOST, REJECTED (any case).",
+            show_default=False,
+        ),
+    ] = None,
+    node: Annotated[
+        str,
+        typer.Option("--node", metavar="NODE", help="Only executions on this node (id or prefix)."),
+    ] = "",
+) -> None:
+    """List a job's executions, oldest first: all of them, however many (the
+    requester sends them a page at a time), or those of one state or node.
+
+    **Examples**
+
+    ```
+    hivectl job executions j-3f2a --state failed
+    hivectl job executions j-3f2a -o json | jq -r '.[].exec_id'
+    ```
+    """
+    fmt = output_format(ctx, output)
+    query = make(JobExecutionsRequest, id=check_id(job_id, "job"), state=state, node=node)
+
+    async def work(api: Api) -> list[Execution]:
+        pages = await paging.follow(api, "job", query, JobExecutionsReply, verb="executions")
+        return [e for page in pages for e in page.executions]
+
+    found = run_api(ctx, work, status="Listing executions")
+    Listing("executions", EXEC_COLUMNS, EXEC_COLUMNS, exec_row).show(
+        found, fmt, no_headers=no_headers
+    )
 
 
 @app.command("stop")
@@ -295,7 +357,7 @@ def logs(
     hivectl job logs j-3f2a --exec e-91 2>/dev/null
     ```
     """
-    job = get_job(ctx, job_id)
+    job = get_job(ctx, job_id, whole=True)
     executions = _pick(job, exec_id, show_all)
 
     async def work(api: Api) -> None:
@@ -339,7 +401,7 @@ def results(
     hivectl job results j-3f2a -d ./out
     ```
     """
-    job = get_job(ctx, job_id)
+    job = get_job(ctx, job_id, whole=True)
     executions = [e for e in job.executions if e.state is not ExecState.REJECTED]
 
     async def work(api: Api) -> tuple[list[Path], list[str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-from collections import Counter
 from datetime import datetime
 
 from hivectl.cli.output import NONE, age, human_bytes, human_cpu, plain_lines, timestamp
@@ -12,6 +11,8 @@ from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobSpec
 COLUMNS = ["ID", "NAME", "TYPE", "ENGINE", "STATE", "EXECUTIONS", "CREATED"]
 WIDE_COLUMNS = [*COLUMNS, "IMAGE", "COMMAND", "NODES", "REASON"]
 EXEC_COLUMNS = ["EXEC", "NODE", "ATTEMPT", "STATE", "EXIT", "STARTED", "ENDED", "ERROR"]
+DESCRIBE_ROWS = 20  # executions a big job's describe lists; `job executions` has them all
+_INTEREST = {ExecState.FAILED: 0, ExecState.LOST: 0, ExecState.RUNNING: 1, ExecState.STARTING: 1}
 UNSUCCESSFUL = frozenset({ExecState.FAILED, ExecState.CANCELLED, ExecState.LOST})
 
 
@@ -37,13 +38,18 @@ def _first_error(job: Job) -> str:
 
 def exec_counts(job: Job) -> str:
     """Executions by state, in lifecycle order: `1/1 COMPLETED`, `2/3 RUNNING, 1/3 FAILED`."""
-    if not job.executions:
+    counts = job.tally()
+    if not counts:
         return NONE
-    counts = Counter(execution.state for execution in job.executions)
-    total = len(job.executions)
+    total = sum(counts.values())
     return ", ".join(
         f"{counts[state]}/{total} {state.value}" for state in ExecState if state in counts
     )
+
+
+def cut_short(job: Job) -> int:
+    """How many of the job's executions the reply left out (a big job's `get`)."""
+    return max(0, sum(job.counts.values()) - len(job.executions)) if job.counts else 0
 
 
 def command_text(spec: JobSpec) -> str:
@@ -123,9 +129,24 @@ def describe_lines(job: Job, now: datetime) -> list[str]:
     notices = [f"  {e.exec_id}: {e.notice}" for e in job.executions if e.notice]
     return [
         *lines,
-        "Executions:",
-        *("  " + line for line in exec_table(job, now)),
+        *_exec_section(job, now),
         *(["Notices:", *notices] if notices else []),
+    ]
+
+
+def _exec_section(job: Job, now: datetime) -> list[str]:
+    """The executions: a table of them all; for a big job, counts by state and the
+    few worth a look first (failures, then running), with how to page the rest."""
+    left_out = cut_short(job)
+    if not left_out and len(job.executions) <= DESCRIBE_ROWS:
+        return ["Executions:", *("  " + line for line in exec_table(job, now))]
+    first = sorted(job.executions, key=lambda e: (_INTEREST.get(e.state, 3), e.exec_id))
+    shown = job.model_copy(update={"executions": first[:DESCRIBE_ROWS]})
+    more = left_out + len(job.executions) - len(shown.executions)
+    return [
+        f"Executions:    {exec_counts(job)}",
+        *("  " + line for line in exec_table(shown, now)),
+        f"  ... and {more} more: hivectl job executions {job.job_id} [--state STATE]",
     ]
 
 
@@ -144,21 +165,22 @@ def _seconds(value: float) -> str:
     return f"{value:g}s" if value else NONE
 
 
+def exec_row(e: Execution, wide: bool, now: datetime) -> list[str]:
+    """One execution as `job describe` and `job executions` show it."""
+    return [
+        e.exec_id,
+        e.node_id,
+        str(e.attempt),
+        e.state.value,
+        NONE if e.exit_code is None else str(e.exit_code),
+        age(e.started_at, now),
+        age(e.ended_at, now),
+        " ".join(e.error.split()) or NONE,
+    ]
+
+
 def exec_table(job: Job, now: datetime) -> list[str]:
     if not job.executions:
         return ["<none yet>"]
-    rows = [EXEC_COLUMNS]
-    for e in job.executions:
-        rows.append(
-            [
-                e.exec_id,
-                e.node_id,
-                str(e.attempt),
-                e.state.value,
-                NONE if e.exit_code is None else str(e.exit_code),
-                age(e.started_at, now),
-                age(e.ended_at, now),
-                " ".join(e.error.split()) or NONE,
-            ]
-        )
+    rows = [EXEC_COLUMNS, *(exec_row(e, False, now) for e in job.executions)]
     return plain_lines(rows)

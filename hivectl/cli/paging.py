@@ -20,8 +20,10 @@ from hivectl.core.models import Message
 R = TypeVar("R", bound=Message)
 
 
-async def follow(api: Api, noun: str, query: Message, expect: type[R]) -> list[R]:
-    """Every page of `<noun>.list` for `query` (a request with an `after` field).
+async def follow(
+    api: Api, noun: str, query: Message, expect: type[R], verb: str = "list"
+) -> list[R]:
+    """Every page of `<noun>.<verb>` for `query` (a request with an `after` field).
 
     Cyclic garbage collection is paused meanwhile: ten thousand nodes are hundreds of
     thousands of new objects and none of them is garbage yet, so every collection the
@@ -31,15 +33,15 @@ async def follow(api: Api, noun: str, query: Message, expect: type[R]) -> list[R
     """
     pages: list[R] = []
     after = ""
-    pending = await _ask(api, noun, query, after)
+    pending = await _ask(api, noun, verb, query, after)
     with _gc_paused():
         try:
             while True:
                 data = await pending
                 ahead = codec.peek(data, "next")
                 if isinstance(ahead, str) and ahead not in ("", after):
-                    pending = await _ask(api, noun, query, ahead)
-                page = api.read(noun, "list", data, expect)
+                    pending = await _ask(api, noun, verb, query, ahead)
+                page = api.read(noun, verb, data, expect)
                 pages.append(page)
                 following = getattr(page, "next", "")
                 if not following:
@@ -48,13 +50,13 @@ async def follow(api: Api, noun: str, query: Message, expect: type[R]) -> list[R
                     raise CliError(f"the requester sent the page after {after!r} twice; giving up")
                 if following != ahead:  # a map with `next` twice: trust the decoded one
                     pending.cancel()
-                    pending = await _ask(api, noun, query, following)
+                    pending = await _ask(api, noun, verb, query, following)
                 after = following
         finally:
             await _drop(pending)
 
 
-async def _ask(api: Api, noun: str, query: Message, after: str) -> asyncio.Future[bytes]:
+async def _ask(api: Api, noun: str, verb: str, query: Message, after: str) -> asyncio.Future[bytes]:
     """Ask for the page after `after`; return once the request is on the wire.
 
     Decoding a page never yields to the event loop, so a request merely scheduled
@@ -62,7 +64,7 @@ async def _ask(api: Api, noun: str, query: Message, after: str) -> asyncio.Futur
     has published proves the server has the request before decoding starts.
     """
     page = query.model_copy(update={"after": after})
-    pending = asyncio.ensure_future(api.ask(noun, "list", page))
+    pending = asyncio.ensure_future(api.ask(noun, verb, page))
     await asyncio.sleep(0)  # the task publishes the request
     with contextlib.suppress(Exception):  # a broken connection: the ask says so
         await api.nc.flush(timeout=max(1, int(api.cfg.timeout)))

@@ -37,6 +37,8 @@ from hivectl.core.jobs import (
     Execution,
     Job,
     JobEvent,
+    JobExecutionsReply,
+    JobExecutionsRequest,
     JobGetReply,
     JobGetRequest,
     JobListReply,
@@ -234,6 +236,10 @@ SAMPLES: dict[str, Message] = {
     "job_list_reply": JobListReply(jobs=[_job()], next=""),
     "job_get": JobGetRequest(id="j-5f"),
     "job_get_reply": JobGetReply(job=_job()),
+    "job_executions": JobExecutionsRequest(id="j-5f", state=ExecState.FAILED, after="e-01"),
+    "job_executions_reply": JobExecutionsReply(
+        job_id=JOB_ID, executions=_job().executions, next="", total=1
+    ),
     "job_stop": JobStopRequest(id=JOB_ID, reason="operator asked"),
     "job_event": JobEvent(
         job_id=JOB_ID, old="QUEUED", new="RUNNING", reason="placed on gpu-worker-07", at=T0

@@ -1,0 +1,183 @@
+"""`hive.api.job.{submit,list,get,executions,stop}`: reads from memory, writes through
+the store.
+
+Replies stay small whatever a job's count: `list` sends each job's executions as
+counts by state, `get` a job's counts and at most SHOWN of its executions (the ones
+worth a look first: failed, lost, running), and `executions` pages through the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hivectl.core import codec
+from hivectl.core.jobs import (
+    JOB_TERMINAL,
+    ExecState,
+    Execution,
+    Job,
+    JobExecutionsReply,
+    JobExecutionsRequest,
+    JobGetReply,
+    JobGetRequest,
+    JobListReply,
+    JobListRequest,
+    JobState,
+    JobStopRequest,
+    JobSubmitReply,
+    JobSubmitRequest,
+    new_job_id,
+)
+from hivectl.core.models import Message, OkReply
+from requester.api import REPLY_HEADROOM
+from requester.executions import finish
+from requester.jobs import JobError, JobStore
+from requester.routing import ApiRouter
+
+Kick = Callable[[str], None]
+SHOWN = 100  # executions a `get` carries; `executions` pages through the rest
+# What `get` shows first of a big job: what went wrong, then what runs, then the rest.
+_INTEREST = {
+    ExecState.FAILED: 0,
+    ExecState.LOST: 0,
+    ExecState.RUNNING: 1,
+    ExecState.STARTING: 1,
+    ExecState.ACCEPTED: 2,
+    ExecState.OFFERED: 2,
+}
+
+
+class JobApi(ApiRouter):
+    noun = "job"
+
+    def __init__(
+        self, store: JobStore, *, kick: Kick, max_payload: int, limits: codec.Limits
+    ) -> None:
+        self._store = store
+        self._kick = kick
+        self._max_reply = max_payload - REPLY_HEADROOM
+        self._limits = limits
+        super().__init__()
+        self.handlers.update(
+            submit=self.submit,
+            list=self.list_jobs,
+            get=self.get_job,
+            executions=self.executions,
+            stop=self.stop_job,
+        )
+
+    async def submit(self, data: bytes) -> Message:
+        """Create the job; a repeat of a submit (same id, same spec) gets the same job.
+
+        Clients pick the id, so a submit whose reply was lost can be sent again without
+        a second job; the same id with another spec is refused. `decode` validates the
+        whole spec: a bad one is an "invalid" reply naming the field.
+        """
+        request = codec.decode(data, JobSubmitRequest, self._limits)
+        job_id = request.job_id or new_job_id()
+        known = self._store.record(job_id)  # a retry usually finds it here, with no write
+        if known is None:
+            known, created = await self._store.create(Job(job_id=job_id, spec=request.spec))
+            if created:
+                self._kick(job_id)
+                return JobSubmitReply(job_id=job_id)
+        if not known.spec.same_as(request.spec):
+            raise JobError(
+                "exists",
+                f"job {job_id} exists with another spec: submit this one with another id (or none)",
+            )
+        return JobSubmitReply(job_id=job_id)
+
+    async def list_jobs(self, data: bytes) -> Message:
+        request = codec.decode(data, JobListRequest, self._limits)
+        records = sorted(
+            (j for j in self._store.records() if request.state is None or j.state == request.state),
+            key=_newest_first,
+        )
+        if request.after:
+            after = self._store.record(request.after)
+            if after is None:
+                raise JobError("not_found", f"job {request.after!r} (list position) not found")
+            mark = _newest_first(after)
+            records = [j for j in records if _newest_first(j) > mark]
+        return self._page([self._counted(j) for j in records[: request.limit + 1]], request.limit)
+
+    def _counted(self, record: Job) -> Job:
+        """The job as a list shows it: its executions as counts by state."""
+        job = self._store.get(record.job_id) or record
+        return record.model_copy(update={"executions": [], "counts": job.tally()})
+
+    def _page(self, jobs: list[Job], limit: int) -> JobListReply:
+        """The first `limit` jobs, fewer if they would not fit in one message."""
+        while True:
+            page = jobs[:limit]
+            more = len(jobs) > len(page)
+            reply = JobListReply(jobs=page, next=page[-1].job_id if more and page else "")
+            if len(codec.encode(reply)) <= self._max_reply or limit == 1:
+                return reply
+            limit = max(1, limit // 2)
+
+    async def get_job(self, data: bytes) -> Message:
+        request = codec.decode(data, JobGetRequest, self._limits)
+        job = self._store.resolve(request.id)
+        if len(job.executions) <= SHOWN:
+            return JobGetReply(job=job)
+        ranked = sorted(job.executions, key=lambda e: (_INTEREST.get(e.state, 3), e.exec_id))
+        shown = sorted(ranked[:SHOWN], key=lambda e: e.exec_id)
+        return JobGetReply(job=job.model_copy(update={"executions": shown, "counts": job.tally()}))
+
+    async def executions(self, data: bytes) -> Message:
+        request = codec.decode(data, JobExecutionsRequest, self._limits)
+        job = self._store.resolve(request.id)
+        chosen = _filtered(job.executions, request)
+        start = 0
+        if request.after:
+            start = next((i + 1 for i, e in enumerate(chosen) if e.exec_id == request.after), -1)
+            if start < 0:
+                raise JobError(
+                    "not_found", f"execution {request.after!r} (page position) not found"
+                )
+        limit = request.limit
+        while True:
+            page = chosen[start : start + limit]
+            more = start + len(page) < len(chosen)
+            reply = JobExecutionsReply(
+                job_id=job.job_id,
+                executions=page,
+                next=page[-1].exec_id if more and page else "",
+                total=len(chosen),
+            )
+            if len(codec.encode(reply)) <= self._max_reply or limit == 1:
+                return reply
+            limit = max(1, limit // 2)
+
+    async def stop_job(self, data: bytes) -> Message:
+        request = codec.decode(data, JobStopRequest, self._limits)
+        job = self._store.resolve(request.id)
+        reason = request.reason or "stopped by an operator"
+        # A terminal job is left as it is: stopping it again is not an error.
+        await self._store.change(
+            job.job_id,
+            lambda j: None if j.state in JOB_TERMINAL else finish(j, JobState.STOPPED, reason),
+        )
+        return OkReply(id=job.job_id)
+
+
+def _filtered(executions: list[Execution], request: JobExecutionsRequest) -> list[Execution]:
+    """The executions of the request's state and node (a unique prefix of a node id)."""
+    chosen = executions
+    if request.state is not None:
+        chosen = [e for e in chosen if e.state is request.state]
+    if request.node:
+        nodes = {e.node_id for e in chosen if e.node_id.startswith(request.node)}
+        if request.node in nodes:
+            nodes = {request.node}
+        if len(nodes) > 1:
+            shown = ", ".join(sorted(nodes)[:5])
+            raise JobError("ambiguous", f"node prefix {request.node!r} matches {shown}")
+        chosen = [e for e in chosen if e.node_id in nodes]
+    return chosen
+
+
+def _newest_first(job: Job) -> tuple[float, str]:
+    return (-job.created_at.timestamp(), job.job_id)
