@@ -1,0 +1,186 @@
+"""Helpers for bench/batch.py: when each job ended (from the requester's job events),
+and the shell loops of `hivectl job submit --no-wait`.
+
+Not a benchmark itself (the leading `_`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _sim
+from _sim import BIN, PREFIX
+
+QUIET_S = 3.0  # no job event for this long: ask the requester's job list instead
+SHELL_LOOP = """
+while read -r id; do
+  if out=$("$HIVECTL" --nats-url "$URL" job submit --no-wait --id "$id" --engine process \\
+      -- true 2>&1); then
+    echo "$id" >> "$SUBMITTED"
+  else
+    echo "$id" >> "$FAILED"; echo "$out" | tail -1 >> "$ERRORS"
+  fi
+done < "$IDS"
+"""
+
+
+@functools.cache
+def empty_config() -> Path:
+    """An empty config file for every hivectl and client here: nothing of this machine's
+    ~/.config leaks in."""
+    path = Path(tempfile.mkdtemp(prefix="hive-bench-batch-cfg-")) / "empty.toml"
+    path.write_text("")
+    return path
+
+
+class Finishes:
+    """When each job reached COMPLETED, FAILED or STOPPED, by the monotonic clock."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self.state: dict[str, str] = {}
+        self.changed = asyncio.Event()
+        self.swept = 0  # ends found by listing, not by their event
+
+    async def on_event(self, msg: Any) -> None:
+        from hivectl.core import codec
+        from hivectl.core.jobs import JOB_TERMINAL, JobEvent
+
+        now = time.monotonic()
+        try:
+            event = codec.decode(msg.data, JobEvent)
+        except codec.CodecError:
+            return
+        if event.new in {s.value for s in JOB_TERMINAL} and event.job_id not in self.at:
+            self.at[event.job_id] = now
+            self.state[event.job_id] = event.new
+            self.changed.set()
+
+    async def sweep(self, nc: Any, missing: set[str]) -> None:
+        """Ask the requester which of `missing` have ended (their events were missed)."""
+        from hivectl.core import bus
+        from hivectl.core.jobs import JOB_TERMINAL, JobListReply, JobListRequest
+
+        now = time.monotonic()
+        for state in JOB_TERMINAL:
+            after = ""
+            while True:
+                query = JobListRequest(state=state, after=after)
+                page = await bus.request(nc, f"{PREFIX}.api.job.list", query, JobListReply, 30)
+                for job in page.jobs:
+                    if job.job_id in missing and job.job_id not in self.at:
+                        self.at[job.job_id], self.state[job.job_id] = now, state.value
+                        self.swept += 1
+                if not page.next:
+                    break
+                after = page.next
+
+
+async def connect_watching(url: str, name: str) -> tuple[Any, Finishes]:
+    """A connection already subscribed to every job's events."""
+    nc, _ = await _sim._connect(url, name)
+    finishes = Finishes()
+    await nc.subscribe(
+        f"{PREFIX}.events.job.>",
+        cb=finishes.on_event,
+        pending_msgs_limit=1_000_000,
+        pending_bytes_limit=256 * 2**20,
+    )
+    await nc.flush()
+    return nc, finishes
+
+
+async def wait_done(nc: Any, finishes: Finishes, ids: set[str], deadline: float) -> float | None:
+    """When the last of `ids` ended; None if some had not by `deadline` (monotonic)."""
+    while True:
+        missing = ids - finishes.at.keys()
+        if not missing:
+            return max(finishes.at[i] for i in ids) if ids else time.monotonic()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        finishes.changed.clear()
+        try:
+            await asyncio.wait_for(finishes.changed.wait(), min(QUIET_S, left))
+        except TimeoutError:
+            await finishes.sweep(nc, missing)
+
+
+async def run_shell(url: str, jobs: int, loops: int, limit: float) -> dict[str, Any]:
+    """`jobs` jobs from `loops` shell loops of `hivectl job submit --no-wait --id ID`, the
+    ids chosen up front; until every submitted job ended, or `limit` seconds."""
+    from hivectl.core.jobs import new_job_id
+
+    work = Path(tempfile.mkdtemp(prefix="hive-bench-batch-shell-"))
+    ids = [new_job_id() for _ in range(jobs)]
+    env = _sim.clean_env(HIVE_CONFIG=str(empty_config()), HIVECTL=str(BIN / "hivectl"), URL=url)
+    for i in range(loops):
+        (work / f"ids-{i}").write_text("".join(f"{j}\n" for j in ids[i::loops]))
+    nc, finishes = await connect_watching(url, "bench-batch-shell")
+    t0 = time.monotonic()
+    procs = [await _loop(env, work, i) for i in range(loops)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), limit)
+    except TimeoutError:  # the loops that are still submitting stop here, whole groups
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        await asyncio.gather(*(p.wait() for p in procs))
+    t_submitted = time.monotonic()
+    submitted, failed, errors = await asyncio.to_thread(_outcomes, work)
+    _sim.log(f"  {len(submitted)} submitted in {t_submitted - t0:.1f}s; waiting for the ends")
+    t_end = await wait_done(nc, finishes, submitted, t0 + limit)
+    await nc.close()
+    states: dict[str, int] = {}
+    for job_id in submitted & finishes.state.keys():
+        states[finishes.state[job_id]] = states.get(finishes.state[job_id], 0) + 1
+    return {
+        "submitted": len(submitted),
+        "submit_failures": len(failed),
+        "not_sent_in_time": jobs - len(submitted) - len(failed),
+        "first_errors": errors[:3],
+        "submit_s": round(t_submitted - t0, 3),
+        "span_s": None if t_end is None else t_end - t0,
+        "job_states": states,
+        "not_ended": len(submitted - finishes.at.keys()),
+        "ends_found_by_listing": finishes.swept,
+    }
+
+
+async def _loop(env: dict[str, str], work: Path, i: int) -> asyncio.subprocess.Process:
+    """Shell loop `i`: submits the ids of ids-<i>, one hivectl after another."""
+    files = {"IDS": f"ids-{i}", "ERRORS": f"errors-{i}", "FAILED": "failed"}
+    files["SUBMITTED"] = "submitted"
+    return await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        SHELL_LOOP,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=env | {name: str(work / file) for name, file in files.items()},
+        start_new_session=True,  # its own group, so a loop past the limit goes whole
+    )
+
+
+def _outcomes(work: Path) -> tuple[set[str], set[str], list[str]]:
+    """The ids submitted, those whose submit failed, and hivectl's last line for each."""
+
+    def ids(name: str) -> set[str]:
+        path = work / name
+        return set(path.read_text().split()) if path.exists() else set()
+
+    errors = [line for f in sorted(work.glob("errors-*")) for line in f.read_text().splitlines()]
+    return ids("submitted"), ids("failed"), errors
+
+
+if __name__ == "__main__":
+    print("bench/_batchrun.py is a helper module for bench/batch.py.", file=sys.stderr)
+    sys.exit(0)
