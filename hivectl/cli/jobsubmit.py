@@ -16,7 +16,7 @@ from nats.errors import Error as NatsError
 from hivectl.cli.api import Api, CliError, run_api
 from hivectl.cli.common import EXIT_ERROR, fail, info, make, status_line
 from hivectl.cli.jobdata import JobWatch, check_log_stream
-from hivectl.cli.jobview import result_line, shown_executions, status_text
+from hivectl.cli.jobview import cut_short, exec_counts, result_line, shown_executions, status_text
 from hivectl.cli.output import write_out
 from hivectl.core.bus import BusError, NoAnswer, RemoteError, connect_cli, connection_failure
 from hivectl.core.jobs import (
@@ -41,6 +41,9 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 SUBMIT_ATTEMPTS = 4
 RETRIED = (BusError, NatsError)
 STORE_UNAVAILABLE = "store_unavailable"
+# A waiting submit prints the output of this many executions at most; a bigger batch
+# gets its counts and the command that prints them all.
+REPLAY_MAX = 10
 
 
 def submit_job(
@@ -160,5 +163,9 @@ async def _wait_job(api: Api, watch: JobWatch, follow: bool) -> Job:
         return await watch.follow(api, js, show_all=False)
     with status_line(f"{watch.job_id}: PENDING") as show:
         job = await watch.wait(api, lambda job: show(status_text(job)))
-    await watch.replay(api, js, job, shown_executions(job, show_all=False))
+    shown = shown_executions(job, show_all=False)
+    if len(shown) > REPLAY_MAX or cut_short(job):
+        info(f"{exec_counts(job)}; their output: hivectl job logs {job.job_id}")
+    else:
+        await watch.replay(api, js, job, shown)
     return job

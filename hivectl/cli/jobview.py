@@ -26,6 +26,8 @@ def status_text(job: Job) -> str:
     """The live line of a waiting `job submit`: the state and, while it waits, why
     (`j-…: QUEUED: no node has the docker executor enabled`)."""
     text = f"{job.job_id}: {job.state.value}"
+    if job.spec.count > 1 and job.state not in JOB_TERMINAL:
+        text = f"{text} ({exec_counts(job)})"
     return f"{text}: {job.reason}" if job.reason and job.state not in JOB_TERMINAL else text
 
 

@@ -141,7 +141,13 @@ class DockerExecutor:
         return {
             "image": spec.image,
             "command": list(spec.command) or None,
-            "environment": dict(spec.env),
+            # Ours last, so a spec cannot set them: a batch's copies tell themselves apart.
+            "environment": {
+                **spec.env,
+                "HIVE_NODE_ID": self.node_id,
+                "HIVE_JOB_ID": job.job_id,
+                "HIVE_EXEC_ID": job.exec_id,
+            },
             "working_dir": spec.workdir or None,
             "network_mode": spec.network,
             "nano_cpus": int(cpu * 1e9),

@@ -458,14 +458,16 @@ def _hive_containers(client: Any) -> list[Any]:
 async def test_docker_job_output_and_exit_code(
     docker_manager: Executions, jobs: Jobs, busybox_image: str, docker_client: Any
 ) -> None:
-    spec = docker_spec(busybox_image, "sh", "-c", "echo hello; echo oops >&2; exit 3")
+    script = "echo hello $HIVE_EXEC_ID; echo oops >&2; exit 3"
+    spec = docker_spec(busybox_image, "sh", "-c", script, env={"HIVE_EXEC_ID": "mine"})
     offer, reply = await jobs.offer(spec)
     assert isinstance(reply, OfferReply) and reply.accepted
     updates = await jobs.final(offer.exec_id)
     assert states(updates) == ["ACCEPTED", "STARTING", "RUNNING", "FAILED"]
     assert updates[-1].exit_code == 3 and updates[-1].error == "exit code 3"
     logs = await jobs.logs(offer)
-    assert joined(logs, "stdout") == b"hello\n"
+    # A batch's copies tell themselves apart by their execution id, which no spec sets.
+    assert joined(logs, "stdout") == f"hello {offer.exec_id}\n".encode()
     assert joined(logs, "stderr") == b"oops\n"
     assert logs[-1] == ("eof:3", b"")
     assert _hive_containers(docker_client) == []

@@ -38,6 +38,7 @@ JOB = "j-0123456789abcdef"
 HIVE_STREAMS = {
     S.kv_stream(S.nodes_bucket),
     S.kv_stream(S.jobs_bucket),
+    S.kv_stream(S.execs_bucket),
     S.kv_stream(S.cluster_bucket),
     S.kv_stream(S.leases_bucket),
     S.exec_stream,
