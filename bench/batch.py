@@ -138,6 +138,12 @@ def part_floors(args: argparse.Namespace) -> dict[str, Any]:
     return {"pass": True, "fork_exec_wait_true": fork, "nats_request_reply": nats}
 
 
+def progress(states: dict[str, int], span: float | None, limit: float) -> float:
+    """COMPLETED per second until the end (or the limit), whether or not all completed:
+    how far a run that failed or ran out of time got."""
+    return round(states.get("COMPLETED", 0) / (span or limit), 1)
+
+
 def ratio(value: float, floor: float | None) -> float | None:
     return round(value / floor, 3) if floor else None
 
@@ -238,6 +244,7 @@ def part_count(args: argparse.Namespace) -> dict[str, Any]:
         "pass": rate >= EXECS_TARGET and done and inspect["pass"] and health["all_alive"],
         "checks": {"all_completed": done, "processes_alive": health["all_alive"]},
         "seconds": None if span is None else round(span, 2),
+        "completed_per_s": progress(run["executions"], span, args.limit),
         "run": run,
         "inspect": inspect,
         "processes": usage,
@@ -324,6 +331,7 @@ def many_result(
         "pass": passed,
         "checks": {"all_completed": done, "processes_alive": health["all_alive"]},
         "seconds": None if span is None else round(span, 2),
+        "completed_per_s": progress(run["job_states"], span, args.limit),
         "run": run,
         "processes": usage,
         "health": health,
