@@ -115,6 +115,47 @@ async def wait_done(nc: Any, finishes: Finishes, ids: set[str], deadline: float)
             await finishes.sweep(nc, missing)
 
 
+async def executions(nc: Any, job_id: str) -> list[Any]:
+    """Every execution of the job, page by page (`hive.api.job.executions`)."""
+    from hivectl.core import bus
+    from hivectl.core.jobs import JobExecutionsReply, JobExecutionsRequest
+
+    found: list[Any] = []
+    after = ""
+    while True:
+        query = JobExecutionsRequest(id=job_id, after=after)
+        page = await bus.request(nc, f"{PREFIX}.api.job.executions", query, JobExecutionsReply, 30)
+        found += page.executions
+        if not page.next:
+            return found
+        after = page.next
+
+
+def stages(found: list[Any]) -> dict[str, Any]:
+    """Where an execution's time goes, from its record's timestamps (one machine, one
+    clock): created -> started (offer, accept, spawn), started -> ended (the command),
+    ended -> last update (the end reaching the record); and how many were in flight at
+    once (created .. last update), at most."""
+    spans: dict[str, list[float]] = {"created_to_started": [], "started_to_ended": []}
+    spans["ended_to_recorded"] = []
+    edges: list[tuple[float, int]] = []
+    for e in found:
+        if e.started_at and e.ended_at:
+            spans["created_to_started"].append((e.started_at - e.created_at).total_seconds())
+            spans["started_to_ended"].append((e.ended_at - e.started_at).total_seconds())
+            spans["ended_to_recorded"].append((e.updated_at - e.ended_at).total_seconds())
+        edges += [(e.created_at.timestamp(), 1), (e.updated_at.timestamp(), -1)]
+    at_once = peak = 0
+    for _, step in sorted(edges):
+        at_once += step
+        peak = max(peak, at_once)
+    ms = {
+        k: {n: v if n == "n" else round(v * 1000, 1) for n, v in _sim.summary(x).items()}
+        for k, x in spans.items()
+    }
+    return {"ms": ms, "most_in_flight": peak}
+
+
 async def run_shell(url: str, jobs: int, loops: int, limit: float) -> dict[str, Any]:
     """`jobs` jobs from `loops` shell loops of `hivectl job submit --no-wait --id ID`, the
     ids chosen up front; until every submitted job ended, or `limit` seconds."""

@@ -9,7 +9,9 @@ intervals (`hivectl devstack`: the issue's set-up). Every job runs `true`.
              (N runs, 16 at a time: what any process executor in Python pays), and NATS
              request/reply to a plain responder on a server of its own (16 in flight).
     count    one job of `--count N` through `hive.api.job.submit`; executions/s from the
-             submit until the job's COMPLETED event (target >= 400/s). Then `hivectl job
+             submit until the job's COMPLETED event (target >= 400/s), and where each
+             execution's time went (its record's timestamps: created -> started -> ended)
+             and how many were in flight at most. Then `hivectl job
              describe ID` and `hivectl job executions ID --state COMPLETED -o json`, median
              of 3 each (target < 1 s; floor `hivectl --version`, same runs).
     client   `--jobs N` jobs through hive.AsyncClient on one connection (submit_many, then
@@ -26,6 +28,7 @@ result. JSON on stdout, progress on stderr; exit 0 when every target is met.
     .venv/bin/python bench/batch.py                          # everything (several minutes)
     .venv/bin/python bench/batch.py --count 300 --jobs 200   # a quick look
     .venv/bin/python bench/batch.py --part count --count 2000
+    .venv/bin/python bench/batch.py --part count --max-executions 64  # agents' limit
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ FORK_IN_FLIGHT = 16
 
 # -- the stack ---------------------------------------------------------------------------
 @contextmanager
-def batch_stack(name: str) -> Iterator[_jobsim.JobStack]:
-    """nats-server, the requester and two process agents, every one APPROVED and HEALTHY."""
+def batch_stack(name: str, agent_extra: dict[str, str]) -> Iterator[_jobsim.JobStack]:
+    """nats-server, the requester and two process agents, every one APPROVED and HEALTHY;
+    `agent_extra`: more environment for the agents."""
     from jobs import wait_agents  # bench/jobs.py
 
     from hivectl.cli.devstack import AGENT_ENV, REQUESTER_ENV
@@ -70,6 +74,7 @@ def batch_stack(name: str) -> Iterator[_jobsim.JobStack]:
         "HIVE_EXECUTORS__PROCESS__ENABLED": "true",
         "HIVE_EXECUTORS__DOCKER__ENABLED": "false",
         **AGENT_ENV,
+        **agent_extra,
     }
     with _jobsim.JobStack(name, env=dict(REQUESTER_ENV)) as stack:
         stack.start_nats()
@@ -169,6 +174,7 @@ async def run_count(url: str, count: int, limit: float) -> dict[str, Any]:
     t_end = await wait_done(nc, finishes, {reply.job_id}, t0 + limit)
     get = JobGetRequest(id=reply.job_id)
     job = (await bus.request(nc, f"{PREFIX}.api.job.get", get, JobGetReply, 30)).job
+    found = await _batchrun.executions(nc, reply.job_id)
     await nc.close()
     return {
         "job_id": reply.job_id,
@@ -178,6 +184,7 @@ async def run_count(url: str, count: int, limit: float) -> dict[str, Any]:
         "state": job.state.value,
         "executions": {k.value: v for k, v in job.tally().items()},
         "ends_found_by_listing": finishes.swept,
+        "execution_stages": _batchrun.stages(found),
     }
 
 
@@ -222,7 +229,7 @@ def inspect_times(url: str, job_id: str) -> dict[str, Any]:
 
 
 def part_count(args: argparse.Namespace) -> dict[str, Any]:
-    with batch_stack("batch-count") as stack:
+    with batch_stack("batch-count", args.agent_env) as stack:
         meter = meters(stack)
         log(f"count: one job of --count {args.count} running `true`")
         run = asyncio.run(run_count(stack.url, args.count, args.limit))
@@ -292,7 +299,7 @@ def part_client(args: argparse.Namespace) -> dict[str, Any]:
     except ImportError as exc:  # before the client lands on this branch
         log(f"client: skipped ({exc})")
         return {"pass": False, "skipped": f"import hive failed: {exc}"}
-    with batch_stack("batch-client") as stack:
+    with batch_stack("batch-client", args.agent_env) as stack:
         meter = meters(stack)
         log(f"client: {args.jobs} jobs through hive.AsyncClient (submit_many, wait)")
         run = asyncio.run(run_client(stack.url, args.jobs, args.limit))
@@ -339,7 +346,7 @@ def many_result(
 
 
 def part_shell(args: argparse.Namespace) -> dict[str, Any]:
-    with batch_stack("batch-shell") as stack:
+    with batch_stack("batch-shell", args.agent_env) as stack:
         meter = meters(stack)
         log(f"shell: {args.jobs} jobs from {SHELL_LOOPS} loops of `hivectl job submit --no-wait`")
         run = asyncio.run(_batchrun.run_shell(stack.url, args.jobs, SHELL_LOOPS, args.limit))
@@ -361,7 +368,15 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000, help="executions of the big job")
     parser.add_argument("--jobs", type=int, default=2000, help="jobs of the client and shell parts")
     parser.add_argument("--limit", type=float, default=300.0, help="seconds each part may take")
+    parser.add_argument(
+        "--max-executions",
+        type=int,
+        help="each agent's max_executions (default: the agent's own, 4 per CPU core)",
+    )
     args = parser.parse_args()
+    args.agent_env = {}
+    if args.max_executions is not None:
+        args.agent_env["HIVE_MAX_EXECUTIONS"] = str(args.max_executions)
     if not 1 <= args.count <= 10_000 or args.jobs < 1 or args.limit <= 0:
         parser.error("need 1 <= count <= 10000, jobs >= 1, limit > 0")
     args.floors = {}
