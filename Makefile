@@ -30,7 +30,7 @@ $(STAMP): $(LOCK) pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --require-hashes --no-build-isolation -r $(LOCK)
 	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
 	@# Hive's own bytecode now, so hivectl starts fast even where .pyc files are not written.
-	$(BIN)/python -m compileall -q hivectl requester nodeagent
+	$(BIN)/python -m compileall -q hive hivectl requester nodeagent
 	touch $@
 
 # $(LOCK) is refreshed only here, on purpose. uv resolves once for every Python >= 3.11

@@ -17,7 +17,6 @@ an unreadable reply, a `CliError` the work raises) ends the program with one lin
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext, suppress
 from typing import TypeVar
@@ -27,19 +26,13 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from hivectl.cli.common import EXIT_ERROR, client_config, debug, fail, global_options, spinner
-from hivectl.core.bus import (
-    BusError,
-    NoAnswer,
-    RemoteError,
-    ask,
-    connect_cli,
-    connection_failure,
-    read_reply,
-)
+from hivectl.core import paging
+from hivectl.core.bus import BusError, NoAnswer, RemoteError, connection_failure, read_reply
+from hivectl.core.client import AsyncClient
 from hivectl.core.codec import CodecError
 from hivectl.core.config import ClientConfig
+from hivectl.core.errors import HiveError
 from hivectl.core.models import Message
-from hivectl.core.subjects import Subjects
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -54,29 +47,35 @@ class CliError(Exception):
 
 
 class Api:
-    """One open connection to NATS and the requester's API on it."""
+    """One open connection to NATS and the requester's API on it: an AsyncClient (the
+    Python client's), so hivectl and scripts make the same requests the same way."""
 
-    def __init__(self, ctx: typer.Context, nc: Client, cfg: ClientConfig) -> None:
+    def __init__(self, ctx: typer.Context, client: AsyncClient) -> None:
         self.ctx = ctx
-        self.nc = nc
-        self.cfg = cfg
-        self.subjects = Subjects(cfg.nats.prefix)
+        self.client = client
+        self.cfg = client.config
+        self.subjects = client.subjects
+
+    @property
+    def nc(self) -> Client:
+        """The connection now: a retried submit may have opened a new one."""
+        return self.client.nc
 
     async def call(self, noun: str, verb: str, message: Message, expect: type[M]) -> M:
         """One request to `<prefix>.api.<noun>.<verb>`; errors raise, `run_api` reports."""
-        return self.read(noun, verb, await self.ask(noun, verb, message), expect)
+        return await self.client.call(noun, verb, message, expect)
 
-    async def ask(self, noun: str, verb: str, message: Message) -> bytes:
-        """The request alone: the reply's bytes, for `read` (paging peeks in between)."""
-        subject = self.subjects.api(noun, verb)
-        started = time.perf_counter()
-        data = await ask(self.nc, subject, message, timeout=self.cfg.timeout)
-        elapsed = (time.perf_counter() - started) * 1000
-        debug(self.ctx, f"{subject} {message.kind}: {len(data)} bytes in {elapsed:.1f}ms")
-        return data
+    async def pages(self, noun: str, query: Message, expect: type[M]) -> list[M]:
+        """Every page of `<noun>.list` for `query` (a request with an `after` field)."""
+        subject = self.subjects.api(noun, "list")
 
-    def read(self, noun: str, verb: str, data: bytes, expect: type[M]) -> M:
-        return read_reply(self.subjects.api(noun, verb), data, expect)
+        async def page(after: str) -> bytes:
+            return await self.client.ask(noun, "list", query.model_copy(update={"after": after}))
+
+        async def flush() -> None:
+            await self.nc.flush(timeout=max(1, int(self.cfg.timeout)))
+
+        return await paging.follow(page, lambda data: read_reply(subject, data, expect), flush)
 
 
 def run_api(
@@ -98,13 +97,16 @@ def run_api(
         fail(f"unreadable reply from the requester: {exc.reason}")
     except CliError as exc:
         fail(str(exc), exc.code)
+    except HiveError as exc:  # the client's own (a job id it refused, a paging loop)
+        fail(str(exc))
 
 
 async def _connected(
     ctx: typer.Context, cfg: ClientConfig, work: Callable[[Api], Awaitable[T]]
 ) -> T:
     debug(ctx, f"connecting to {cfg.nats.url}")
-    api = Api(ctx, await connect_cli(cfg.nats), cfg)
+    client = AsyncClient(config=cfg, trace=lambda text: debug(ctx, text))
+    api = Api(ctx, await client.connect())
     try:
         return await work(api)
     except (NatsError, NoAnswer) as exc:
@@ -112,10 +114,11 @@ async def _connected(
         # that broke under it is one line, the same for every command.
         if isinstance(exc, NoAnswer) and not api.nc.is_closed:
             raise
-        raise BusError(connection_failure(cfg.nats.url, exc, closed=api.nc.is_closed)) from None
+        closed = client.nc.is_closed
+        raise BusError(connection_failure(cfg.nats.url, exc, closed=closed)) from None
     finally:
-        with suppress(NatsError, OSError):  # closing a broken connection is no news
-            await api.nc.close()  # the work may have connected again (a retried submit)
+        with suppress(NatsError, OSError, HiveError):  # closing a broken connection is no news
+            await client.nc.close()  # the work may have connected again (a retried submit)
 
 
 def call(ctx: typer.Context, noun: str, verb: str, message: Message, expect: type[M]) -> M:

@@ -13,9 +13,9 @@ from typing import Annotated
 
 import typer
 
-from hivectl.cli import paging
-from hivectl.cli.api import Api, CliError, call, run_api
+from hivectl.cli.api import Api, CliError, run_api
 from hivectl.cli.common import (
+    EXIT_USAGE,
     Listing,
     NoHeadersOption,
     OutputOption,
@@ -48,7 +48,7 @@ from hivectl.cli.jobspec import (
     SpecFlags,
     TargetOption,
     TimeoutOption,
-    build_spec,
+    build_specs,
 )
 from hivectl.cli.jobview import (
     COLUMNS,
@@ -60,22 +60,15 @@ from hivectl.cli.jobview import (
     job_row,
     shown_executions,
 )
-from hivectl.cli.output import counted, print_data, write_lines
+from hivectl.cli.output import OutputFormat, counted, print_data, write_lines
 from hivectl.core.jobs import (
     JOB_TERMINAL,
     ExecState,
     Execution,
     Job,
-    JobExecutionsReply,
-    JobExecutionsRequest,
-    JobGetReply,
-    JobGetRequest,
-    JobListReply,
-    JobListRequest,
     JobState,
     JobStopRequest,
 )
-from hivectl.core.models import OkReply
 
 app = noun_app(
     "Run jobs on the cluster's compute nodes and follow them: submit, list, describe, "
@@ -134,20 +127,40 @@ def submit(
     retries: RetriesOption = None,
     network: NetworkOption = None,
     outputs: OutputsOption = None,
-    no_wait: Annotated[
-        bool, typer.Option("--no-wait", help="Print the job id and return.")
-    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Wait for the job (all the jobs of a file of several), or print the id and "
+            "return.",
+        ),
+    ] = True,
     id_only: Annotated[
         bool, typer.Option("--id-only", help="Print only the id (no wait).")
     ] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Stream the logs as it runs.")] = False,
     job_id: JobIdOption = None,
+    ids_format: Annotated[
+        OutputFormat | None,
+        typer.Option(
+            "-o",
+            "--ids-format",
+            case_sensitive=False,
+            help="How to print the job ids: one a line (default), or json or yaml (a list).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Submit a job. By default wait for it, print its output, then its result line;
     exit 0 if it COMPLETED, 1 otherwise.
 
     Flags override the fields of a `-f` spec file (`env` and resources merge key by
     key). The spec is checked before anything is sent.
+
+    A file may hold many jobs: a YAML stream (documents separated by `---`) or a list
+    (JSON or YAML). All are checked, then submitted over one connection; their ids are
+    printed one a line (`-o json`: a list), then hivectl waits for them all (not with
+    `--no-wait`) and exits 1 unless every one COMPLETED, naming those that did not.
 
     Submitting is safe to retry: the job's id is chosen before it is sent, and a submit
     that gets no reply is sent again with the same id, which the requester answers with
@@ -162,15 +175,31 @@ def submit(
     hivectl job submit --cpu 500m --memory 512MiB -e MODE=fast -l zone=eu-1 python:3 -- python -V
     hivectl job submit --target all --engine process -- df -h
     hivectl job submit -f job.yaml --count 3 --id-only
+    hivectl job submit -f jobs.yaml --no-wait -o json
     ```
     """
     flags = SpecFlags(**{k: v for k, v in locals().items() if k in SPEC_FLAG_NAMES})
     flags.command, flags.env = command or [], env or []
     flags.constraints, flags.outputs = constraint or [], outputs or []
-    spec = build_spec(flags, file)
+    specs, many = build_specs(flags, file)
+    if many:
+        _check_many(len(specs), job_id, follow)
+        from hivectl.cli.jobmany import submit_jobs  # the path of a file of many jobs
+
+        submit_jobs(ctx, specs, wait=wait and not id_only, fmt=ids_format)
+        return
     from hivectl.cli.jobsubmit import submit_job  # the submit path: for this verb alone
 
-    submit_job(ctx, spec, job_id, id_only=id_only, no_wait=no_wait, follow=follow)
+    submit_job(
+        ctx, specs[0], job_id, id_only=id_only, no_wait=not wait, follow=follow, fmt=ids_format
+    )
+
+
+def _check_many(count: int, job_id: str | None, follow: bool) -> None:
+    if job_id is not None:
+        fail(f"--id names one job; the file holds {count}", EXIT_USAGE)
+    if follow:
+        fail(f"--follow streams one job's output; the file holds {count} jobs", EXIT_USAGE)
 
 
 # -- list ----------------------------------------------------------------------------
@@ -206,16 +235,9 @@ def list_jobs(
     ```
     """
     fmt = output_format(ctx, output)
-    query = make(JobListRequest, state=filter_state)
-    jobs = run_api(ctx, lambda api: fetch_all(api, query), status="Listing jobs")
+    jobs = run_api(ctx, lambda api: api.client.list(filter_state), status="Listing jobs")
     jobs.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
     Listing("jobs", COLUMNS, WIDE_COLUMNS, job_row).show(jobs, fmt, no_headers=no_headers)
-
-
-async def fetch_all(api: Api, query: JobListRequest) -> list[Job]:
-    """Every job the query matches, from every page."""
-    pages = await paging.follow(api, "job", query, JobListReply)
-    return [job for page in pages for job in page.jobs]
 
 
 # -- describe, stop ------------------------------------------------------------------
@@ -224,18 +246,16 @@ async def fetch_all(api: Api, query: JobListRequest) -> list[Job]:
 def get_job(ctx: typer.Context, job_id: str, *, whole: bool = False) -> Job:
     """The job; with `whole`, with every execution, paged in when the reply left some
     out (a big job's `get` carries only the first few)."""
-    query = make(JobGetRequest, id=check_id(job_id, "job"))
-    job = call(ctx, "job", "get", query, JobGetReply).job
-    if not whole or not cut_short(job):
-        return job
-    listing = make(JobExecutionsRequest, id=job.job_id)
+    checked = check_id(job_id, "job")
 
-    async def work(api: Api) -> list[Execution]:
-        pages = await paging.follow(api, "job", listing, JobExecutionsReply, verb="executions")
-        return [e for page in pages for e in page.executions]
+    async def work(api: Api) -> Job:
+        job = await api.client.get(checked)
+        if not whole or not cut_short(job):
+            return job
+        executions = [e async for e in api.client.executions(job.job_id)]
+        return job.model_copy(update={"executions": executions})
 
-    executions = run_api(ctx, work, status="Reading executions")
-    return job.model_copy(update={"executions": executions})
+    return run_api(ctx, work)
 
 
 @app.command("describe")
@@ -290,11 +310,10 @@ def executions(
     ```
     """
     fmt = output_format(ctx, output)
-    query = make(JobExecutionsRequest, id=check_id(job_id, "job"), state=state, node=node)
+    checked = check_id(job_id, "job")
 
     async def work(api: Api) -> list[Execution]:
-        pages = await paging.follow(api, "job", query, JobExecutionsReply, verb="executions")
-        return [e for page in pages for e in page.executions]
+        return [e async for e in api.client.executions(checked, state, node or None)]
 
     found = run_api(ctx, work, status="Listing executions")
     Listing("executions", EXEC_COLUMNS, EXEC_COLUMNS, exec_row).show(
@@ -316,8 +335,9 @@ def stop(
     hivectl job stop j-3f2a -m "wrong input"
     ```
     """
-    query = make(JobStopRequest, id=check_id(job_id, "job"), reason=message)
-    call(ctx, "job", "stop", query, OkReply)
+    checked = check_id(job_id, "job")
+    make(JobStopRequest, id=checked, reason=message)  # a reason it refuses: exit 2
+    run_api(ctx, lambda api: api.client.stop(checked, message))
     print_ok()
 
 

@@ -17,7 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from hivectl.cli.common import EXIT_USAGE, describe_problem, fail
-from hivectl.cli.specfile import load_spec_file
+from hivectl.cli.specfile import SpecFile, load_spec_files
 from hivectl.core.jobs import Engine, JobSpec, JobType
 
 WHAT = "job spec"
@@ -106,9 +106,17 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def build_spec(flags: SpecFlags, file: Path | None) -> JobSpec:
+def build_specs(flags: SpecFlags, file: Path | None) -> tuple[list[JobSpec], bool]:
+    """The validated JobSpecs of the file (one without a file), each with the flags
+    over it; and whether the file holds several jobs (a YAML stream, a list)."""
+    if file is None:
+        return [build_spec(flags, None)], False
+    files = load_spec_files(file)
+    return [build_spec(flags, spec_file) for spec_file in files], files[0].index is not None
+
+
+def build_spec(flags: SpecFlags, spec_file: SpecFile | None) -> JobSpec:
     """The validated JobSpec from the file (if any) with the flags over it."""
-    spec_file = load_spec_file(file) if file is not None else None
     base = spec_file.data if spec_file is not None else {}
     engine = flags.engine or _engine_of(base)
     overrides = flag_fields(flags, engine)

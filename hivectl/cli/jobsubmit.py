@@ -17,14 +17,14 @@ from hivectl.cli.api import Api, CliError, run_api
 from hivectl.cli.common import EXIT_ERROR, fail, info, make, status_line
 from hivectl.cli.jobdata import JobWatch, check_log_stream
 from hivectl.cli.jobview import cut_short, exec_counts, result_line, shown_executions, status_text
-from hivectl.cli.output import write_out
-from hivectl.core.bus import BusError, NoAnswer, RemoteError, connect_cli, connection_failure
+from hivectl.cli.output import OutputFormat, print_data, write_out
+from hivectl.core.bus import BusError, RemoteError, connection_failure
+from hivectl.core.errors import SubmitUncertain
 from hivectl.core.jobs import (
     JOB_ID_PATTERN,
     Job,
     JobSpec,
     JobState,
-    JobSubmitReply,
     JobSubmitRequest,
     new_job_id,
 )
@@ -33,14 +33,7 @@ if TYPE_CHECKING:
     from stamina.instrumentation import RetryDetails, RetryHook
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
-# A submit with no reply is sent again (the same job id: it never runs twice) up to this
-# many times in all, each waiting the client's timeout, with 0.2s, 0.4s, 0.8s between
-# them: under half a minute with the default timeout. So is one the requester could not
-# store yet ("store unavailable": on a NATS cluster, a server down while another takes
-# over its streams, which takes seconds). Refusals are not retried.
-SUBMIT_ATTEMPTS = 4
 RETRIED = (BusError, NatsError)
-STORE_UNAVAILABLE = "store_unavailable"
 # A waiting submit prints the output of this many executions at most; a bigger batch
 # gets its counts and the command that prints them all.
 REPLAY_MAX = 10
@@ -54,13 +47,18 @@ def submit_job(
     id_only: bool,
     no_wait: bool,
     follow: bool,
+    fmt: OutputFormat | None = None,
 ) -> None:
     """What `job submit` does with a checked spec: send it as `job_id` (a new id when
-    None), then wait for the job unless `id_only` or `no_wait`."""
+    None), then wait for the job unless `id_only` or `no_wait`. `fmt` json or yaml
+    prints the id as a list of one, as for a file of many jobs."""
     request = make(JobSubmitRequest, spec=spec, job_id=_chosen_id(job_id))
     if id_only or no_wait:
         submitted = run_api(ctx, lambda api: send_submit(api, request))
-        write_out(submitted)
+        if fmt is not None and fmt.is_data:
+            print_data([submitted], fmt)
+        else:
+            write_out(submitted)
         if not id_only:
             info(f"Follow it with: hivectl job logs --follow {submitted}")
         return
@@ -76,57 +74,32 @@ def _chosen_id(given: str | None) -> str:
 
 
 async def send_submit(api: Api, request: JobSubmitRequest) -> str:
-    """Submit, sending the same request again (same job id) while no reply comes or the
-    requester could not store it yet: the requester creates a job id once, so a lost
-    reply never makes a second job. The id is the requester's answer (an older one
-    picks its own)."""
+    """Submit through the client, which sends the same request again (same job id)
+    while no reply comes or the requester could not store it yet: the requester creates
+    a job id once, so a lost reply never makes a second job."""
     import stamina  # only a submit needs it
 
-    unanswered: list[BaseException] = []  # tries that may have reached the store
-    stamina.instrumentation.set_on_retry_hooks([_retrying(request.job_id, unanswered)])
+    stamina.instrumentation.set_on_retry_hooks([_retrying(request.job_id)])
     try:
-        async for attempt in stamina.retry_context(
-            on=_again, attempts=SUBMIT_ATTEMPTS, timeout=SUBMIT_ATTEMPTS * api.cfg.timeout + 5,
-            wait_initial=0.2, wait_max=2.0, wait_jitter=0.2,
-        ):  # fmt: skip
-            with attempt:
-                if api.nc.is_closed:  # the connection broke under the last try
-                    api.nc = await connect_cli(api.cfg.nats)
-                return (await api.call("job", "submit", request, JobSubmitReply)).job_id
-    except (*RETRIED, RemoteError) as exc:
-        if not _again(exc):
-            raise
-        text, job_id = str(exc) or type(exc).__name__, request.job_id
-        if not _maybe_stored(exc) and not unanswered:
-            raise CliError(text) from None  # it never reached a requester
+        return await api.client.send_submit(request)
+    except SubmitUncertain as exc:
+        text, job_id = str(exc.cause) or type(exc.cause).__name__, exc.job_id
         raise CliError(
             f"{text}. Job {job_id} may have been submitted: see `hivectl job describe {job_id}`; "
             f"submitting again with `--id {job_id}` never makes a second job"
         ) from None
-    raise AssertionError("retry_context ended without a result")
+    except BusError as exc:  # tried again, and it never reached a requester
+        raise CliError(str(exc) or type(exc).__name__) from None
 
 
-def _again(exc: Exception) -> bool:
-    """Worth sending the same submit again: no reply, or a store that could not answer."""
-    return isinstance(exc, RETRIED) or (
-        isinstance(exc, RemoteError) and exc.code == STORE_UNAVAILABLE
-    )
-
-
-def _maybe_stored(exc: BaseException) -> bool:
-    """The requester may have stored the job before this went wrong."""
-    return isinstance(exc, NoAnswer | RemoteError)
-
-
-def _retrying(job_id: str | None, unanswered: list[BaseException]) -> RetryHook:
+def _retrying(job_id: str | None) -> RetryHook:
     def note(details: RetryDetails) -> None:
         cause = details.caused_by
-        if _maybe_stored(cause):
-            unanswered.append(cause)
+        again = f"sending it again as {job_id}" if job_id else "sending it again"
         if isinstance(cause, RemoteError):
-            info(f"The submit was not stored yet ({cause}); sending it again as {job_id}")
+            info(f"The submit was not stored yet ({cause}); {again}")
         else:
-            info(f"No reply to the submit ({cause}); sending it again as {job_id}")
+            info(f"No reply to the submit ({cause}); {again}")
 
     return note
 

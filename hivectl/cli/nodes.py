@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from hivectl.cli import paging
 from hivectl.cli.api import Api, call, run_api
 from hivectl.cli.common import (
     Listing,
@@ -139,7 +138,7 @@ def list_nodes(
 
 async def fetch_all(api: Api, query: NodeListRequest) -> list[NodeView]:
     """Every node the query matches, from every page."""
-    pages = await paging.follow(api, "node", query, NodeListReply)
+    pages = await api.pages("node", query, NodeListReply)
     return [node for page in pages for node in page.nodes]
 
 

@@ -63,31 +63,58 @@ class SpecFile:
     kind: str  # "yaml" | "json" | "toml"
     text: str
     data: dict[str, Any]
-    prefix: Loc = ()  # ("spec",) when the file holds a whole job record
+    prefix: Loc = ()  # ("spec",) when the file holds a whole job record; (3, ...) in a list
+    document: int = 0  # which document of a YAML stream
+    index: int | None = None  # which job of a file that holds several
 
     def where(self, loc: Loc) -> str:
-        """`job.yaml:7` for the field at `loc` (its nearest enclosing line), else the path."""
-        line = yaml_line(self.text, (*self.prefix, *loc)) if self.kind == "yaml" else None
-        return f"{self.path}:{line}" if line else str(self.path)
+        """`job.yaml:7` for the field at `loc` (its nearest enclosing line), else the
+        path (and which job, in a file of several)."""
+        full = (*self.prefix, *loc)
+        line = yaml_line(self.text, full, self.document) if self.kind == "yaml" else None
+        if line:
+            return f"{self.path}:{line}"
+        return str(self.path) if self.index is None else f"{self.path} (job {self.index + 1})"
 
 
-def load_spec_file(path: Path) -> SpecFile:
-    """The spec document in `path`; also accepts a whole job record (`spec:` inside)."""
+def load_spec_files(path: Path) -> list[SpecFile]:
+    """The job specs in `path`: one document, a YAML stream of several (`---`
+    between them) or a list; each may be a whole job record (`spec:` inside). The
+    limits apply to the whole file."""
     kind = SPEC_FORMATS.get(path.suffix.lower())
     if kind is None:
         _refuse(f"cannot read job spec {path}: use a .yaml, .yml, .json or .toml file")
     text = _read(path)
     data = _parse(path, text, kind)
     _check_size(path, data, kind)
-    prefix: Loc = ()
+    if isinstance(data, _Stream):
+        files = [_spec_file(path, kind, text, doc, (), doc_index, doc_index)
+                 for doc_index, doc in enumerate(data) if doc is not None]  # fmt: skip
+    elif isinstance(data, list):
+        files = [_spec_file(path, kind, text, item, (i,), 0, i) for i, item in enumerate(data)]
+    else:
+        files = [_spec_file(path, kind, text, data, (), 0, None)]
+    if not files:
+        _refuse(f"{path}: holds no job spec")
+    return files
+
+
+def _spec_file(
+    path: Path, kind: str, text: str, data: Any, prefix: Loc, document: int, index: int | None
+) -> SpecFile:
     if isinstance(data, dict) and isinstance(data.get("spec"), dict) and "job_id" in data:
-        data, prefix = data["spec"], ("spec",)  # `hivectl job describe -o yaml`, again
+        data, prefix = data["spec"], (*prefix, "spec")  # `hivectl job describe -o yaml`, again
     if not isinstance(data, dict):
-        _refuse(f"{path}: a job spec file must hold a mapping of JobSpec fields")
-    spec_file = SpecFile(path, kind, text, data, prefix)
+        which = "" if index is None else f" (job {index + 1})"
+        _refuse(f"{path}{which}: a job spec file must hold a mapping of JobSpec fields")
+    spec_file = SpecFile(path, kind, text, data, prefix, document, index)
     for loc in _unknown(data):
         _refuse(f"{spec_file.where(loc)}: {_unknown_text(loc)}")
     return spec_file
+
+
+class _Stream(list[Any]):
+    """The documents of a YAML stream that holds more than one."""
 
 
 def _read(path: Path) -> str:
@@ -116,7 +143,10 @@ def _parse(path: Path, text: str, kind: str) -> Any:
         if kind == "toml":
             return tomllib.loads(text)
         _check_yaml_events(path, text)
-        return yaml.load(text, Loader=YamlLoader)  # a safe loader, C or Python
+        documents = list(yaml.load_all(text, Loader=YamlLoader))  # a safe loader, C or Python
+        if len(documents) == 1:
+            return documents[0]
+        return _Stream(documents) if documents else None
     except RecursionError:  # the pure-Python parsers recurse once per level
         _too_deep(path)
     except json.JSONDecodeError as exc:
@@ -229,12 +259,14 @@ def _unknown_text(loc: Loc) -> str:
     return f"unknown field {dotted!r} (known fields: {', '.join(known)})"
 
 
-def yaml_line(text: str, loc: Loc) -> int | None:
-    """The 1-based line of the YAML node at `loc`, or of the closest node above it."""
+def yaml_line(text: str, loc: Loc, document: int = 0) -> int | None:
+    """The 1-based line of the YAML node at `loc` in the `document`-th document, or of
+    the closest node above it."""
     try:
-        node = yaml.compose(text, Loader=YamlLoader)
+        documents = list(yaml.compose_all(text, Loader=YamlLoader))
     except yaml.YAMLError:
         return None
+    node = documents[document] if document < len(documents) else None
     line = None
     for part in loc:
         child: yaml.Node | None = None

@@ -29,6 +29,8 @@ from nats.js.errors import APIError
 from hivectl.core import codec
 from hivectl.core.config import NatsSettings
 from hivectl.core.credentials import read_credentials_file
+from hivectl.core.errors import HiveError, remote_error
+from hivectl.core.errors import RemoteError as RemoteError  # callers import it from here too
 from hivectl.core.models import ErrorReply, Message
 
 log = logging.getLogger("hive.bus")
@@ -36,7 +38,7 @@ ERROR_LOG_EVERY = 60.0
 M = TypeVar("M", bound=Message)
 
 
-class BusError(RuntimeError):
+class BusError(HiveError, RuntimeError):
     """NATS could not be reached, or nobody answered: the message is one line for a person."""
 
 
@@ -80,15 +82,6 @@ class NoAnswer(BusError):
         super().__init__(f"no answer on {subject} within {timeout:g}s")
         self.subject = subject
         self.timeout = timeout
-
-
-class RemoteError(RuntimeError):
-    """The other side answered with an error reply."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 def _credentials(settings: NatsSettings) -> dict[str, Any]:
@@ -288,7 +281,7 @@ def read_reply(subject: str, data: bytes, expect: type[M]) -> M:
     except codec.CodecError as exc:
         raise BusError(f"unreadable reply on {subject}: {exc.reason}") from None
     if isinstance(answer, ErrorReply):
-        raise RemoteError(answer.code, answer.reason)
+        raise remote_error(answer.code, answer.reason)
     assert isinstance(answer, expect)
     return answer
 

@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from hivectl.core.errors import HiveError
 from hivectl.core.models import ID_PATTERN, Labels
 from hivectl.core.subjects import DEFAULT_PREFIX
 
@@ -249,7 +250,7 @@ _toml_file: ContextVar[Path | None] = ContextVar("hive_toml_file", default=None)
 S = TypeVar("S", bound=HiveSettings)
 
 
-class ConfigError(ValueError):
+class ConfigError(HiveError, ValueError):
     """A config file that is missing, unreadable or invalid; the message says which key."""
 
 

@@ -65,3 +65,8 @@ def checkout(dest: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     return dest
+
+
+def code(title: str, lang: str) -> list[str]:
+    """The `lang` blocks (```python, say) of a section, as written."""
+    return [body for found, body in _FENCE.findall(section(title)) if found == lang]
