@@ -11,12 +11,14 @@ intervals (`hivectl devstack`: the issue's set-up). Every job runs `true`.
     count    one job of `--count N` through `hive.api.job.submit`; executions/s from the
              submit until the job's COMPLETED event (target >= 400/s), and where each
              execution's time went (its record's timestamps: created -> started -> ended)
-             and how many were in flight at most. Then `hivectl job
-             describe ID` and `hivectl job executions ID --state COMPLETED -o json`, median
-             of 3 each (target < 1 s; floor `hivectl --version`, same runs).
+             and how many were in flight at most. Then `hivectl job describe ID` and
+             `hivectl job executions ID --state COMPLETED -o json`, median of 3 each
+             (target < 1 s; floor `hivectl --version`, same runs).
     client   `--jobs N` jobs through hive.AsyncClient on one connection (submit_many, then
              wait); jobs/s from the first submit until wait returns (target >= 200/s).
              Reported as skipped, and failed, where `import hive` fails.
+    file     the same N jobs in one spec file (a list), `hivectl job submit -f FILE` as a
+             user runs it, waiting; jobs/s until it exits with every job ended. No target.
     shell    the same N jobs from 8 parallel shell loops of `hivectl job submit --no-wait`
              (ids chosen up front), for comparison; jobs/s until every job's COMPLETED
              event. No target: it shows what a script pays per job without the client.
@@ -36,8 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -51,11 +51,10 @@ import _batchrun
 import _jobsim
 import _sim
 from _batchrun import connect_watching, wait_done
-from _sim import BIN, PREFIX, CpuMeter, log
+from _sim import PREFIX, CpuMeter, log
 
 EXECS_TARGET = 400.0  # executions/s of one big job
 JOBS_TARGET = 200.0  # jobs/s through the client
-ANSWER_TARGET_S = 1.0  # describe / executions of the big job
 AGENTS = ("node-1", "node-2")
 SHELL_LOOPS = 8
 FORK_IN_FLIGHT = 16
@@ -188,53 +187,13 @@ async def run_count(url: str, count: int, limit: float) -> dict[str, Any]:
     }
 
 
-def hivectl_times(url: str, argv: list[str], runs: int = 3) -> dict[str, Any]:
-    """Wall time of `hivectl --nats-url URL *argv` as a process: median and all, in s."""
-    env = _sim.clean_env(HIVE_CONFIG=str(_batchrun.empty_config()))
-    times, codes = [], []
-    for _ in range(runs):
-        t = time.perf_counter()
-        done = subprocess.run(
-            [str(BIN / "hivectl"), "--nats-url", url, *argv],
-            env=env,
-            capture_output=True,
-            timeout=60,
-        )
-        times.append(time.perf_counter() - t)
-        codes.append(done.returncode)
-    return {
-        "median_s": round(statistics.median(times), 3),
-        "all_s": [round(t, 3) for t in times],
-        "exit_codes": codes,
-    }
-
-
-def inspect_times(url: str, job_id: str) -> dict[str, Any]:
-    floor = hivectl_times(url, ["--version"])
-    describe = hivectl_times(url, ["job", "describe", job_id])
-    listing = hivectl_times(
-        url, ["job", "executions", job_id, "--state", "COMPLETED", "-o", "json"]
-    )
-    ok = all(
-        t["median_s"] < ANSWER_TARGET_S and set(t["exit_codes"]) == {0} for t in (describe, listing)
-    )
-    return {
-        "figure": "hivectl as a process against the big job, median of 3 (s)",
-        "job_describe": describe,
-        "job_executions_completed_json": listing,
-        "target": f"< {ANSWER_TARGET_S:g} s each, exit 0",
-        "baseline_hivectl_version": floor,
-        "pass": ok,
-    }
-
-
 def part_count(args: argparse.Namespace) -> dict[str, Any]:
     with batch_stack("batch-count", args.agent_env) as stack:
         meter = meters(stack)
         log(f"count: one job of --count {args.count} running `true`")
         run = asyncio.run(run_count(stack.url, args.count, args.limit))
         usage = {name: m.read() for name, m in meter.items()}
-        inspect = inspect_times(stack.url, run["job_id"])
+        inspect = _batchrun.inspect_times(stack.url, run["job_id"])
         health = alive(stack)
     span = run.pop("span_s")
     done = run["state"] == "COMPLETED" and run["executions"] == {"COMPLETED": args.count}
@@ -356,9 +315,20 @@ def part_shell(args: argparse.Namespace) -> dict[str, Any]:
     return many_result(args, how, run, usage, health, target=None)
 
 
+def part_file(args: argparse.Namespace) -> dict[str, Any]:
+    with batch_stack("batch-file", args.agent_env) as stack:
+        meter = meters(stack)
+        log(f"file: {args.jobs} jobs in one file, `hivectl job submit -f FILE` (waiting)")
+        run = asyncio.run(_batchrun.run_file(stack.url, args.jobs, args.limit))
+        usage = {name: m.read() for name, m in meter.items()}
+        health = alive(stack)
+    how = "one `hivectl job submit -f FILE` of a list of them, waiting until all end"
+    return many_result(args, how, run, usage, health, target=None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parts = ["floors", "count", "client", "shell"]
+    parts = ["floors", "count", "client", "file", "shell"]
     parser.add_argument(
         "--part",
         choices=["all", *parts[1:]],
@@ -380,7 +350,13 @@ def main() -> int:
     if not 1 <= args.count <= 10_000 or args.jobs < 1 or args.limit <= 0:
         parser.error("need 1 <= count <= 10000, jobs >= 1, limit > 0")
     args.floors = {}
-    every = {"floors": part_floors, "count": part_count, "client": part_client, "shell": part_shell}
+    every = {
+        "floors": part_floors,
+        "count": part_count,
+        "client": part_client,
+        "file": part_file,
+        "shell": part_shell,
+    }
     wanted = parts if args.part == "all" else ["floors", args.part]
     return _sim.run_parts("batch", {p: (lambda p=p: every[p](args)) for p in wanted})
 
