@@ -86,20 +86,24 @@ def waiting_for_room(stack: Cluster, job_id: str, count: int) -> dict[str, int] 
 
 
 def test_a_batch_waiting_for_room_costs_the_requester_next_to_nothing(stack: Cluster) -> None:
-    # Each node has 2 CPUs: 4 of these run at once, the other 196 wait for room.
+    # Each execution asks for a whole node's CPUs: one runs on each, the other 198 wait.
     count = 200
-    job_id = stack.submit("--engine", "process", "--count", str(count), "--cpu", "1",
+    nodes = stack.nodes()
+    cpus = min(nodes[name]["resources"]["allocatable"]["cpu"] for name in NODES)
+    job_id = stack.submit("--engine", "process", "--count", str(count), "--cpu", f"{cpus:g}",
                           "--queue-timeout", "5m", "--", "sleep", "120")  # fmt: skip
-    before = poll(lambda: waiting_for_room(stack, job_id, count), timeout=30,
-                  what="some executions running, the rest waiting")  # fmt: skip
-    requester = psutil.Process(stack.procs["requester"].pid)
-    requester.cpu_percent()
-    # A measurement window, not a wait for anything: the CPU the requester used over it.
-    used = requester.cpu_percent(interval=4.0)
-    after = waiting_for_room(stack, job_id, count)
+    try:
+        before = poll(lambda: waiting_for_room(stack, job_id, count), timeout=30,
+                      what="some executions running, the rest waiting")  # fmt: skip
+        requester = psutil.Process(stack.procs["requester"].pid)
+        requester.cpu_percent()
+        # A measurement window, not a wait for anything: the CPU the requester used over it.
+        used = requester.cpu_percent(interval=4.0)
+        after = waiting_for_room(stack, job_id, count)
+    finally:  # the next test has the agents to itself
+        stack.hivectl("job", "stop", job_id)
     assert after is not None, f"the job stopped waiting during the measurement: {before}"
     assert used < 20.0, f"the requester used {used:.0f}% of a core while {after} waited"
-    stack.hivectl("job", "stop", job_id)
     stopped = stack.wait_job(job_id, "STOPPED", timeout=30)
     assert ExecState.RUNNING.value not in tally(stopped), tally(stopped)
 
