@@ -1,28 +1,35 @@
 """The node's capacity ledger: what Hive may use here, and what running executions hold.
 
 The node is the truth for its own capacity (the requester only estimates): an offer is
-admitted when its resources fit in what is left, and they stay locked until the
-execution ends (`lockCapability`). The ledger is persisted with the executions that hold
-the locks (`executions.json`, written atomically), so a restarted agent knows what it
-had running, re-attaches to its containers and reports the ones that ended meanwhile.
+admitted when its resources fit in what is left and the node runs fewer executions than
+its `max_executions`, and they stay locked until the execution ends (`lockCapability`).
+The ledger is persisted with the executions that hold the locks (`nodeagent.journal`: a
+snapshot and an append-only journal, one line per change), so a restarted agent knows
+what it had running, re-attaches to its containers and reports the ones that ended
+meanwhile. Every change costs O(1), whatever the ledger holds: offers come in bursts.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hivectl.core.models import Resources, utcnow
+from nodeagent import journal
+from nodeagent.journal import Journal, Record
 
 log = logging.getLogger("hive.nodeagent")
 
-LEDGER_FILE = "executions.json"
+LEDGER_FILE = journal.SNAPSHOT
+# The journal is compacted once it has more changes than this, and more than
+# COMPACT_FACTOR times the live entries: each compaction's O(n) then follows O(n)
+# appends, and a handful of executions does not rewrite the snapshot every few changes.
+COMPACT_AFTER = 1000
+COMPACT_FACTOR = 4
 _GIB = 1024**3
+_MICRO = 1_000_000  # CPU is summed in micro-cores: integers add up exactly
 
 
 @dataclass
@@ -41,9 +48,18 @@ class Held:
     final: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["resources"] = self.resources.model_dump(mode="json")
-        return data
+        # By hand, not `asdict`: that deep-copies the spec and the pydantic model, the
+        # larger part of an admit's cost, for a dict that is serialised at once.
+        return {
+            "exec_id": self.exec_id,
+            "job_id": self.job_id,
+            "engine": self.engine,
+            "resources": self.resources.model_dump(mode="json"),
+            "handle": self.handle,
+            "started": self.started,
+            "spec": self.spec,
+            "final": self.final,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Held:
@@ -59,41 +75,66 @@ class Held:
         )
 
 
-class Ledger:
-    """Allocatable resources minus the locks of the executions running here."""
+class _Totals(NamedTuple):
+    """What the running executions lock, kept as they come and go (CPU in micro-cores)."""
 
-    def __init__(self, path: Path, allocatable: Resources) -> None:
-        self.path = path
+    cpu: int = 0
+    memory: int = 0
+    disk: int = 0
+    gpu: int = 0
+
+    def plus(self, r: Resources, sign: int = 1) -> _Totals:
+        return _Totals(
+            self.cpu + sign * round(r.cpu * _MICRO),
+            self.memory + sign * r.memory,
+            self.disk + sign * r.disk,
+            self.gpu + sign * r.gpu,
+        )
+
+
+class Ledger:
+    """Allocatable resources minus the locks of the executions running here.
+
+    `held` is read by others, never changed: every change goes through the methods
+    below, which write it to the journal and keep `running` and `locked` current.
+    """
+
+    def __init__(self, state_dir: Path, allocatable: Resources, max_executions: int = 0) -> None:
+        self.journal = Journal(state_dir)
         self.allocatable = allocatable
+        self.max_executions = max_executions  # 0: only resources limit admission
         self.held: dict[str, Held] = {}
+        self.running = 0  # held and not ended: what max_executions counts
+        # One tuple, replaced whole: the metrics thread reads a consistent one.
+        self._locked = _Totals()
+        self._behind = False  # a change failed to reach the journal
 
     @classmethod
-    def load(cls, state_dir: Path, allocatable: Resources) -> Ledger:
-        """The ledger stored in `state_dir` (empty when there is none or it is unreadable)."""
-        ledger = cls(state_dir / LEDGER_FILE, allocatable)
+    def load(cls, state_dir: Path, allocatable: Resources, max_executions: int = 0) -> Ledger:
+        """The ledger stored in `state_dir` (empty when there is none or it is unreadable),
+        written back as a fresh snapshot with an empty journal."""
+        ledger = cls(state_dir, allocatable, max_executions)
         try:
-            records = json.loads(ledger.path.read_text())["executions"]
-            ledger.held = {r["exec_id"]: Held.from_json(r) for r in records}
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable %s: %s", ledger.path, exc)
+            entries, changes = journal.read(state_dir)
+        except journal.Unreadable as exc:
+            log.warning("ignoring %s; starting with an empty ledger", exc)
+            entries, changes = [], []
+        for entry in entries:
+            ledger._apply({"op": "admit", "entry": entry})
+        for change in changes:
+            ledger._apply(change)
+        ledger.journal.start(h.to_json() for h in ledger.held.values())
         return ledger
+
+    async def close(self) -> None:
+        """Let a compaction in flight land; close the journal."""
+        await self.journal.settle()
+        self.journal.close()
 
     @property
     def locked(self) -> Resources:
-        total = Resources()
-        for held in self.held.values():
-            if held.final is not None:  # ended: only its report is pending
-                continue
-            r = held.resources
-            total = Resources(
-                cpu=round(total.cpu + r.cpu, 6),
-                memory=total.memory + r.memory,
-                disk=total.disk + r.disk,
-                gpu=total.gpu + r.gpu,
-            )
-        return total
+        t = self._locked
+        return Resources(cpu=t.cpu / _MICRO, memory=t.memory, disk=t.disk, gpu=t.gpu)
 
     @property
     def available(self) -> Resources:
@@ -101,6 +142,13 @@ class Ledger:
 
     def __contains__(self, exec_id: object) -> bool:
         return exec_id in self.held
+
+    def full(self) -> str | None:
+        """Why this node takes no more executions now, or None."""
+        limit = self.max_executions
+        if limit and self.running >= limit:
+            return f"node full: {self.running} of {limit} executions running (max_executions)"
+        return None
 
     def admit(
         self,
@@ -117,45 +165,100 @@ class Ledger:
         """
         if exec_id in self.held:
             return None
-        reason = shortfall(resources, self.available)
+        reason = self.full() or shortfall(resources, self.available)
         if reason is not None:
             return reason
-        self.held[exec_id] = Held(exec_id, job_id, engine, resources, spec=spec or {})
-        self.save()
+        held = Held(exec_id, job_id, engine, resources, spec=spec or {})
+        try:  # written first: an execution the disk does not know must not run
+            self.journal.append({"op": "admit", "entry": held.to_json()})
+        except OSError as exc:
+            log.warning("cannot write the ledger journal: %s", exc)
+            return f"cannot record the execution in the node's state dir: {exc}"
+        self._put(held)
+        self._maybe_compact()
         return None
 
     def set_handle(self, exec_id: str, handle: str) -> None:
         held = self.held.get(exec_id)
         if held is not None and held.handle != handle:
             held.handle = handle
-            self.save()
+            self._write({"op": "handle", "exec_id": exec_id, "handle": handle})
 
     def finish(self, exec_id: str, state: str, exit_code: int | None, error: str) -> None:
         """The execution ended: its lock is free; its outcome stays until `release`,
         once reported, so an agent that dies before reporting it reports it on restart."""
-        held = self.held.get(exec_id)
-        if held is not None:
-            held.final = {"state": state, "exit_code": exit_code, "error": error}
-            self.save()
+        final = {"state": state, "exit_code": exit_code, "error": error}
+        if exec_id in self.held:
+            self._final(exec_id, final)
+            self._write({"op": "finish", "exec_id": exec_id, "final": final})
 
     def release(self, exec_id: str) -> None:
-        if self.held.pop(exec_id, None) is not None:
-            self.save()
+        if exec_id in self.held:
+            self._drop(exec_id)
+            self._write({"op": "release", "exec_id": exec_id})
 
-    def save(self) -> None:
-        """Write the ledger atomically: a crash leaves the old file or the new one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"executions": [h.to_json() for h in self.held.values()]}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{LEDGER_FILE}.", suffix=".tmp")
+    # -- in memory ---------------------------------------------------------------------
+    def _put(self, held: Held) -> None:
+        self._drop(held.exec_id)
+        self.held[held.exec_id] = held
+        if held.final is None:
+            self.running += 1
+            self._locked = self._locked.plus(held.resources)
+
+    def _drop(self, exec_id: str) -> None:
+        held = self.held.pop(exec_id, None)
+        if held is not None and held.final is None:
+            self.running -= 1
+            self._locked = self._locked.plus(held.resources, -1)
+
+    def _final(self, exec_id: str, final: dict[str, Any]) -> None:
+        held = self.held[exec_id]
+        if held.final is None:
+            self.running -= 1
+            self._locked = self._locked.plus(held.resources, -1)
+        held.final = final
+
+    def _apply(self, change: Record) -> None:
+        """One change read back from disk; a malformed one is skipped with a warning."""
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            op = change["op"]
+            if op == "admit":
+                self._put(Held.from_json(change["entry"]))
+                return
+            exec_id = str(change["exec_id"])
+            if exec_id not in self.held:
+                return  # released in an earlier change, or lost with its snapshot
+            if op == "handle":
+                self.held[exec_id].handle = str(change["handle"])
+            elif op == "finish":
+                self._final(exec_id, dict(change["final"]))
+            elif op == "release":
+                self._drop(exec_id)
+            else:
+                raise ValueError(f"unknown op {op!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ledger journal: skipping a malformed change (%s)", exc)
+
+    # -- on disk -----------------------------------------------------------------------
+    def _write(self, change: Record) -> None:
+        """Journal a change already made in memory. A failure is logged, and the next
+        compaction, which writes the whole ledger, is due at once."""
+        try:
+            self.journal.append(change)
+        except OSError as exc:
+            log.warning("cannot write the ledger journal: %s", exc)
+            self._behind = True
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        appended = self.journal.appended
+        if self._behind or appended > max(COMPACT_AFTER, COMPACT_FACTOR * len(self.held)):
+            self._behind = False
+            try:
+                self.journal.compact(list(self.held.values()), Held.to_json)
+            except OSError as exc:
+                log.warning("cannot compact the ledger: %s", exc)
+                self._behind = True
 
 
 def shortfall(wanted: Resources, free: Resources) -> str | None:

@@ -16,7 +16,9 @@ followed to their end; process jobs, which do not outlive the agent, are reporte
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
@@ -87,6 +89,7 @@ class Executions:
         self.ended: Counter[str] = Counter()  # finished executions by final state
         self.offers = Offers(self.subjects, node_id, key, ledger, self)
         self._reports: set[asyncio.Task[None]] = set()  # reports left from before a restart
+        self._run_id = secrets.token_hex(4)  # tells this run's log chunk ids from the last's
 
     @property
     def results_dir(self) -> Path:
@@ -133,6 +136,7 @@ class Executions:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await self.ledger.close()
 
     def cancel(self, exec_id: str, reason: str, *, at_once: bool = False) -> bool:
         """Stop one execution; `at_once`: no grace between SIGTERM and SIGKILL."""
@@ -201,8 +205,13 @@ class Executions:
         async def state(value: ExecState) -> None:
             await self.publisher.update(exec_id, job_id, value, None, "")
 
+        chunks = itertools.count()
+
         async def publish_log(stream: str, data: bytes) -> None:
-            await self.publisher.log(job_id, exec_id, stream, data)
+            # This run of the agent in the id: one that re-attaches to a container
+            # numbers its chunks from 0 again, and they are new.
+            chunk_id = f"{exec_id}-{self._run_id}-{next(chunks)}"
+            await self.publisher.log(job_id, exec_id, stream, data, chunk_id)
 
         logs = LogBatcher(publish_log, self.cfg.max_log_bytes)
         job = JobRun(

@@ -43,13 +43,13 @@ class AgentCollector(Collector):
         )
         ledger = self._agent.ledger
         if ledger is not None:
-            allocatable = ledger.allocatable
-            held = [h.resources for h in list(ledger.held.values())]
+            allocatable, locked = ledger.allocatable, ledger.locked
             for name in RESOURCES:
                 total = float(getattr(allocatable, name))
-                locked = sum(float(getattr(r, name)) for r in held)
                 capacity.add_metric([name, "allocatable"], total)
-                capacity.add_metric([name, "available"], max(0.0, total - locked))
+                capacity.add_metric(
+                    [name, "available"], max(0.0, total - float(getattr(locked, name)))
+                )
         yield capacity
 
     def _executions(self) -> Iterator[Metric]:

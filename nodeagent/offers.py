@@ -1,15 +1,17 @@
 """Offers, withdrawals and cancels from the requester: opened, checked, answered.
 
-An offer (sealed with the node's message key) is accepted when its engine is enabled
-here, the executor has nothing against the spec, and the capacity ledger admits its
-resources (locking them). An offer whose spec this node's JobSpec rules refuse is
-refused for good (`OfferReply.permanent`: no node would run it); every other refusal is
-transient. A repeated offer for a known execution is answered "accepted" again and
-starts nothing. A withdrawal (the requester lost an offer's answer) is answered
-"taken" when the node holds the execution (running, ended, or its report pending),
-and otherwise makes the node refuse that offer for good, should it still arrive. A
-request from a leader older than the newest one seen is refused (`stale_epoch`): that
-leader lost the lead and has not noticed.
+An offer (sealed with the node's message key) is accepted when the node runs fewer
+executions than its `max_executions`, its engine is enabled here, the executor has
+nothing against the spec, and the capacity ledger admits its resources (locking them).
+A refusal for want of room says so (`OfferReply.full`); the limit is checked first, so
+a node at its limit answers a burst of offers at almost no cost. An offer whose spec
+this node's JobSpec rules refuse is refused for good (`OfferReply.permanent`: no node
+would run it); every other refusal is transient. A repeated offer for a known execution
+is answered "accepted" again and starts nothing. A withdrawal (the requester lost an
+offer's answer) is answered "taken" when the node holds the execution (running, ended,
+or its report pending), and otherwise makes the node refuse that offer for good, should
+it still arrive. A request from a leader older than the newest one seen is refused
+(`stale_epoch`): that leader lost the lead and has not noticed.
 
 What admission needs of the executions it starts and stops is `Work`, which
 `nodeagent.executions.Executions` provides.
@@ -32,7 +34,7 @@ from hivectl.core import auth, codec
 from hivectl.core.jobs import Cancel, JobSpec, Offer, OfferReply, Withdraw
 from hivectl.core.models import ErrorReply, Message, OkReply
 from hivectl.core.subjects import Subjects
-from nodeagent.capacity import Ledger
+from nodeagent.capacity import Ledger, shortfall
 from nodeagent.executors import Executor
 
 log = logging.getLogger("hive.nodeagent")
@@ -129,34 +131,48 @@ class Offers:
             log.warning("refused an offer (%s): %s", offer.code, offer.reason)
             await _respond(msg, self._unrunnable(msg.data) or offer)
             return
-        reason = self._admit(offer)
-        accepted = reason is None
-        reply = OfferReply(exec_id=offer.exec_id, accepted=accepted, reason=reason or "")
+        reply = self._admit(offer)
         await _respond(msg, reply)
-        if not accepted:
+        if not reply.accepted:
             self.rejected += 1
-            log.info(
+            log.log(
+                logging.DEBUG if reply.full else logging.INFO,  # a full node: routine, many
                 "rejected execution %s: %s",
                 offer.exec_id,
-                reason,
+                reply.reason,
                 extra=exec_fields(self.node_id, offer.job_id, offer.exec_id),
             )
 
-    def _admit(self, offer: Offer) -> str | None:
-        """None when the execution runs (or already did); else why not."""
+    def _admit(self, offer: Offer) -> OfferReply:
+        """Accepted when the execution runs (or already did); else declined, and why."""
         exec_id = offer.exec_id
+
+        def declined(reason: str, *, full: bool = False) -> OfferReply:
+            return OfferReply(exec_id=exec_id, accepted=False, reason=reason, full=full)
+
         if self.work.known(exec_id):
-            return None  # a repeated offer: accepted again, not started twice
+            return OfferReply(exec_id=exec_id, accepted=True)  # a repeat: not started twice
         if exec_id in self.withdrawn:
-            return "the requester withdrew this offer"
+            return declined("the requester withdrew this offer")
         if self._closing:
-            return "agent shutting down"
+            return declined("agent shutting down")
+        # Before anything that costs: at its limit, a node may get many offers at once.
+        full = self.ledger.full()
+        if full is not None:
+            return declined(full, full=True)
         executor = self.work.executor(offer.spec.engine)
         if isinstance(executor, str):
-            return executor
-        reason = executor.refusal(offer.spec) or self.ledger.admit(
+            return declined(executor)
+        refusal = executor.refusal(offer.spec)
+        if refusal is not None:
+            return declined(refusal)
+        wanted = offer.spec.resources.as_resources()
+        short = shortfall(wanted, self.ledger.available)
+        if short is not None:
+            return declined(short, full=True)
+        reason = self.ledger.admit(
             exec_id,
-            offer.spec.resources.as_resources(),
+            wanted,
             job_id=offer.job_id,
             engine=executor.engine,
             spec=offer.spec.model_dump(mode="json"),
@@ -170,7 +186,8 @@ class Offers:
                 extra=exec_fields(self.node_id, offer.job_id, exec_id),
             )
             self.work.launch(executor, exec_id, offer.job_id, offer.spec, handle=None)
-        return reason
+            return OfferReply(exec_id=exec_id, accepted=True)
+        return declined(reason)
 
     async def _on_cancel(self, msg: Msg) -> None:
         cancel = self._open(msg.data, Cancel)

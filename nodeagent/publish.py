@@ -95,13 +95,15 @@ class Publisher:
 
         return await self._retry(f"{state} update of {exec_id}", attempt)
 
-    async def log(self, job_id: str, exec_id: str, stream: str, data: bytes) -> bool:
-        headers = {LOG_STREAM_HEADER: stream}
+    async def log(self, job_id: str, exec_id: str, stream: str, data: bytes, chunk_id: str) -> bool:
+        """One chunk of output. `chunk_id`, unique to the chunk, makes a resend (the
+        server stored it, its ack was lost to a reconnect) stored once."""
+        headers = {LOG_STREAM_HEADER: stream, "Nats-Msg-Id": chunk_id}
         return await self._log(job_id, exec_id, data, headers)
 
     async def eof(self, job_id: str, exec_id: str, exit_code: int, dropped: int = 0) -> bool:
         """The end of an execution's log; `dropped`: bytes the log cap left out."""
-        headers = {LOG_EOF_HEADER: str(exit_code)}
+        headers = {LOG_EOF_HEADER: str(exit_code), "Nats-Msg-Id": f"{exec_id}-eof"}
         if dropped:
             headers[LOG_DROPPED_HEADER] = str(dropped)
         return await self._log(job_id, exec_id, b"", headers)
@@ -163,7 +165,8 @@ class LogBatcher:
         self.dropped = 0
         self._chunks: list[tuple[str, bytearray]] = []
         self._size = 0
-        self._wake = asyncio.Event()
+        self._pending = asyncio.Event()  # something to send (or closing)
+        self._wake = asyncio.Event()  # send now: a full batch (or closing)
         self._room = asyncio.Event()
         self._room.set()
         self._closed = False
@@ -183,6 +186,7 @@ class LogBatcher:
         else:
             self._chunks.append((stream, bytearray(data)))
         self._size += len(data)
+        self._pending.set()
         if self._size >= FLUSH_BYTES:
             self._wake.set()
         while self._size >= MAX_BUFFERED and not self._task.done():
@@ -192,13 +196,18 @@ class LogBatcher:
     async def close(self) -> None:
         """Flush what is left and stop."""
         self._closed = True
+        self._pending.set()
         self._wake.set()
         with contextlib.suppress(Exception):
             await self._task
 
     async def _loop(self) -> None:
         while True:
-            await wait_event(self._wake, FLUSH_INTERVAL)
+            # Idle, no timer: an execution that writes nothing (a sleep, a quiet job)
+            # costs the event loop nothing, however many run at once.
+            await self._pending.wait()
+            await wait_event(self._wake, FLUSH_INTERVAL)  # a batch: the interval or full
+            self._pending.clear()
             self._wake.clear()
             closed = self._closed
             await self._flush()

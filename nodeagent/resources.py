@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import platform
 import socket
 import time
@@ -31,6 +32,7 @@ BENCHMARK_FILE = "benchmark.json"
 BENCHMARK_SECONDS = 0.25
 _BENCHMARK_BLOCK = 64 * 1024
 _TEXT_LIMIT = 256  # ShortText in the wire models
+EXECUTIONS_PER_CORE = 4  # the default max_executions, per CPU core
 
 _gpu_failure_logged = False
 
@@ -165,6 +167,16 @@ def executors(cfg: NodeAgentConfig) -> tuple[list[str], dict[str, str]]:
     return usable, unavailable
 
 
+def execution_limit(cfg: NodeAgentConfig, total: Resources) -> int:
+    """The node's max_executions: as configured, else 4 per CPU core. Enough to keep
+    the cores busy with jobs that wait on I/O or sleep, few enough that a burst of jobs
+    asking for nothing cannot swamp the agent (one process or container, log stream and
+    set of reports each) or the machine."""
+    if cfg.max_executions is not None:
+        return cfg.max_executions
+    return EXECUTIONS_PER_CORE * max(1, math.ceil(total.cpu))
+
+
 def collect_info(cfg: NodeAgentConfig, benchmark_score: float) -> NodeInfo:
     """This node's info as it is sent at registration and on every info update."""
     gpus = discover_gpus()
@@ -182,6 +194,7 @@ def collect_info(cfg: NodeAgentConfig, benchmark_score: float) -> NodeInfo:
         allocatable=total,  # reservations for the OS and the agent come with capacity.py
         gpus=gpus,
         benchmark_score=benchmark_score,
+        max_executions=execution_limit(cfg, total),
     )
 
 

@@ -140,8 +140,9 @@ class NodeAgent:
         self.local = local = await asyncio.to_thread(LocalNode.load, self.cfg)
         self.node_id = local.node_id
         self._info = await self._collect_info()
+        info = self._info
         self.ledger = await asyncio.to_thread(
-            Ledger.load, self.cfg.state_dir, self._info.allocatable
+            Ledger.load, self.cfg.state_dir, info.allocatable, info.max_executions
         )
         self.executions = executions = Executions(
             self.cfg, self.node_id, self.ledger, self._message_key, self._next_seq
@@ -263,6 +264,7 @@ class NodeAgent:
                 self.fence.contact(sent)
             if self.ledger is not None:
                 self.ledger.allocatable = self._info.allocatable
+                self.ledger.max_executions = self._info.max_executions
             await self._sync_executions()
         except Unreachable as exc:
             # Expected while the requester is down or restarting: say so once.

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -79,9 +81,53 @@ def with_exec(job: Job, execution: Execution) -> Job:
     return job.model_copy(update={"executions": executions})
 
 
+@dataclass(slots=True)
+class Tally:
+    """What the rules ask of a job's executions, found in one pass over them."""
+
+    failures: list[Execution] = field(default_factory=list)  # FAILED or LOST
+    live: Counter[str] = field(default_factory=Counter)  # node -> active or COMPLETED there
+    avoid: set[str] = field(default_factory=set)  # nodes where it failed, was lost or refused
+    completed: int = 0
+    active: int = 0
+    running: int = 0
+
+
+_TALLIES: dict[int, tuple[list[Execution], Tally]] = {}
+_TALLIES_KEPT = 64
+
+
+def tally(job: Job) -> Tally:
+    """The job's Tally. A decision asks several rules about the same executions (a batch
+    of thousands): the list is walked once, and the answer kept while the list lives."""
+    executions = job.executions
+    known = _TALLIES.get(id(executions))
+    if known is not None and known[0] is executions:
+        return known[1]
+    counted = Tally()
+    for e in executions:
+        state = e.state
+        if state in ACTIVE:
+            counted.active += 1
+            counted.running += state is ES.RUNNING
+            counted.live[e.node_id] += 1
+        elif state is ES.COMPLETED:
+            counted.completed += 1
+            counted.live[e.node_id] += 1
+        elif state in (ES.FAILED, ES.LOST):
+            counted.failures.append(e)
+            counted.avoid.add(e.node_id)
+        elif state is ES.REJECTED:
+            counted.avoid.add(e.node_id)
+    if len(_TALLIES) >= _TALLIES_KEPT:
+        del _TALLIES[next(iter(_TALLIES))]
+    _TALLIES[id(executions)] = (executions, counted)
+    return counted
+
+
 def failures(job: Job) -> list[Execution]:
     """Executions that count against `retries`: the work failed or its node was lost."""
-    return [e for e in job.executions if e.state in (ES.FAILED, ES.LOST)]
+    return tally(job).failures
 
 
 def stopped_by_node(job: Job) -> list[Execution]:
@@ -102,14 +148,15 @@ def live(job: Job) -> list[Execution]:
 
 def missing(job: Job) -> tuple[int, frozenset[str] | None]:
     """How many executions to place now and, for an ops job, on which nodes."""
-    if job.state in JOB_TERMINAL or len(failures(job)) > job.spec.retries:
+    counted = tally(job)
+    if job.state in JOB_TERMINAL or len(counted.failures) > job.spec.retries:
         return 0, None
     if job.spec.type is JobType.BATCH:
-        return max(0, job.spec.count - len(live(job))), None
+        return max(0, job.spec.count - counted.active - counted.completed), None
     targets = {e.node_id for e in job.executions if e.state is not ES.REJECTED}
     if not targets:
         return EVERY_NODE, None
-    need = frozenset(targets - {e.node_id for e in live(job)})
+    need = frozenset(targets - set(counted.live))
     return len(need), need
 
 
@@ -145,15 +192,16 @@ def settle(job: Job) -> Job:
     """The job's state as its executions now say (QUEUED reasons are the scheduler's)."""
     if job.state in JOB_TERMINAL:
         return job
-    failed = failures(job)
+    counted = tally(job)
+    failed = counted.failures
     if len(failed) > job.spec.retries:
         last = max(failed, key=lambda e: e.ended_at or e.updated_at)
         return finish(job, JobState.FAILED, failure_reason(last))
-    done = [e for e in job.executions if e.state is ES.COMPLETED]
+    done = counted.completed
     need, _ = missing(job)
-    if done and need == 0 and not any(e.state in ACTIVE for e in job.executions):
+    if done and need == 0 and not counted.active:
         return finish(job, JobState.COMPLETED, "")
-    if done or any(e.state is ES.RUNNING for e in job.executions):
+    if done or counted.running:
         reason = "" if need == 0 else job.reason
         return job.model_copy(update={"state": JobState.RUNNING, "reason": reason})
     if job.state is JobState.QUEUED and need == 0:
@@ -214,6 +262,28 @@ def mark_gone(job: Job, exec_ids: frozenset[str], reason: str) -> Job | None:
 
 
 # -- the consumer -----------------------------------------------------------------------
+BATCH = 256  # updates applied together at most (each job's in one write)
+
+
+async def _next_batch(sub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """The next update as soon as it is stored, with those already waiting behind it.
+
+    Not one `fetch(BATCH)`: when nothing waits, nats-py's fetch of a batch lingers until
+    the batch is full or its timeout passes, so an update coming to an idle consumer
+    waited up to the whole timeout (a second) and a batch job's executions trickled
+    through at that pace. A fetch of one returns with the first; what its metadata says
+    waits behind it is there to take at once.
+    """
+    first = await sub.fetch(batch=1, timeout=1.0)
+    waiting = first[-1].metadata.num_pending if first else 0
+    if not waiting:
+        return first
+    try:
+        return first + await sub.fetch(batch=min(waiting, BATCH - 1), timeout=1.0)
+    except (NatsTimeoutError, TimeoutError):  # taken meanwhile (redelivery): next round
+        return first
+
+
 CancelSink = Callable[[list[Execution], str], None]
 
 
@@ -283,7 +353,7 @@ class ExecConsumer:
         while True:
             asked = time.monotonic()
             try:
-                batch = await sub.fetch(batch=256, timeout=1.0)
+                batch = await _next_batch(sub)
             except (NatsTimeoutError, TimeoutError):
                 self.caught_up_at = asked  # nothing was waiting
                 continue

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from nats.aio.client import Client
@@ -94,6 +95,15 @@ class FencedJobs:
         return await self.store.change(job_id, change, epoch=self.epoch)
 
 
+@dataclass(slots=True, eq=False)
+class _Writing:
+    """One change's writes in flight: the records it writes, and whether another of
+    the job's records changed meanwhile."""
+
+    keys: set[str]
+    disturbed: bool = False
+
+
 def exec_key(job_id: str, exec_id: str) -> str:
     return f"{job_id}.{exec_id}"
 
@@ -132,6 +142,7 @@ class JobStore:
         self._unsorted: set[str] = set()
         self._job_of: dict[str, str] = {}  # exec id -> job id, every execution kept
         self._composed: dict[str, Job] = {}  # job id -> the job whole, until a record changes
+        self._writing: dict[str, list[_Writing]] = {}  # job id -> its writes in flight
         # node id -> {exec id: job id} of the executions active there, and exec id -> its
         # node while active, so "what runs on node X" costs no scan of every job.
         self._active: dict[str, dict[str, str]] = {}
@@ -246,11 +257,20 @@ class JobStore:
 
     # -- what memory takes in ----------------------------------------------------------
     def _composed_stale(self, job_id: str) -> None:
+        self._touched(job_id, job_id)
+
+    def _touched(self, job_id: str, key: str) -> None:
+        """A record of the job changed in memory: its composed job is stale, and so is
+        what a write in flight for the job would compose, unless the record is one it
+        writes."""
         self._composed.pop(job_id, None)
+        for writing in self._writing.get(job_id, ()):
+            if key not in writing.keys:
+                writing.disturbed = True
 
     def _exec_key_changed(self, key: str) -> None:
         job_id, _, exec_id = key.partition(".")
-        self._composed.pop(job_id, None)
+        self._touched(job_id, key)
         members = self._members.setdefault(job_id, {})
         if self._execs.revision(key) is not None:
             if exec_id not in members:
@@ -317,45 +337,87 @@ class JobStore:
 
     async def _write(self, before: Job, after: Job, epoch: int | None) -> bool:
         """Write the records `after` changes from `before`; False when a race was lost
-        (memory then holds what won, and the change must be decided again)."""
+        (memory then holds what won, and the change must be decided again).
+
+        What was written becomes the composed job at once, unless another of the job's
+        records changed meanwhile (then the next read composes it from memory): a big
+        job is otherwise composed again after each of its changes.
+        """
         if epoch is not None and before.epoch > epoch:
             raise Deposed(f"{before.job_id} was written by epoch {before.epoch}, we are {epoch}")
         job_id = before.job_id
-        puts, drops = self._exec_writes(before, after, epoch)
+        puts, drops, executions = self._exec_writes(before, after, epoch)
+        record = _bare(after)
+        changed = record != _bare(before)
+        keys = {key for key, _, _ in puts} | set(drops) | ({job_id} if changed else set())
+        writing = _Writing(keys)
+        self._writing.setdefault(job_id, []).append(writing)
+        try:
+            stored = await self._write_records(
+                job_id, puts, drops, record if changed else None, epoch
+            )
+        finally:
+            self._done_writing(job_id, writing)
+        if stored is None:
+            return False
+        if not writing.disturbed:
+            base = stored if changed else after
+            self._composed[job_id] = base.model_copy(update={"executions": executions})
+        return True
+
+    async def _write_records(
+        self,
+        job_id: str,
+        puts: list[tuple[str, Execution, int | None]],
+        drops: list[str],
+        record: Job | None,
+        epoch: int | None,
+    ) -> Job | None:
+        """Executions first, then the job's own record (when given); the record as
+        stored (or as it was), or None when a race was lost."""
         for start in range(0, len(puts), WRITES_AT_ONCE):
             batch = puts[start : start + WRITES_AT_ONCE]
             done = await asyncio.gather(*(self._execs.put(k, e, last) for k, e, last in batch))
             if not all(done):
-                return False
+                return None
         for key in drops:
             await self._execs.purge(key)
-        record = _bare(after)
-        if record != _bare(before):
-            stamp = {"updated_at": utcnow()} | ({} if epoch is None else {"epoch": epoch})
-            revision = self._view.revision(job_id)
-            if revision is None:  # the job was deleted meanwhile
-                return True
-            return await self._view.put(job_id, record.model_copy(update=stamp), revision)
-        return True
+        current = self._view.get(job_id)
+        if record is None or current is None:  # unchanged, or deleted meanwhile
+            return current
+        stamp = {"updated_at": utcnow()} | ({} if epoch is None else {"epoch": epoch})
+        record = record.model_copy(update=stamp)
+        revision = self._view.revision(job_id)
+        if revision is None or not await self._view.put(job_id, record, revision):
+            return None
+        return record
+
+    def _done_writing(self, job_id: str, writing: _Writing) -> None:
+        writers = self._writing[job_id]
+        writers.remove(writing)
+        if not writers:
+            del self._writing[job_id]
 
     def _exec_writes(
         self, before: Job, after: Job, epoch: int | None
-    ) -> tuple[list[tuple[str, Execution, int | None]], list[str]]:
+    ) -> tuple[list[tuple[str, Execution, int | None]], list[str], list[Execution]]:
         """(key, execution, revision to replace or None) of each new or changed
-        execution, and the keys of those `after` dropped."""
+        execution, the keys of those `after` dropped, and `after`'s executions as
+        they are written (with `epoch`)."""
         old = {e.exec_id: e for e in before.executions}
         puts: list[tuple[str, Execution, int | None]] = []
+        executions: list[Execution] = []
         for execution in after.executions:
             prior = old.pop(execution.exec_id, None)
-            if prior is execution or prior == execution:
-                continue
-            if epoch is not None:
-                if prior is not None and prior.epoch > epoch:
-                    raise Deposed(f"{execution.exec_id} was written by epoch {prior.epoch}")
-                execution = execution.model_copy(update={"epoch": epoch})
-            key = exec_key(before.job_id, execution.exec_id)
-            puts.append((key, execution, None if prior is None else self._execs.revision(key)))
-        return puts, [exec_key(before.job_id, exec_id) for exec_id in old]
+            if prior is not execution and prior != execution:
+                if epoch is not None:
+                    if prior is not None and prior.epoch > epoch:
+                        raise Deposed(f"{execution.exec_id} was written by epoch {prior.epoch}")
+                    execution = execution.model_copy(update={"epoch": epoch})
+                key = exec_key(before.job_id, execution.exec_id)
+                puts.append((key, execution, None if prior is None else self._execs.revision(key)))
+            executions.append(execution)
+        return puts, [exec_key(before.job_id, exec_id) for exec_id in old], executions
 
     async def expire(self, retention: float) -> int:
         """Delete the finished jobs that ended over `retention` seconds ago; how many.

@@ -12,10 +12,10 @@ import heapq
 from collections import Counter
 from dataclasses import dataclass
 
-from hivectl.core.jobs import ExecState, Job
+from hivectl.core.jobs import Job
 from hivectl.core.models import Approval, Health, NodeRecord, Resources
 from hivectl.core.selectors import parse_selector
-from requester.executions import EVERY_NODE, live
+from requester.executions import EVERY_NODE, tally
 from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
 
@@ -28,6 +28,11 @@ class Candidate:
     free: Room
     allocatable: Resources
     active: int = 0  # executions this requester has on the node now
+    limit: int = 0  # the node's max_executions (0: none)
+
+    def has_room(self, want: Room) -> bool:
+        """One more execution of `want` fits: resources, and the node's limit."""
+        return self.free.fits(want) and not (self.limit and self.active >= self.limit)
 
     def score(self) -> float:
         """Free CPU and memory, as fractions of what the node offers: emptiest first."""
@@ -46,18 +51,26 @@ def candidates(
     able = [r for r in healthy if spec.engine.value in r.info.executors]
     selector = parse_selector(spec.selector)
     matching = [r for r in able if selector.matches(r.info.labels)]
-    want = Room.of(spec.resources)
     active, report = ledger.active, liveness.resources
-    free = [(r, ledger.free(r.node_id, r.info.allocatable, report(r.node_id))) for r in matching]
+    # A node at its max_executions (as this requester counts what runs there) gets no
+    # offer until one ends: it would only decline it.
+    not_full = [r for r in matching if not _at_limit(r, active[r.node_id])]
+    want = Room.of(spec.resources)
+    free = [(r, ledger.free(r.node_id, r.info.allocatable, report(r.node_id))) for r in not_full]
     fitting = [
-        Candidate(r.node_id, f, r.info.allocatable, active[r.node_id])
+        Candidate(r.node_id, f, r.info.allocatable, active[r.node_id], r.info.max_executions)
         for r, f in free
         if f.fits(want)
     ]
     if fitting:
         return fitting, ""
-    stages = Stages(records, approved, healthy, able, matching)
+    stages = Stages(records, approved, healthy, able, matching, not_full)
     return [], stages.why_none(job, liveness, [f for _, f in free])
+
+
+def _at_limit(record: NodeRecord, active: int) -> bool:
+    limit = record.info.max_executions
+    return bool(limit) and active >= limit
 
 
 @dataclass(slots=True)
@@ -69,6 +82,7 @@ class Stages:
     healthy: list[NodeRecord]
     able: list[NodeRecord]
     matching: list[NodeRecord]
+    not_full: list[NodeRecord]  # not at their max_executions
 
     def why_none(self, job: Job, liveness: Liveness, free: list[Room]) -> str:
         """Why no node fits, from the filter that removed the last nodes, with the
@@ -95,6 +109,13 @@ class Stages:
         if not self.matching:
             return _also(f"no {which}node matches {spec.selector}", earlier)
         earlier[f"not matching {spec.selector}"] = len(self.able) - len(self.matching)
+        which = "eligible " if +earlier else ""
+        if not self.not_full:
+            full = len(self.matching)
+            if full == 1:
+                return _also(f"the only {which}node is at its max_executions", earlier)
+            return _also(f"{full} {which}nodes, all at their max_executions", earlier)
+        earlier["at their max_executions"] = len(self.matching) - len(self.not_full)
         which = "eligible " if +earlier else ""
         return _also(shortfall(Room.of(spec.resources), free, which), earlier)
 
@@ -150,12 +171,8 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
     if nodes is not None:
         return sorted(c.node_id for c in fitting if c.node_id in nodes)
     want = Room.of(job.spec.resources)
-    used = Counter(e.node_id for e in live(job))
-    avoid = {
-        e.node_id
-        for e in job.executions
-        if e.state in (ExecState.FAILED, ExecState.LOST, ExecState.REJECTED)
-    }
+    counted = tally(job)
+    used, avoid = Counter(counted.live), counted.avoid
     # A heap of (executions of this job already there, failed there before, -score,
     # executions there in all, id): each pick pops the best node and pushes it back with
     # its new key while the job still fits, so a pick costs log(n) instead of re-scoring
@@ -171,7 +188,7 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
         used[candidate.node_id] += 1
         candidate.active += 1
         candidate.free = candidate.free.minus(want)
-        if candidate.free.fits(want):
+        if candidate.has_room(want):
             heapq.heappush(heap, _key(candidate, used, avoid))
     return chosen
 

@@ -226,6 +226,7 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ("OS", [node_info.os if node_info else NONE]),
         ("Version", [node_info.version if node_info else NONE]),
         ("Executors", executor_lines(node_info)),
+        ("Max executions", [execution_limit(node)]),
     ]
     lines = _field_lines(fields)
     lines += ["Resources:", *_indent(resource_table(node))]
@@ -249,6 +250,14 @@ def executor_lines(node_info: NodeInfo | None) -> list[str]:
     usable = [", ".join(node_info.executors)] if node_info.executors else []
     missing = [f"{name}: unavailable ({why})" for name, why in node_info.unavailable.items()]
     return usable + missing or [NONE]
+
+
+def execution_limit(node: NodeView) -> str:
+    """How many executions the node runs at once at most (its max_executions)."""
+    if node.type is NodeType.REQUESTER or node.info is None:
+        return NONE
+    limit = node.info.max_executions
+    return str(limit) if limit else "no limit (resources only)"
 
 
 def resource_table(node: NodeView) -> list[str]:

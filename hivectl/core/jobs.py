@@ -162,13 +162,16 @@ class OfferReply(Message):
     then tries other nodes and, later, this one again. `permanent` says that no node
     will ever run the spec (it breaks a rule every node applies): the requester fails
     the job with the node's reason instead of offering it on. Agents from before the
-    field answer without it, and their refusals count as transient."""
+    field answer without it, and their refusals count as transient. `full` says the
+    refusal was for want of room (its `max_executions`, or resources): the node takes
+    work again once an execution there ends."""
 
     kind: ClassVar[str] = "offer_reply"
     exec_id: ExecId
     accepted: Annotated[bool, Strict()]
     reason: Reason = ""
     permanent: Annotated[bool, Strict()] = False
+    full: Annotated[bool, Strict()] = False
 
 
 class Cancel(Message):

@@ -120,6 +120,9 @@ class NodeInfo(Model):
     allocatable: Resources = Field(default_factory=Resources)
     gpus: Annotated[list[GpuInfo], Field(max_length=64)] = Field(default_factory=list)
     benchmark_score: NonNegFloat = 0.0
+    # Executions the node runs at once at most (its config's max_executions); 0: no
+    # limit but resources. The requester offers a node at its limit nothing.
+    max_executions: NonNegInt = 0
 
 
 class NodeResources(Model):

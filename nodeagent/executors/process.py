@@ -95,16 +95,20 @@ class ProcessExecutor:
         # agent that lost its ledger find the job's processes (see kill_orphans).
         env |= {"HIVE_NODE_ID": self.node_id, "HIVE_JOB_ID": job.job_id}
         env["HIVE_EXEC_ID"] = job.exec_id
+        argv, preexec = _argv(job.spec.command, job.spec.resources.memory)
+        why = _unrunnable(job.spec.command[0], cwd, env["PATH"]) if preexec is None else None
+        if why is not None:
+            raise ExecutorError(f"cannot start {job.spec.command[0]!r}: {why}")
         try:
             return await asyncio.create_subprocess_exec(
-                *job.spec.command,
+                *argv,
                 cwd=cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_limits(job.spec.resources.memory),
+                preexec_fn=preexec,
             )
         except OSError as exc:  # not found, not executable, rlimit refused
             raise ExecutorError(f"cannot start {job.spec.command[0]!r}: {exc.strerror}") from None
@@ -133,6 +137,38 @@ def _make_dirs(root: Path, workdir: str) -> Path:
     cwd = root / workdir if workdir else root
     cwd.mkdir(parents=True, exist_ok=True)
     return cwd
+
+
+_PRLIMIT = shutil.which("prlimit", path=PATH)
+
+
+def _argv(command: list[str], memory: int) -> tuple[list[str], Callable[[], None] | None]:
+    """The command line to spawn, and what to run between fork and exec (if anything).
+
+    Through prlimit(1) (util-linux, on every Debian), which sets the limits and execs
+    the job: with no Python to run in the child, CPython spawns it by vfork, 0.3 ms of
+    the agent's event loop against 3.5 ms for a fork that must run `_limits` (measured
+    on this 2-core machine), which capped an agent at under 300 executions a second.
+    """
+    if _PRLIMIT is None:
+        return list(command), _limits(memory)
+    limits = [f"--nofile={NOFILE}:{NOFILE}", "--core=0:0"]
+    if memory > 0:
+        limits.append(f"--as={memory}:{memory}")
+    return [_PRLIMIT, *limits, "--", *command], None
+
+
+def _unrunnable(program: str, cwd: Path, path: str) -> str | None:
+    """Why exec would refuse `program` (as its error says), or None: prlimit execs the
+    job itself, so what it cannot start must be found out before."""
+    if "/" not in program:
+        return None if shutil.which(program, path=path) else "No such file or directory"
+    target = cwd / program
+    if not target.exists():
+        return "No such file or directory"
+    if target.is_dir() or not os.access(target, os.X_OK):
+        return "Permission denied"
+    return None
 
 
 def _limits(memory: int) -> Callable[[], None]:

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
+from hivectl.core.config import NatsSettings
 from hivectl.core.daemon import Status
-from hivectl.core.jobs import ExecState, JobSpec, OfferReply, new_exec_id
+from hivectl.core.embedded import EmbeddedNats
+from hivectl.core.jobs import ExecState, JobSpec, Offer, OfferReply, new_exec_id, new_job_id
 from hivectl.core.models import ErrorReply
 from tests.integration.test_agent_membership import (
     NODE,
     FakeRequester,
     Running,
+    make_config,
     requester,
     spawn,
     state_dir,
@@ -29,6 +33,7 @@ from tests.integration.test_agent_membership import (
 )
 from tests.integration.test_executors import Jobs, create_streams, states
 from tests.integration.test_executors import until as until_async
+from tests.support.replycut import ReplyCut
 
 __all__ = ["requester", "spawn", "state_dir"]  # fixtures, re-used from the membership tests
 
@@ -159,3 +164,32 @@ async def test_removed_node_takes_no_offers(
     await until(lambda: run.agent.executions is not None and not run.agent.executions.taking_offers)
     with pytest.raises(NoRespondersError):
         await jobs.offer(process("true"), exec_id=new_exec_id())
+
+
+async def test_a_log_chunk_sent_again_after_a_lost_ack_is_stored_once(
+    nc: Client, nats_server: EmbeddedNats, requester: FakeRequester, state_dir: Path
+) -> None:
+    """The server stored the chunk, the connection broke before its ack came back: the
+    agent sends it again once reconnected, and `job logs` must not show it twice."""
+    await create_streams(nc)
+    job_id, exec_id = new_job_id(), new_exec_id()
+    with ReplyCut(nats_server.url.removeprefix("nats://"), f"hive.logs.{job_id}.{exec_id}") as cut:
+        executors = {"docker": {"enabled": False}, "process": {"enabled": True}}
+        cfg = make_config(state_dir, NatsSettings(url=cut.url), executors=executors)
+        run = Running(cfg)
+        try:
+            await until(
+                lambda: run.agent.executions is not None and run.agent.executions.taking_offers
+            )
+            assert run.agent.local is not None
+            jobs = Jobs(nc, key=requester.identity.message_key(run.agent.local.identity.public_key))
+            offer = Offer(
+                node_id=NODE, exec_id=exec_id, job_id=job_id, spec=process("echo", "once")
+            )
+            reply = await jobs.request("offer", offer)
+            assert isinstance(reply, OfferReply) and reply.accepted
+            await jobs.final(exec_id)
+        finally:
+            await run.stop()
+        assert cut.cut.is_set() and len(cut.requests) >= 2  # sent again
+    assert await jobs.logs(offer) == [("stdout", b"once\n"), ("eof:0", b"")]

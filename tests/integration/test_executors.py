@@ -41,6 +41,7 @@ from hivectl.core.models import ErrorReply, Message, OkReply, Resources
 from hivectl.core.subjects import Subjects
 from nodeagent.capacity import Ledger
 from nodeagent.executions import Executions
+from nodeagent.journal import write_snapshot
 
 if TYPE_CHECKING:
     from tests.support.dockerd import PrivateDockerd
@@ -210,11 +211,13 @@ def _orphan(tmp_path: Path, admitted: str | None = None) -> tuple[subprocess.Pop
     spec = process("sleep", "60")
     ledger.admit(exec_id, Resources(cpu=1.0), job_id=new_job_id(), engine="process",
                  spec=spec.model_dump())  # fmt: skip
-    if admitted is not None:
-        ledger.held[exec_id].started = admitted
     (tmp_path / "work" / exec_id).mkdir(parents=True)
     job = subprocess.Popen(["sleep", "60"], start_new_session=True)
     ledger.set_handle(exec_id, str(job.pid))
+    if admitted is not None:  # an entry of long ago: as a compaction would have written it
+        ledger.journal.close()
+        entry = ledger.held[exec_id].to_json() | {"started": admitted}
+        write_snapshot(tmp_path / "state", ledger.journal.generation + 1, [entry])
     return job, exec_id
 
 
@@ -335,6 +338,32 @@ async def test_process_env_is_cleaned(
     assert "SECRET_TOKEN" not in env
     assert env["GREETING"] == "hi" and env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
     assert env["LANG"] == "C.UTF-8" and env["HOME"].endswith(offer.exec_id)
+
+
+async def test_process_limits_are_set_before_the_job_starts(
+    manager_factory: Any, jobs: Jobs
+) -> None:
+    await manager_factory()
+    spec = process("sh", "-c", "ulimit -n; ulimit -c; ulimit -v", resources={"memory": "64MiB"})
+    offer, _ = await jobs.offer(spec)
+    await jobs.final(offer.exec_id)
+    assert joined(await jobs.logs(offer), "stdout") == b"1024\n0\n65536\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [("no-such-program", "No such file or directory"),
+     ("./missing.sh", "No such file or directory"),
+     ("/etc/passwd", "Permission denied")],
+)  # fmt: skip
+async def test_a_process_that_cannot_start_fails_saying_why(
+    manager_factory: Any, jobs: Jobs, command: str, why: str
+) -> None:
+    await manager_factory()
+    offer, _ = await jobs.offer(process(command))
+    updates = await jobs.final(offer.exec_id)
+    assert updates[-1].state is ExecState.FAILED
+    assert updates[-1].error == f"cannot start {command!r}: {why}"
 
 
 async def test_process_timeout_kills_the_process_group(manager_factory: Any, jobs: Jobs) -> None:

@@ -4,6 +4,8 @@ before executions had keys of their own are moved out when a requester starts.""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -126,3 +128,25 @@ async def test_a_record_holding_its_executions_is_moved_out_at_start(nc: Client)
         assert set(await _revisions(nc, job_id, ids)) == set(ids)
     finally:
         await store.close()
+
+
+async def test_concurrent_changes_of_one_job_are_all_seen(nc: Client, store: JobStore) -> None:
+    """The scheduler and the update consumer change the same job at once: what each
+    wrote must be in the job as read after, not just the last writer's picture."""
+    job_id = new_job_id()
+    await store.create(Job(job_id=job_id, spec=_spec(40)))
+    job = await store.change(job_id, lambda j: _offered(j, 40))
+    assert job is not None
+    ids = [e.exec_id for e in job.executions]
+    await asyncio.gather(
+        *(store.change(job_id, functools.partial(_moved, exec_id=x, state=ExecState.RUNNING))
+          for x in ids)
+    )  # fmt: skip
+    seen = store.get(job_id)
+    assert seen is not None and {e.state for e in seen.executions} == {ExecState.RUNNING}
+    other = JobStore(store._nc, S, on_cancel=lambda executions, reason: None)
+    await other.start(Store(store._nc, timeout=5.0, deadline=10.0))
+    try:
+        assert other.get(job_id) == seen
+    finally:
+        await other.close()

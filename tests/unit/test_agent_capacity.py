@@ -1,9 +1,15 @@
-"""The capacity ledger: admit and lock, refuse with a reason, release, persist."""
+"""The capacity ledger: admit and lock, refuse with a reason, release, persist.
+
+How it is stored (snapshot and journal) is tested in test_agent_journal.py.
+"""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
+
+import pytest
 
 from hivectl.core.models import Resources
 from nodeagent.capacity import LEDGER_FILE, Ledger, shortfall
@@ -43,12 +49,13 @@ def test_persisted_with_the_executions(tmp_path: Path) -> None:
     spec = {"engine": "docker", "image": "busybox", "outputs": ["/out"]}
     ledger.admit("e-1", Resources(cpu=1.0, gpu=1), job_id="j-1", engine="docker", spec=spec)
     ledger.set_handle("e-1", "c0ffee")
-    data = json.loads((tmp_path / LEDGER_FILE).read_text())
-    assert [e["exec_id"] for e in data["executions"]] == ["e-1"]
     again = Ledger.load(tmp_path, FULL)
     held = again.held["e-1"]
     assert (held.job_id, held.engine, held.handle, held.spec) == ("j-1", "docker", "c0ffee", spec)
     assert again.available == Resources(cpu=3.0, memory=8 * GIB, disk=100 * GIB, gpu=0)
+    # Loading starts afresh: everything in the snapshot, which an operator can read.
+    data = json.loads((tmp_path / LEDGER_FILE).read_text())
+    assert [e["exec_id"] for e in data["executions"]] == ["e-1"]
     again.release("e-1")
     assert Ledger.load(tmp_path, FULL).held == {}
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
@@ -69,6 +76,42 @@ def test_a_finished_execution_frees_its_lock_but_keeps_its_outcome_until_release
     assert Ledger.load(tmp_path, FULL).held == {}
 
 
-def test_unreadable_file_is_ignored(tmp_path: Path) -> None:
+def test_unreadable_file_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / LEDGER_FILE).write_text("{not json")
     assert Ledger.load(tmp_path, FULL).held == {}
+    assert f"ignoring unreadable {tmp_path / LEDGER_FILE}" in caplog.text
+
+
+def test_at_max_executions_the_node_is_full_until_one_ends(tmp_path: Path) -> None:
+    ledger = Ledger.load(tmp_path, FULL, max_executions=2)
+    assert ledger.admit("e-1", Resources()) is None
+    assert ledger.admit("e-2", Resources()) is None
+    full = "node full: 2 of 2 executions running (max_executions)"
+    assert ledger.full() == full
+    assert ledger.admit("e-3", Resources()) == full
+    assert ledger.admit("e-1", Resources()) is None  # a repeat is no new execution
+    ledger.finish("e-1", "COMPLETED", 0, "")  # ended, its report still to go: not running
+    assert ledger.full() is None
+    assert ledger.admit("e-3", Resources()) is None
+    assert Ledger.load(tmp_path, FULL, max_executions=2).running == 2
+
+
+def test_running_and_locked_follow_every_change(tmp_path: Path) -> None:
+    """Kept as totals (read on every offer), they match a sum over the entries."""
+    ledger = Ledger.load(tmp_path, FULL)
+    rng = random.Random(15)
+    for n in range(500):
+        exec_id = f"e-{rng.randrange(40)}"
+        action = rng.choice(["admit", "admit", "finish", "release"])
+        if action == "admit":
+            ledger.admit(exec_id, Resources(cpu=rng.choice([0.1, 0.25, 0.3]), memory=n))
+        elif action == "finish":
+            ledger.finish(exec_id, "COMPLETED", 0, "")
+        else:
+            ledger.release(exec_id)
+        running = [h for h in ledger.held.values() if h.final is None]
+        assert ledger.running == len(running)
+        assert ledger.locked.cpu == pytest.approx(sum(h.resources.cpu for h in running))
+        assert ledger.locked.memory == sum(h.resources.memory for h in running)
+    again = Ledger.load(tmp_path, FULL)
+    assert (again.running, again.locked) == (ledger.running, ledger.locked)

@@ -169,6 +169,7 @@ def compute_node(node_id: str, **changes: object) -> NodeView:
             allocatable=Resources(cpu=7, memory=14 * GiB, disk=90 * GiB, gpu=1),
             gpus=[GpuInfo(index=0, model="NVIDIA A100", memory=80 * GiB)],
             benchmark_score=1234.5,
+            max_executions=32,
         ),
         resources=NodeResources(
             total=total,
@@ -429,6 +430,7 @@ def test_describe_shows_every_section(requester: CannedRequester) -> None:
         "                 zone=eu-1",
         "Hostname:        node-a.example",
         "Executors:       docker, process",
+        "Max executions:  32",
         "Benchmark score: 1234.5",
         "Last heartbeat:  ",
     ):
@@ -440,6 +442,15 @@ def test_describe_shows_every_section(requester: CannedRequester) -> None:
     assert table(out.split("GPUs:")[1])[1] == ["0", "NVIDIA A100", "80.0GiB"]
     (sent,) = requester.sent(NodeGetRequest)
     assert sent == NodeGetRequest(id="node-a")
+
+
+def test_describe_says_when_only_resources_limit_a_node(nats_server: EmbeddedNats) -> None:
+    node = compute_node("node-u")
+    assert node.info is not None
+    unlimited = node.model_copy(update={"info": node.info.model_copy(update={"max_executions": 0})})
+    with CannedRequester(nats_server.url, pages=[[unlimited]]) as canned:
+        result = hivectl(canned.url, "node", "describe", "node-u")
+    assert "Max executions:  no limit (resources only)" in result.stdout
 
 
 def test_describe_shows_the_reject_reason(nats_server: EmbeddedNats) -> None:

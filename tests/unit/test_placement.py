@@ -206,3 +206,41 @@ def test_not_enough_resources_names_the_first_one_short_and_the_most_free() -> N
         "2 eligible nodes, none with 16GiB memory free (most free: 8GiB memory); also 1 PENDING"
     )
     assert why(eight, [node("a", cpu=4)]) == "the only node has 4 CPUs free, not 8 CPUs"
+
+
+# -- a node's max_executions -------------------------------------------------------------
+
+
+def limited(record: NodeRecord, max_executions: int) -> NodeRecord:
+    info = record.info.model_copy(update={"max_executions": max_executions})
+    return record.model_copy(update={"info": info})
+
+
+def test_a_node_at_its_max_executions_is_offered_nothing_until_one_ends() -> None:
+    records, liveness = cluster(1)
+    records = [limited(records[0], 2)]
+    ledger = Ledger()
+    # A job of six on a node that runs two at once: two offers, not six.
+    six = job(count=6)
+    assert place(six, records, liveness, ledger) == ["node-0", "node-0"]
+    fitting, why = placement.candidates(six, records, liveness, ledger)
+    assert (fitting, why) == ([], "the only node is at its max_executions")
+    ledger.release("node-0", Room())  # one ended
+    assert place(six, records, liveness, ledger) == ["node-0"]
+
+
+def test_full_nodes_are_counted_in_why_a_job_waits() -> None:
+    records, liveness = cluster(3)
+    records = [limited(r, 1) for r in records[:2]] + records[2:]
+    ledger = Ledger()
+    ledger.hold("node-0", Room())
+    ledger.hold("node-1", Room())
+    # The one node without a limit gets the work; the full ones are skipped.
+    assert place(job(count=3), records, liveness, ledger) == ["node-2"] * 3
+    fitting, why = placement.candidates(job(), records[:2], liveness, ledger)
+    assert (fitting, why) == ([], "2 nodes, all at their max_executions")
+    big = job(cpu=8.0)
+    fitting, why = placement.candidates(big, records, liveness, ledger)
+    assert (
+        why == "the only eligible node has 4 CPUs free, not 8 CPUs; also 2 at their max_executions"
+    )
