@@ -7,10 +7,12 @@ Not a benchmark itself (the leading `_`).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -38,10 +40,24 @@ done < "$IDS"
 
 
 @functools.cache
+def scratch() -> Path:
+    """This run's temp dir (spec files, id lists), removed when the benchmark exits."""
+    path = Path(tempfile.mkdtemp(prefix="hive-bench-batch-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def workdir(name: str) -> Path:
+    path = scratch() / name
+    path.mkdir()
+    return path
+
+
+@functools.cache
 def empty_config() -> Path:
     """An empty config file for every hivectl and client here: nothing of this machine's
     ~/.config leaks in."""
-    path = Path(tempfile.mkdtemp(prefix="hive-bench-batch-cfg-")) / "empty.toml"
+    path = scratch() / "empty.toml"
     path.write_text("")
     return path
 
@@ -205,7 +221,7 @@ async def run_shell(url: str, jobs: int, loops: int, limit: float) -> dict[str, 
     ids chosen up front; until every submitted job ended, or `limit` seconds."""
     from hivectl.core.jobs import new_job_id
 
-    work = Path(tempfile.mkdtemp(prefix="hive-bench-batch-shell-"))
+    work = workdir("shell")
     ids = [new_job_id() for _ in range(jobs)]
     env = _sim.clean_env(HIVE_CONFIG=str(empty_config()), HIVECTL=str(BIN / "hivectl"), URL=url)
     for i in range(loops):
@@ -244,7 +260,7 @@ async def run_shell(url: str, jobs: int, loops: int, limit: float) -> dict[str, 
 async def run_file(url: str, jobs: int, limit: float) -> dict[str, Any]:
     """`jobs` jobs in one spec file (a list), `hivectl job submit -f FILE`, waiting as a
     user would; until hivectl exits and every job it printed ended, or `limit` s."""
-    work = Path(tempfile.mkdtemp(prefix="hive-bench-batch-file-"))
+    work = workdir("file")
     specs = [{"name": f"bench-{i}", "engine": "process", "command": ["true"]} for i in range(jobs)]
     (work / "jobs.yaml").write_text(json.dumps(specs))  # a JSON list is a YAML list
     argv = [str(BIN / "hivectl"), "--nats-url", url, "job", "submit", "-f", str(work / "jobs.yaml")]
