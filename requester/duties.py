@@ -94,6 +94,7 @@ class LeaderDuties:
             self.registry,
             fenced,
             kick=scheduler.kick,
+            ended=scheduler.ended,
             cancel=self.link.cancel,
             limits=codec.Limits(max_bytes=cfg.max_payload),
         )

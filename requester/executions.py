@@ -305,6 +305,7 @@ class ExecConsumer:
         store: FencedJobs,
         *,
         kick: Callable[[str], None],
+        ended: Callable[[list[str]], None],
         cancel: CancelSink,
         limits: codec.Limits,
     ) -> None:
@@ -312,6 +313,7 @@ class ExecConsumer:
         self._registry = registry
         self._store = store
         self._kick = kick
+        self._ended = ended
         self._cancel = cancel
         self._limits = limits
         self._task: asyncio.Task[None] | None = None
@@ -398,6 +400,9 @@ class ExecConsumer:
         return True
 
     def _follow_up(self, taken: list[Taken], after: Job | None) -> None:
+        ended = [t.update.exec_id for t in taken if t.update.state not in ACTIVE]
+        if ended:
+            self._ended(ended)
         for t in taken:
             if t.before.state not in ACTIVE and t.update.state in (ES.STARTING, ES.RUNNING):
                 # The node runs work this requester wrote off (lost, cancelled): stop it.

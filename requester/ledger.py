@@ -95,6 +95,9 @@ class Ledger:
 
     reserved: dict[str, Room] = field(default_factory=dict)
     active: Counter[str] = field(default_factory=Counter)
+    # exec id -> (node, room) of the executions whose room this ledger holds, so an
+    # execution that ends gives its room back once, and only if it was counted here.
+    holding: dict[str, tuple[str, Room]] = field(default_factory=dict)
     # Per node: the free room last worked out, and the allocatable and report it came
     # from. Records and reports are replaced, never changed in place, so the same two
     # objects and no hold or release since mean the same answer; most nodes are untouched
@@ -118,6 +121,19 @@ class Ledger:
         self.reserved[node_id] = self.reserved.get(node_id, NOTHING).plus(want, count)
         self.active[node_id] += count
         self._free.pop(node_id, None)
+
+    def hold_exec(self, exec_id: str, node_id: str, want: Room) -> None:
+        """Hold `want` on `node_id` for `exec_id` (see `release_exec`)."""
+        self.hold(node_id, want)
+        self.holding[exec_id] = (node_id, want)
+
+    def release_exec(self, exec_id: str) -> bool:
+        """Give back the room `exec_id` held; False when this ledger held none for it."""
+        held = self.holding.pop(exec_id, None)
+        if held is None:
+            return False
+        self.release(*held)
+        return True
 
     def release(self, node_id: str, want: Room) -> None:
         held = self.reserved.get(node_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class Scheduler:
         self._offers = Offers(store, link, offer_timeout)
         self._busy: set[str] = set()  # jobs being placed now
         self._starved: set[str] = set()  # found no node while capacity was held in flight
+        self._waiting: dict[str, None] = {}  # found no room, in the order they first did
+        self._pass_ledger: Ledger | None = None  # the ledger of the pass running now
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()  # a kick, or a placement finished
         self._next_tick = 0.0
@@ -110,6 +113,20 @@ class Scheduler:
 
     def node_back(self, node_id: str) -> None:
         self._node_changes.append((node_id, False))
+        self._wake.set()
+        self._progress.set()
+
+    def ended(self, exec_ids: list[str]) -> None:
+        """These executions ended: their room is free now, for this pass too, and as
+        many jobs that found no room as executions ended look again, first come first
+        (the tick still looks at every one)."""
+        ledger = self._pass_ledger
+        if ledger is not None:
+            for exec_id in exec_ids:
+                ledger.release_exec(exec_id)
+        waiting = (j for j in self._waiting if j not in self._wanted and j not in self._busy)
+        for job_id in list(itertools.islice(waiting, len(exec_ids))):
+            self._wanted[job_id] = None
         self._wake.set()
         self._progress.set()
 
@@ -157,20 +174,23 @@ class Scheduler:
         await self._node_changes_now()
         if not self._wanted:
             return
-        ledger = self._ledger()
-        async with asyncio.TaskGroup() as placing:
-            while (job_id := await self._next_job()) is not None:
-                placing.create_task(self._place(job_id, ledger), name=f"place-{job_id}")
+        self._pass_ledger = ledger = self._ledger()
+        try:
+            async with asyncio.TaskGroup() as placing:
+                while (job_id := await self._next_job()) is not None:
+                    placing.create_task(self._place(job_id, ledger), name=f"place-{job_id}")
+        finally:
+            self._pass_ledger = None
 
     def _ledger(self) -> Ledger:
         """What the active executions of unfinished jobs hold, per node: from the
         store's index of them, so it costs what runs now, not every job ever kept."""
         ledger = Ledger()
         for node_id in self._store.active_nodes():
-            for job_id in self._store.active_on(node_id).values():
+            for exec_id, job_id in self._store.active_on(node_id).items():
                 record = self._store.record(job_id)
                 if record is not None and record.state not in JOB_TERMINAL:
-                    ledger.hold(node_id, Room.of(record.spec.resources))
+                    ledger.hold_exec(exec_id, node_id, Room.of(record.spec.resources))
         return ledger
 
     async def _node_changes_now(self) -> None:
@@ -225,6 +245,7 @@ class Scheduler:
         while (job := self._store.get(job_id)) is not None and job.state not in JOB_TERMINAL:
             need, nodes = missing(job)
             if need == 0:
+                self._waiting.pop(job_id, None)
                 return
             fitting, why = placement.candidates(
                 job, self._registry.snapshot(), self._liveness, ledger
@@ -234,6 +255,7 @@ class Scheduler:
             if not chosen:
                 if len(self._busy) > 1:  # others hold capacity that a decline may free
                     self._starved.add(job_id)
+                self._waiting.setdefault(job_id, None)
                 await self._wait(job_id, why or _declined(attempt))
                 return
             attempt.tried.update(chosen)
@@ -241,6 +263,7 @@ class Scheduler:
             for node_id in chosen:  # held before the first await: no other decision sees it
                 ledger.hold(node_id, want)
             await self._offer(job, chosen, attempt, ledger, want)
+        self._waiting.pop(job_id, None)  # gone, or finished
 
     async def _offer(
         self, job: Job, chosen: list[str], attempt: Pass, ledger: Ledger, want: Room
@@ -256,7 +279,9 @@ class Scheduler:
             Execution(exec_id=new_exec_id(), job_id=job.job_id, node_id=n, attempt=try_no)
             for n in chosen
         ]
-        release = list(chosen)
+        for execution in new:  # held by node in _schedule; now by execution too
+            ledger.holding[execution.exec_id] = (execution.node_id, want)
+        release = [e.exec_id for e in new]
         try:
             if not await self._store_offers(job, new):
                 return
@@ -264,13 +289,13 @@ class Scheduler:
             answers = await self._offers.send(job, new)
             # An offer still unanswered keeps its room: the node may have taken it.
             release = [
-                e.node_id
+                e.exec_id
                 for e, a in zip(new, answers, strict=True)
                 if not a.accepted and not a.unanswered
             ]
         finally:
-            for node_id in release:
-                ledger.release(node_id, want)
+            for exec_id in release:
+                ledger.release_exec(exec_id)
             if release:
                 self._capacity_back()
         for execution, answer in zip(new, answers, strict=True):
