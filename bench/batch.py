@@ -341,7 +341,7 @@ def main() -> int:
     parser.add_argument(
         "--max-executions",
         type=int,
-        help="each agent's max_executions (default: the agent's own, 4 per CPU core)",
+        help="each agent's max_executions (default: the agent's own, 8 per CPU core)",
     )
     args = parser.parse_args()
     args.agent_env = {}

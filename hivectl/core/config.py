@@ -228,7 +228,7 @@ class NodeAgentConfig(HiveSettings):
     # Per execution: output files beyond this total are left out of the results (0: none).
     max_output_bytes: Size = 1024 * 1024 * 1024
     # Executions run at once at most; an offer beyond is declined ("node full"). None:
-    # 4 per CPU core (see nodeagent.resources.execution_limit); 0: resources alone.
+    # 8 per CPU core (see nodeagent.resources.execution_limit); 0: resources alone.
     max_executions: int | None = Field(default=None, ge=0, le=1_000_000)
     executors: ExecutorSettings = Field(default_factory=ExecutorSettings)
     metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings(port=9465))
