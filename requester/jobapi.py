@@ -106,7 +106,9 @@ class JobApi(ApiRouter):
     def _counted(self, record: Job) -> Job:
         """The job as a list shows it: its executions as counts by state."""
         job = self._store.get(record.job_id) or record
-        return record.model_copy(update={"executions": [], "counts": job.tally()})
+        ran = {e.node_id for e in job.executions if e.state is not ExecState.REJECTED}
+        update = {"executions": [], "counts": job.tally(), "nodes": sorted(ran)[:1024]}
+        return record.model_copy(update=update)
 
     def _page(self, jobs: list[Job], limit: int) -> JobListReply:
         """The first `limit` jobs, fewer if they would not fit in one message."""

@@ -57,7 +57,7 @@ def exec_key(job_id: str, exec_id: str) -> str:
 
 def _bare(job: Job) -> Job:
     """The job's own record: what `hive_jobs` stores of it."""
-    return job.model_copy(update={"executions": [], "counts": {}})
+    return job.model_copy(update={"executions": [], "counts": {}, "nodes": []})
 
 
 class JobStore:

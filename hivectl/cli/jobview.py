@@ -59,8 +59,8 @@ def command_text(spec: JobSpec) -> str:
 
 
 def job_nodes(job: Job) -> str:
-    nodes = sorted({e.node_id for e in job.executions if e.state is not ExecState.REJECTED})
-    return ",".join(nodes) or NONE
+    ran = {e.node_id for e in job.executions if e.state is not ExecState.REJECTED}
+    return ",".join(sorted(ran | set(job.nodes))) or NONE
 
 
 def job_row(job: Job, wide: bool, now: datetime) -> list[str]:

@@ -130,6 +130,9 @@ class Job(Model):
     # Executions by state, over all of them: set in replies whose `executions` is cut
     # short (`job list` sends none, a big job's `get` the first few); never stored.
     counts: dict[ExecState, NonNegInt] = Field(default_factory=dict)
+    # The nodes its executions ran on (not refused), in replies that carry no executions
+    # (`job list`); never stored.
+    nodes: Annotated[list[NodeId], Field(max_length=1024)] = Field(default_factory=list)
 
     def tally(self) -> dict[ExecState, int]:
         """Executions by state: `counts` when the reply carried it, else counted here."""

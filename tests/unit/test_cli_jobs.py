@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 from typer.testing import CliRunner, Result
 
-from hivectl.cli.jobview import status_text
+from hivectl.cli.jobview import job_row, status_text
 from hivectl.cli.main import mount
 from hivectl.core import codec
 from hivectl.core.embedded import EmbeddedNats
@@ -896,3 +896,16 @@ def test_results_when_there_are_none(requester: CannedJobRequester, tmp_path: Pa
     assert one_line_error(none_kept) == (
         f"Error: no results for {JOB}: no execution stored an output archive"
     )
+
+
+def test_a_listed_job_shows_its_counts_and_nodes_without_its_executions() -> None:
+    """`job list` replies carry each job's executions as counts and node names only."""
+    listed = job(
+        JobState.RUNNING,
+        [],
+        counts={ExecState.COMPLETED: 1990, ExecState.RUNNING: 10},
+        nodes=["node-1", "node-2"],
+    )
+    row = job_row(listed, True, NOW)
+    assert "10/2000 RUNNING, 1990/2000 COMPLETED" in row  # lifecycle order
+    assert "node-1,node-2" in row
