@@ -157,6 +157,16 @@ class Cluster:
         )
         return dict(found)
 
+    def up(self, *agents: str) -> None:
+        """A requester that approves every node, and `agents` started and HEALTHY."""
+        self.start_requester(auto_approve=True)
+        for name in agents:
+            self.start_agent(name)
+        poll(
+            lambda: all(self.states().get(n) == ("APPROVED", "HEALTHY") for n in agents),
+            what=f"{len(agents)} healthy agents",
+        )
+
     def states(self) -> dict[str, tuple[str, str]]:
         return {i: (n["approval"], n["health"]) for i, n in self.nodes().items()}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import hive
-from tests.e2e.conftest import Cluster, poll
+from tests.e2e.conftest import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TRUE = {"engine": "process", "command": ["true"]}
@@ -24,15 +24,7 @@ def stack(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
     monkeypatch.setenv("HIVE_CONFIG", cluster.env["HIVE_CONFIG"])
     for name in ("HIVE_NATS__URL", "HIVE_NATS__CREDENTIALS_FILE", "HIVE_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
-    cluster.start_requester(auto_approve=True)
-    for name in ("node-1", "node-2"):
-        cluster.start_agent(name)
-    poll(
-        lambda: all(
-            cluster.states().get(n) == ("APPROVED", "HEALTHY") for n in ("node-1", "node-2")
-        ),
-        what="two healthy agents",
-    )
+    cluster.up("node-1", "node-2")
     yield cluster
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, poll
+from tests.e2e.conftest import Cluster
 from tests.support import readme
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
@@ -19,15 +19,7 @@ SECTION = "Scripting with the Python client"
 def test_the_python_client_example_as_written(cluster: Cluster, tmp_path: Path) -> None:
     (example,) = readme.code(SECTION, "python")
     assert "submit_many" in example and "wait" in example
-    cluster.start_requester(auto_approve=True)
-    for name in ("node-1", "node-2"):
-        cluster.start_agent(name)
-    poll(
-        lambda: all(
-            cluster.states().get(n) == ("APPROVED", "HEALTHY") for n in ("node-1", "node-2")
-        ),
-        what="two healthy agents",
-    )
+    cluster.up("node-1", "node-2")
     script = tmp_path / "example.py"
     script.write_text(example)
     env = cluster.env | {

@@ -87,11 +87,11 @@ async def record_where(requester: Requester, check: Any, what: str) -> NodeRecor
     return await wait_for(found, timeout=15, what=what)
 
 
-def describe(nats_server: EmbeddedNats, home: Path) -> list[str]:
+def describe(nats_server: EmbeddedNats, home: Path, node: str = NODE) -> list[str]:
     """`hivectl node describe` as an operator runs it: its lines."""
     done = subprocess.run(
         [sys.executable, "-m", "hivectl.cli.main", "--nats-url", nats_server.url,
-         "node", "describe", NODE],
+         "node", "describe", node],
         capture_output=True, text=True, timeout=30, env={"HOME": str(home)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -11,8 +11,6 @@ then with a real requester placing a batch on one real process agent.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from hivectl.core.jobs import (
 from hivectl.core.subjects import Subjects
 from nodeagent.service import NodeAgent
 from requester.service import Requester
+from tests.integration.test_agent_engines import describe
 from tests.integration.test_agent_jobs import joined_agent, process
 from tests.integration.test_agent_membership import (
     FakeRequester,
@@ -160,16 +159,5 @@ async def test_a_batch_larger_than_the_limit_completes_without_an_offer_storm(
     ).job
     states = [e.state for e in job.executions]
     assert states.count(ExecState.COMPLETED) == 6
-    lines = await asyncio.to_thread(describe, nats_server, agent.cfg.state_dir.parent)
+    lines = await asyncio.to_thread(describe, nats_server, agent.cfg.state_dir.parent, NODE)
     assert "Max executions:  2" in lines
-
-
-def describe(nats_server: EmbeddedNats, home: Path) -> list[str]:
-    """`hivectl node describe` as an operator runs it: its lines."""
-    done = subprocess.run(
-        [sys.executable, "-m", "hivectl.cli.main", "--nats-url", nats_server.url,
-         "node", "describe", NODE],
-        capture_output=True, text=True, timeout=30, env={"HOME": str(home)},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()
