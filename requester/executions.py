@@ -232,9 +232,20 @@ def apply_updates(job: Job, updates: list[tuple[ExecUpdate, datetime]]) -> Job |
         moved = advance(executions[i], state, at, update.exit_code, error, update.notice)
         if moved is not None:
             executions[i], moved_any = moved, True
-    if not moved_any:
-        return None
+    if not moved_any:  # applied before, maybe by a change whose job write failed
+        return resettle(job)
     return settle(job.model_copy(update={"executions": executions}))
+
+
+def resettle(job: Job) -> Job | None:
+    """The job with the state its executions say, or None when it has it already.
+
+    A change writes executions before the job's own record, so one cut short (a stream
+    electing a leader) can leave the record behind them; applying the same update again
+    then moves no execution, and this brings the record level."""
+    settled = settle(job)
+    same = (settled.state, settled.reason) == (job.state, job.reason)
+    return None if same and settled.executions is job.executions else settled
 
 
 def mark_lost(job: Job, node_id: str) -> Job | None:

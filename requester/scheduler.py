@@ -42,9 +42,10 @@ from requester.executions import (
     mark_gone,
     mark_lost,
     missing,
+    resettle,
     waiting_since,
 )
-from requester.fenced import FencedJobs
+from requester.fenced import Deposed, FencedJobs
 from requester.ledger import Ledger, Room
 from requester.liveness import Liveness
 from requester.nodelink import LATENCY_BUCKETS, NodeLink
@@ -166,7 +167,14 @@ class Scheduler:
         """Every unfinished job that lacks executions is looked at again."""
         await self._offers.tick()
         for job in self._store.unfinished():
-            if missing(job)[0]:
+            if resettle(job) is not None:  # a change cut short left the record behind
+                try:
+                    job = await self._store.change(job.job_id, resettle) or job
+                except Deposed:
+                    raise
+                except Exception as exc:  # the store away: the next tick tries again
+                    log.warning("job %s not brought level with its executions: %s", job.job_id, exc)
+            if job.state not in JOB_TERMINAL and missing(job)[0]:
                 self._wanted.setdefault(job.job_id, None)
 
     async def _drain(self) -> None:
