@@ -320,8 +320,17 @@ class JobStore:
         record: Job | None,
         epoch: int | None,
     ) -> Job | None:
-        """Executions first, then the job's own record (when given); the record as
-        stored (or as it was), or None when a race was lost."""
+        """The executions, then the job's own record (when given); the record as stored
+        (or as it was), or None when a race was lost.
+
+        A job that ends is written the other way round: cut short after its record, an
+        ended job's executions run out on their nodes; cut short after its executions
+        (CANCELLED), a job still unfinished would be placed again.
+        """
+        ends = record is not None and record.state in JOB_TERMINAL
+        stored = await self._put_record(job_id, record, epoch) if ends else None
+        if ends and stored is None:
+            return None
         for start in range(0, len(puts), WRITES_AT_ONCE):
             batch = puts[start : start + WRITES_AT_ONCE]
             done = await asyncio.gather(*(self._execs.put(k, e, last) for k, e, last in batch))
@@ -329,6 +338,12 @@ class JobStore:
                 return None
         for key in drops:
             await self._execs.purge(key)
+        if ends:
+            return stored
+        return await self._put_record(job_id, record, epoch)
+
+    async def _put_record(self, job_id: str, record: Job | None, epoch: int | None) -> Job | None:
+        """`record` stamped and written by CAS (None: the stored one, unchanged)."""
         current = self._view.get(job_id)
         if record is None or current is None:  # unchanged, or deleted meanwhile
             return current
