@@ -130,20 +130,9 @@ def failures(job: Job) -> list[Execution]:
     return tally(job).failures
 
 
-def stopped_by_node(job: Job) -> list[Execution]:
-    """Executions their node stopped on its own: it was shutting down (a restart, an
-    upgrade, a drain). Like Nomad's migrations off a draining node, the work is placed
-    again without using one of the job's retries: nothing was wrong with it."""
-    return [e for e in job.executions if node_stopped(e)]
-
-
 def node_stopped(execution: Execution) -> bool:
     """Stopped by its node, unasked (the node needs no cancel for it)."""
     return execution.state is ES.CANCELLED and execution.error.startswith(STOPPED_BY_NODE)
-
-
-def live(job: Job) -> list[Execution]:
-    return [e for e in job.executions if e.state in ACTIVE or e.state is ES.COMPLETED]
 
 
 def missing(job: Job) -> tuple[int, frozenset[str] | None]:
