@@ -25,14 +25,14 @@ from hivectl.core.config import RequesterConfig
 from hivectl.core.jobs import JOB_ID_PATTERN, Job, JobState
 from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
-from requester.executions import ExecConsumer
-from requester.fenced import FencedJobs
-from requester.jobs import JobStore
-from requester.liveness import Liveness
-from requester.nodelink import NodeLink
-from requester.reconcile import Reconciler
-from requester.registry import Registry
-from requester.scheduler import Scheduler, placement_histogram
+from requester.jobs.executions import ExecConsumer
+from requester.jobs.fenced import FencedJobs
+from requester.jobs.reconcile import Reconciler
+from requester.jobs.records import JobStore
+from requester.jobs.scheduler import Scheduler, placement_histogram
+from requester.nodes.link import NodeLink
+from requester.nodes.liveness import Liveness
+from requester.nodes.registry import Registry
 from requester.store import Store
 
 log = logging.getLogger("hive.requester")

@@ -16,6 +16,8 @@ from requester.store import StoreUnavailable
 
 log = logging.getLogger("hive.requester.api")
 
+REPLY_HEADROOM = 4096  # bytes kept free under max_payload for the envelope
+
 # A handler answers with a message, or with one it already encoded (a list page is
 # encoded to check its size; encoding 1,000 nodes a second time would double its cost).
 Handler = Callable[[bytes], Awaitable[Message | bytes]]

@@ -23,23 +23,23 @@ from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import NodeEvent, build_models
 from hivectl.core.subjects import Subjects
-from requester.api import NodeApi
 from requester.duties import LeaderDuties
 from requester.events import Events
-from requester.executions import ExecConsumer
 from requester.identity import cluster_identity
-from requester.jobapi import JobApi
-from requester.jobs import JobStore
+from requester.jobs.api import JobApi
+from requester.jobs.executions import ExecConsumer
+from requester.jobs.records import JobStore
+from requester.jobs.scheduler import Scheduler
+from requester.jobs.streams import ensure_job_streams
 from requester.leadership import Leadership
-from requester.liveness import Liveness
-from requester.membership import Membership
 from requester.metrics import serve_metrics
-from requester.nodelink import NodeLink
+from requester.nodes.api import NodeApi
+from requester.nodes.link import NodeLink
+from requester.nodes.liveness import Liveness
+from requester.nodes.membership import Membership
+from requester.nodes.registry import Registry
 from requester.ownnats import OwnNats
-from requester.registry import Registry
-from requester.scheduler import Scheduler
 from requester.store import Store, open_store
-from requester.streams import ensure_job_streams
 
 log = logging.getLogger("hive.requester")
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.

@@ -14,8 +14,8 @@ from nats.aio.client import Client
 from hivectl.core import codec
 from hivectl.core.jobs import ExecState, Execution, Job, JobSpec, new_exec_id, new_job_id
 from hivectl.core.subjects import Subjects
-from requester.fenced import Deposed, FencedJobs
-from requester.jobs import JobStore, exec_key
+from requester.jobs.fenced import Deposed, FencedJobs
+from requester.jobs.records import JobStore, exec_key
 from requester.store import Store
 
 S = Subjects()

@@ -12,8 +12,8 @@ from nats.aio.client import Client
 
 from hivectl.core.jobs import Job, JobSpec, new_job_id
 from hivectl.core.subjects import Subjects
-from requester.fenced import Deposed, FencedJobs
-from requester.jobs import JobStore
+from requester.jobs.fenced import Deposed, FencedJobs
+from requester.jobs.records import JobStore
 from requester.leadership import Leadership
 from requester.store import Store
 

@@ -24,10 +24,10 @@ from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.jobs import ExecState, JobGetReply, JobGetRequest
 from hivectl.core.subjects import Subjects
 from nodeagent.publish import Publisher
+from requester.jobs.streams import ensure_job_streams
 from requester.provision import StoreSetupError
 from requester.service import Requester
 from requester.store import Store
-from requester.streams import ensure_job_streams
 from tests.support.cluster import RunningRequester, requester_config, wait_for
 from tests.support.natscluster import NatsCluster
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from hivectl.core.jobs import ExecState, ExecUpdate, Execution, Job, JobSpec, JobState
-from requester.executions import apply_update, resettle
+from requester.jobs.executions import apply_update, resettle
 
 JOB = "j-00000000000000aa"
 AT = datetime(2026, 11, 27, tzinfo=UTC)

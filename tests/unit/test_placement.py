@@ -21,9 +21,9 @@ from hivectl.core.jobs import (
     new_job_id,
 )
 from hivectl.core.models import Approval, NodeEvent, NodeRecord, NodeResources, Resources
-from requester import placement
-from requester.ledger import Ledger, Room
-from requester.liveness import Liveness
+from requester.jobs import placement
+from requester.jobs.ledger import Ledger, Room
+from requester.nodes.liveness import Liveness
 from tests.support.simnode import sample_info
 
 KEY = Identity.generate().public_key

@@ -22,9 +22,9 @@ from datetime import timedelta
 
 from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobState
 from hivectl.core.models import utcnow
-from requester.executions import advance, finish, settle
-from requester.fenced import Deposed, FencedJobs
-from requester.nodelink import Answer, NodeLink
+from requester.jobs.executions import advance, finish, settle
+from requester.jobs.fenced import Deposed, FencedJobs
+from requester.nodes.link import Answer, NodeLink
 
 log = logging.getLogger("hive.requester.offers")
 KEEP_REJECTED = 32  # declined offers kept in a job's history; older ones are dropped

@@ -32,8 +32,8 @@ from hivectl.core.models import (
 )
 from hivectl.core.subjects import Subjects
 from requester.drops import Dropped, Drops
-from requester.liveness import Liveness
-from requester.registry import Registry, RegistryError
+from requester.nodes.liveness import Liveness
+from requester.nodes.registry import Registry, RegistryError
 
 log = logging.getLogger("hive.requester.membership")
 M = TypeVar("M", bound=Message)

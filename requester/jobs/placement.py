@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from hivectl.core.jobs import Job
 from hivectl.core.models import Approval, Health, NodeRecord, Resources
 from hivectl.core.selectors import parse_selector
-from requester.executions import EVERY_NODE, tally
-from requester.ledger import Ledger, Room
-from requester.liveness import Liveness
+from requester.jobs.executions import EVERY_NODE, tally
+from requester.jobs.ledger import Ledger, Room
+from requester.nodes.liveness import Liveness
 
 APPROVED, HEALTHY = Approval.APPROVED, Health.HEALTHY
 

@@ -14,7 +14,7 @@ from hivectl.core.jobs import Execution, Job
 from requester.routing import Refusal
 
 if TYPE_CHECKING:
-    from requester.jobs import JobStore
+    from requester.jobs.records import JobStore
 
 Change = Callable[[Job], Job | None]  # None: nothing to change
 

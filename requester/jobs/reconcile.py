@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from hivectl.core.jobs import EXEC_TERMINAL
-from requester.jobs import JobStore
+from requester.jobs.records import JobStore
 
 log = logging.getLogger("hive.requester.reconcile")
 GRACE = 10.0

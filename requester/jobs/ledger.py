@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol
 
 from hivectl.core.jobs import JOB_TERMINAL, Job
 from hivectl.core.models import NodeResources, Resources
-from requester.executions import ACTIVE
+from requester.jobs.executions import ACTIVE
 
 
 class Amounts(Protocol):

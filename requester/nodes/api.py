@@ -36,14 +36,12 @@ from hivectl.core.models import (
     OkReply,
 )
 from hivectl.core.selectors import Selector, SelectorError, parse_selector
-from requester import nodepages
-from requester.liveness import Liveness
-from requester.registry import Registry, RegistryError
-from requester.routing import ApiRouter
+from requester.nodes import pages
+from requester.nodes.liveness import Liveness
+from requester.nodes.registry import Registry, RegistryError
+from requester.routing import REPLY_HEADROOM, ApiRouter
 
 log = logging.getLogger("hive.requester.api")
-
-REPLY_HEADROOM = 4096  # bytes kept free under max_payload for the envelope
 
 
 class NodeApi(ApiRouter):
@@ -66,8 +64,8 @@ class NodeApi(ApiRouter):
         self._on_delete = on_delete
         self._limits = limits
         self._self_view = _requester_view(requester_id, requester_key)
-        self._self_bytes = nodepages.whole_view(self._self_view)
-        self._pages = nodepages.NodePages()
+        self._self_bytes = pages.whole_view(self._self_view)
+        self._pages = pages.NodePages()
         super().__init__()
         self.handlers.update(
             list=self.list_nodes,
@@ -114,15 +112,15 @@ class NodeApi(ApiRouter):
         with many labels and GPUs are big), so every reply can be sent.
         """
         page: list[bytes] = []
-        size = nodepages.PAGE_OVERHEAD
+        size = pages.PAGE_OVERHEAD
         last = ""
         for node_id, view in views:
             if len(page) == limit or (page and size + len(view) > self._max_reply):
-                return nodepages.page(page, last)
+                return pages.page(page, last)
             page.append(view)
             size += len(view)
             last = node_id
-        return nodepages.page(page, "")
+        return pages.page(page, "")
 
     async def get_node(self, data: bytes) -> Message:
         request = codec.decode(data, NodeGetRequest, self._limits)

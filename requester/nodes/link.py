@@ -22,7 +22,7 @@ from hivectl.core import auth, codec
 from hivectl.core.jobs import Cancel, Execution, JobSpec, Offer, OfferReply, Withdraw
 from hivectl.core.models import ErrorReply, Message, OkReply
 from hivectl.core.subjects import Subjects
-from requester.registry import Registry
+from requester.nodes.registry import Registry
 
 log = logging.getLogger("hive.requester.nodelink")
 # Seconds; from a local offer round trip to a queue of nodes declining in turn.

@@ -29,11 +29,10 @@ from hivectl.core.jobs import (
     new_job_id,
 )
 from hivectl.core.models import Message, OkReply
-from requester.api import REPLY_HEADROOM
-from requester.executions import finish
-from requester.fenced import JobError
-from requester.jobs import JobStore
-from requester.routing import ApiRouter
+from requester.jobs.executions import finish
+from requester.jobs.fenced import JobError
+from requester.jobs.records import JobStore
+from requester.routing import REPLY_HEADROOM, ApiRouter
 
 Kick = Callable[[str], None]
 SHOWN = 100  # executions a `get` carries; `executions` pages through the rest

@@ -28,8 +28,8 @@ from hivectl.core import codec
 from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobEvent
 from hivectl.core.models import utcnow
 from hivectl.core.subjects import Subjects
-from requester.executions import ACTIVE, node_stopped
-from requester.fenced import Change, Deposed, JobError
+from requester.jobs.executions import ACTIVE, node_stopped
+from requester.jobs.fenced import Change, Deposed, JobError
 from requester.kvview import KvView
 from requester.store import Store
 

@@ -37,11 +37,11 @@ from hivectl.core.jobs import (
 from hivectl.core.models import utcnow
 from hivectl.core.subjects import Subjects
 from requester.drops import Dropped, Drops
-from requester.registry import Registry
-from requester.streams import EXEC_CONSUMER
+from requester.jobs.streams import EXEC_CONSUMER
+from requester.nodes.registry import Registry
 
 if TYPE_CHECKING:
-    from requester.fenced import FencedJobs
+    from requester.jobs.fenced import FencedJobs
 
 log = logging.getLogger("hive.requester.executions")
 ES = ExecState

@@ -34,8 +34,8 @@ from hivectl.core.jobs import (
     new_exec_id,
 )
 from hivectl.core.models import utcnow
-from requester import placement
-from requester.executions import (
+from requester.jobs import placement
+from requester.jobs.executions import (
     ACTIVE,
     failures,
     finish,
@@ -45,12 +45,12 @@ from requester.executions import (
     resettle,
     waiting_since,
 )
-from requester.fenced import Deposed, FencedJobs
-from requester.ledger import Ledger, Room
-from requester.liveness import Liveness
-from requester.nodelink import LATENCY_BUCKETS, NodeLink
-from requester.offers import Offers
-from requester.registry import Registry
+from requester.jobs.fenced import Deposed, FencedJobs
+from requester.jobs.ledger import Ledger, Room
+from requester.jobs.offers import Offers
+from requester.nodes.link import LATENCY_BUCKETS, NodeLink
+from requester.nodes.liveness import Liveness
+from requester.nodes.registry import Registry
 
 log = logging.getLogger("hive.requester.scheduler")
 # Jobs placed at once. Each waits mostly on two KV writes and its offers; a few in
