@@ -39,6 +39,7 @@ from requester.nodes.liveness import Liveness
 from requester.nodes.membership import Membership
 from requester.nodes.registry import Registry
 from requester.ownnats import OwnNats
+from requester.presence import Presence, own_record, requester_info
 from requester.store import Store, open_store
 
 log = logging.getLogger("hive.requester")
@@ -76,6 +77,7 @@ class Requester:
         self.job_api: JobApi | None = None
         self.duties: LeaderDuties | None = None  # what only the leader does
         self.leadership: Leadership | None = None
+        self.presence: Presence | None = None  # the cluster's requesters, for node list
         self.own_nats = OwnNats(config, self.subjects, on_crash=self.stopping.set)
 
     @property
@@ -138,6 +140,12 @@ class Requester:
         await self.events.setup(js)
         self.registry = Registry(self.subjects.nodes_bucket, self.identity, self._node_event)
         await self.registry.start(js)
+        self.presence = Presence(
+            self.subjects.leases_bucket,
+            own_record(cfg.name, self.identity.public_key, requester_info()),
+            cfg.leader_lease,
+            epoch=lambda: self.leadership.epoch if self.leadership else 0,
+        )
         self._build_handlers()
         await self._start_jobs(js)
         for api in (self.node_api, self.job_api):
@@ -161,6 +169,7 @@ class Requester:
 
     def _build_handlers(self) -> None:
         assert self.registry is not None and self.identity is not None
+        assert self.presence is not None
         cfg = self.config
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.membership = Membership(
@@ -178,8 +187,7 @@ class Requester:
         self.node_api = NodeApi(
             self.registry,
             self.liveness,
-            requester_id=cfg.name,
-            requester_key=self.identity.public_key,
+            requesters=self.presence.views,
             max_payload=self._max_payload(),
             on_delete=self._forget_node,
             limits=limits,
@@ -223,6 +231,8 @@ class Requester:
             on_deposed=deposed,
         )
         await self.leadership.start(js)
+        assert self.presence is not None
+        await self.presence.start(js)  # the election made the bucket
 
     @property
     def scheduler(self) -> Scheduler | None:
@@ -300,6 +310,8 @@ class Requester:
         # requester leads at once.
         if self.leadership is not None:
             await self.leadership.close()
+        if self.presence is not None:
+            await self.presence.close()
         if self.duties is not None:
             await self.duties.stop()
         for part in (self.jobs, self.link, self.registry):

@@ -10,12 +10,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import platform
-import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
-import hivectl
 from hivectl.core import codec
 from hivectl.core.api import (
     NodeApproveRequest,
@@ -30,7 +27,6 @@ from hivectl.core.models import (
     Approval,
     Health,
     Message,
-    NodeInfo,
     NodeRecord,
     NodeType,
     OkReply,
@@ -52,8 +48,7 @@ class NodeApi(ApiRouter):
         registry: Registry,
         liveness: Liveness,
         *,
-        requester_id: str,
-        requester_key: str,
+        requesters: Callable[[], list[NodeView]],
         max_payload: int,
         on_delete: Callable[[str], None],
         limits: codec.Limits,
@@ -63,8 +58,7 @@ class NodeApi(ApiRouter):
         self._max_reply = max_payload - REPLY_HEADROOM
         self._on_delete = on_delete
         self._limits = limits
-        self._self_view = _requester_view(requester_id, requester_key)
-        self._self_bytes = pages.whole_view(self._self_view)
+        self._requesters = requesters  # this one and the others of its cluster
         self._pages = pages.NodePages()
         super().__init__()
         self.handlers.update(
@@ -91,9 +85,11 @@ class NodeApi(ApiRouter):
     ) -> Iterator[tuple[str, bytes]]:
         """(id, packed view) of the nodes that pass the request's filters: the requester
         first, then the nodes by id."""
-        me = self._self_view
-        if not request.after and _wanted(request, selector, me.approval, me.health, {}):
-            yield me.node_id, self._self_bytes
+        if not request.after:  # requesters first, on the first page
+            for me in self._requesters():
+                labels = me.info.labels if me.info else {}
+                if _wanted(request, selector, me.approval, me.health, labels):
+                    yield me.node_id, pages.whole_view(me)
         liveness, registry = self._liveness, self._registry
         ids = registry.sorted_ids()
         for node_id in itertools.islice(ids, bisect.bisect_right(ids, request.after), None):
@@ -124,8 +120,9 @@ class NodeApi(ApiRouter):
 
     async def get_node(self, data: bytes) -> Message:
         request = codec.decode(data, NodeGetRequest, self._limits)
-        if request.id == self._self_view.node_id:
-            return NodeGetReply(node=self._self_view)
+        for me in self._requesters():
+            if request.id == me.node_id:
+                return NodeGetReply(node=me)
         record = self._record(request.id)
         return NodeGetReply(node=self.view(record))
 
@@ -150,8 +147,8 @@ class NodeApi(ApiRouter):
 
     # -- helpers --------------------------------------------------------------------
     def _record(self, prefix: str) -> NodeRecord:
-        if prefix == self._self_view.node_id:
-            raise RegistryError("invalid", "the requester itself cannot be changed")
+        if any(prefix == me.node_id for me in self._requesters()):
+            raise RegistryError("invalid", f"{prefix!r} is a requester: only nodes can be changed")
         record = self._registry.get(self._registry.resolve(prefix))
         if record is None:  # deleted between resolve and get
             raise RegistryError("not_found", f"node {prefix!r} not found")
@@ -186,22 +183,4 @@ def _wanted(
         (request.approval is None or approval == request.approval)
         and (request.health is None or health == request.health)
         and selector.matches(labels)
-    )
-
-
-def _requester_view(requester_id: str, public_key: str) -> NodeView:
-    """The requester lists itself, as in Bacalhau: type Requester, APPROVED, HEALTHY."""
-    info = NodeInfo(
-        hostname=socket.gethostname()[:256],
-        arch=platform.machine()[:256],
-        os=platform.system().lower()[:256],
-        version=hivectl.__version__,
-    )
-    return NodeView(
-        node_id=requester_id,
-        type=NodeType.REQUESTER,
-        approval=Approval.APPROVED,
-        health=Health.HEALTHY,
-        public_key=public_key,
-        info=info,
     )

@@ -218,6 +218,10 @@ async def test_two_requesters_run_every_job_exactly_once_through_faults(
     try:
         await poll(lambda: leader(admin), timeout=60, what="a leader")
         await poll(lambda: healthy_agents(operator), timeout=60, what="four HEALTHY agents")
+        # `node list` shows both requesters, whichever answers, and which one leads.
+        both = {"req-a", "req-b"}
+        listed = await poll(lambda: requesters_listed(operator, both), timeout=10, what="both")
+        assert sorted(role for _, role in listed.values()) == ["follower", "leader"]
 
         # No fault: every job once.
         calm, resent = await submit_all(operator, runs, JOBS)
@@ -234,6 +238,9 @@ async def test_two_requesters_run_every_job_exactly_once_through_faults(
         killed = time.monotonic()
         second = await poll(lambda: other_leader(admin, first), timeout=30, what="a takeover")
         took_over = time.monotonic() - killed
+        # The killed one is listed as gone (no longer HEALTHY), the other as leading.
+        gone = await poll(lambda: requester_gone(operator, first, second), timeout=30, what="")
+        assert gone[second] == (Health.HEALTHY, "leader"), gone
         stream = S.kv_stream(S.jobs_bucket)
         victim = await nats_cluster.stream_leader(admin, stream)
         nats_cluster.kill(nats_cluster.index_of(victim))
@@ -259,6 +266,30 @@ async def healthy_agents(nc: Client) -> bool:
         return False
     up = [n for n in reply.nodes if n.node_id.startswith("node-") and n.health is Health.HEALTHY]
     return len(up) == AGENTS
+
+
+async def requesters_listed(nc: Client, names: set[str]) -> dict[str, tuple[Health, str]]:
+    """{name: (health, role)} of the requesters `node list` shows, once it shows `names`
+    HEALTHY."""
+    from hivectl.core.api import NodeListReply, NodeListRequest
+    from hivectl.core.models import NodeType
+
+    try:
+        reply = await request(nc, S.api("node", "list"), NodeListRequest(), NodeListReply, 5)
+    except (BusError, RemoteError):
+        return {}
+    seen = {
+        n.node_id: (n.health, n.info.labels.get("hive.io/role", "") if n.info else "")
+        for n in reply.nodes
+        if n.type is NodeType.REQUESTER
+    }
+    healthy = {name for name, (health, _) in seen.items() if health is Health.HEALTHY}
+    return seen if names <= healthy else {}
+
+
+async def requester_gone(nc: Client, dead: str, alive: str) -> dict[str, tuple[Health, str]]:
+    seen = await requesters_listed(nc, {alive})
+    return seen if dead in seen and seen[dead][0] is not Health.HEALTHY else {}
 
 
 async def other_leader(nc: Client, old: str) -> str:
