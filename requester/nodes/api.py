@@ -12,11 +12,11 @@ import itertools
 import logging
 import platform
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 import hivectl
-from hivectl.core import codec
+from hivectl.core import codec, labels
 from hivectl.core.api import (
     NodeApproveRequest,
     NodeDeleteRequest,
@@ -65,7 +65,7 @@ class NodeApi(ApiRouter):
         self._limits = limits
         self._self_view = _requester_view(requester_id, requester_key)
         self._self_bytes = pages.whole_view(self._self_view)
-        self._pages = pages.NodePages()
+        self._pages = pages.NodePages(registry.labels)
         super().__init__()
         self.handlers.update(
             list=self.list_nodes,
@@ -92,7 +92,7 @@ class NodeApi(ApiRouter):
         """(id, packed view) of the nodes that pass the request's filters: the requester
         first, then the nodes by id."""
         me = self._self_view
-        if not request.after and _wanted(request, selector, me.approval, me.health, {}):
+        if not request.after and _wanted(request, selector, me.approval, me.health, me.labels):
             yield me.node_id, self._self_bytes
         liveness, registry = self._liveness, self._registry
         ids = registry.sorted_ids()
@@ -101,7 +101,7 @@ class NodeApi(ApiRouter):
             if record is None:
                 continue
             health = liveness.health(node_id)
-            if _wanted(request, selector, record.approval, health, record.info.labels):
+            if _wanted(request, selector, record.approval, health, registry.labels(record)):
                 resources, heard = liveness.resources(node_id), liveness.last_heard(node_id)
                 yield node_id, self._pages.view(record, health, resources, heard)
 
@@ -172,6 +172,8 @@ class NodeApi(ApiRouter):
             last_heartbeat=None if heard is None else datetime.fromtimestamp(heard, UTC),
             registered_at=record.registered_at,
             updated_at=record.updated_at,
+            labels=dict(self._registry.labels(record)),
+            operator_labels=record.operator_labels,
         )
 
 
@@ -180,7 +182,7 @@ def _wanted(
     selector: Selector,
     approval: Approval,
     health: Health,
-    labels: dict[str, str],
+    labels: Mapping[str, str],
 ) -> bool:
     return (
         (request.approval is None or approval == request.approval)
@@ -204,4 +206,5 @@ def _requester_view(requester_id: str, public_key: str) -> NodeView:
         health=Health.HEALTHY,
         public_key=public_key,
         info=info,
+        labels=labels.auto_labels(info),
     )

@@ -4,8 +4,10 @@ Every message is checked before it touches state: the body must decode, the MAC 
 for registration, the signature) must match the key bound to the node id in the
 subject, the body's node id must equal the subject's, and a sequence number must move
 forward. Anything else is dropped, counted by reason, and logged at most once a minute
-per node and reason. Nothing a node sends can set its approval: the models have no
-such field, and any extra field is ignored.
+per node and reason. Nothing a node sends can set its approval or its operator labels:
+the models have no such field, and any extra field is ignored. Labels a node reports
+under the reserved `hive.io/` prefix are dropped (counted, and logged the same way):
+those Hive derives itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TypeVar
 from nats.aio.msg import Msg
 
 from hivectl.core import auth, codec
+from hivectl.core.labels import RESERVED_PREFIX, split_reserved
 from hivectl.core.models import (
     ErrorReply,
     Heartbeat,
@@ -26,6 +29,7 @@ from hivectl.core.models import (
     InfoUpdate,
     Leave,
     Message,
+    NodeInfo,
     RegisterReply,
     RegisterRequest,
     ResourceUpdate,
@@ -69,8 +73,10 @@ class Membership:
         self._reconcile = reconcile
         self._seq: dict[tuple[str, str], int] = {}
         self._drops = Drops(subjects, log, "message")
+        self._reserved = Drops(subjects, log, "labels")
         self.received: Counter[str] = Counter()
         self.rejected = self._drops.counts
+        self.labels_dropped = self._reserved.counts  # messages whose reserved labels went
 
     # -- publish handlers -----------------------------------------------------------
     async def on_heartbeat(self, msg: Msg) -> None:
@@ -102,7 +108,8 @@ class Membership:
             update = self._open(msg, InfoUpdate)
             if update.executions is not None:
                 self._check_seq(node_id, "info", update.seq)
-            record = await self._registry.update_info(update.node_id, update.info)
+            info = self._own_labels(node_id, update.info)
+            record = await self._registry.update_info(update.node_id, info)
         except Dropped as drop:
             self._drop(msg.subject, drop)
             await self._reply(msg, ErrorReply(code=drop.code, reason=drop.reason))
@@ -122,8 +129,9 @@ class Membership:
     async def on_register(self, msg: Msg) -> None:
         try:
             request = self._open_registration(msg.data)
+            info = self._own_labels(request.node_id, request.info)
             record = await self._registry.register(
-                request.node_id, request.public_key, request.info, self._auto_approve
+                request.node_id, request.public_key, info, self._auto_approve
             )
         except Dropped as drop:
             self._drop(msg.subject, drop)
@@ -185,6 +193,19 @@ class Membership:
         if request.node_id == self._requester_id:
             raise Dropped("reserved_id", f"node id {request.node_id!r} is the requester's")
         return request
+
+    def _own_labels(self, node_id: str, info: NodeInfo) -> NodeInfo:
+        """`info` without the labels it has under the reserved prefix."""
+        kept, dropped = split_reserved(info.labels)
+        if not dropped:
+            return info
+        why = (
+            f"node {node_id} reports labels under {RESERVED_PREFIX}, which only Hive sets: "
+            f"ignored {', '.join(dropped)}"
+        )
+        # Keyed by the node's info subject, registration or not: logged once a minute per node.
+        self._reserved.record(self._subjects.node_info(node_id), Dropped("reserved_label", why))
+        return info.model_copy(update={"labels": kept})
 
     def _check_seq(self, node_id: str, kind: str, seq: int) -> None:
         """Replay protection: each node's sequence moves forward, per message kind."""
