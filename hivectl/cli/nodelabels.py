@@ -70,7 +70,7 @@ def label(
         fail("no label changes given: KEY=VALUE sets a label, KEY- removes one", EXIT_USAGE)
     query = make(
         NodeLabelRequest,
-        id=ids[0] if ids else "any",  # each node's id is set below; the rest is checked now
+        id="any",  # each node's id is set below (and checked by select_nodes)
         labels=edit.set,
         remove=edit.remove,
         overwrite=overwrite,

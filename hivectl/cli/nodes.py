@@ -389,7 +389,8 @@ def reject(
     hivectl node reject -l 'zone=lab' -m "lab machines stay out" --yes
     ```
     """
-    query = make(NodeRejectRequest, id="x", reason=message)  # the reason, checked first
+    # The reason is checked before anything is asked; each node's id is set below.
+    query = make(NodeRejectRequest, id="any", reason=message)
     ids = select_nodes(ctx, node_ids, selector, verb="reject", yes=yes)
 
     async def one(api: Api, node_id: str) -> str:

@@ -138,9 +138,9 @@ def test_bad_edits_are_refused_with_the_reason(args: list[str], error: str) -> N
 
 
 def test_the_api_request_refuses_what_the_cli_refuses() -> None:
-    with pytest.raises(ValidationError, match="the hive.io/ prefix is reserved"):
+    with pytest.raises(ValidationError, match=r"the hive\.io/ prefix is reserved"):
         NodeLabelRequest(id="n1", labels={"hive.io/os": "x"})
-    with pytest.raises(ValidationError, match="the hive.io/ prefix is reserved"):
+    with pytest.raises(ValidationError, match=r"the hive\.io/ prefix is reserved"):
         NodeLabelRequest(id="n1", remove=["hive.io/os"])
     with pytest.raises(ValidationError, match="'pool' is both set and removed"):
         NodeLabelRequest(id="n1", labels={"pool": "a"}, remove=["pool"])
@@ -156,7 +156,7 @@ def test_the_agent_refuses_reserved_labels_in_its_config(tmp_path: Path) -> None
         load_config(NodeAgentConfig, conf)
     assert "'hive.io/gpu-model': the hive.io/ prefix is reserved" in str(info.value)
     conf.write_text("")  # and as a flag (`--label hive.io/os=windows`)
-    with pytest.raises(ConfigError, match="'hive.io/os': the hive.io/ prefix is reserved"):
+    with pytest.raises(ConfigError, match=r"'hive\.io/os': the hive\.io/ prefix is reserved"):
         load_config(NodeAgentConfig, conf, labels={"hive.io/os": "windows"})
     assert load_config(NodeAgentConfig, conf, labels={"zone": "a"}).labels == {"zone": "a"}
 
