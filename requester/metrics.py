@@ -103,7 +103,7 @@ class RequesterCollector(Collector):
                 received.add_metric([kind], count)
             for reason, count in sorted(membership.rejected.items()):
                 rejected.add_metric([reason], count)
-        reserved.add_metric([], sum(membership.labels_dropped.values()) if membership else 0)
+        reserved.add_metric([], membership.labels_dropped if membership else 0)
         yield received
         yield rejected
         yield reserved

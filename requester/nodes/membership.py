@@ -6,7 +6,7 @@ subject, the body's node id must equal the subject's, and a sequence number must
 forward. Anything else is dropped, counted by reason, and logged at most once a minute
 per node and reason. Nothing a node sends can set its approval or its operator labels:
 the models have no such field, and any extra field is ignored. Labels a node reports
-under the reserved `hive.io/` prefix are dropped (counted, and logged the same way):
+under the reserved `hive.io/` prefix are ignored (counted, and logged once per node):
 those Hive derives itself.
 """
 
@@ -73,10 +73,10 @@ class Membership:
         self._reconcile = reconcile
         self._seq: dict[tuple[str, str], int] = {}
         self._drops = Drops(subjects, log, "message")
-        self._reserved = Drops(subjects, log, "labels")
         self.received: Counter[str] = Counter()
         self.rejected = self._drops.counts
-        self.labels_dropped = self._reserved.counts  # messages whose reserved labels went
+        self.labels_dropped = 0  # messages whose reserved labels were ignored
+        self._warned: dict[str, list[str]] = {}  # node id -> the reserved keys logged
 
     # -- publish handlers -----------------------------------------------------------
     async def on_heartbeat(self, msg: Msg) -> None:
@@ -195,16 +195,22 @@ class Membership:
         return request
 
     def _own_labels(self, node_id: str, info: NodeInfo) -> NodeInfo:
-        """`info` without the labels it has under the reserved prefix."""
+        """`info` without the labels it has under the reserved prefix: counted each time,
+        logged once per node (again only if it claims other ones), as an agent sends the
+        same info every minute."""
         kept, dropped = split_reserved(info.labels)
         if not dropped:
             return info
-        why = (
-            f"node {node_id} reports labels under {RESERVED_PREFIX}, which only Hive sets: "
-            f"ignored {', '.join(dropped)}"
-        )
-        # Keyed by the node's info subject, registration or not: logged once a minute per node.
-        self._reserved.record(self._subjects.node_info(node_id), Dropped("reserved_label", why))
+        self.labels_dropped += 1
+        if self._warned.get(node_id) != dropped:
+            self._warned[node_id] = dropped
+            log.warning(
+                "node %s reports labels under %s, which only Hive sets: ignored %s",
+                node_id,
+                RESERVED_PREFIX,
+                ", ".join(dropped)[:512],
+                extra={"node_id": node_id, "code": "reserved_label"},
+            )
         return info.model_copy(update={"labels": kept})
 
     def _check_seq(self, node_id: str, kind: str, seq: int) -> None:
@@ -219,6 +225,7 @@ class Membership:
 
     def forget(self, node_id: str) -> None:
         """A deleted node starts afresh if it registers again."""
+        self._warned.pop(node_id, None)
         for kind in ("heartbeat", "resources", "leave", "info"):
             self._seq.pop((node_id, kind), None)
 

@@ -74,7 +74,7 @@ def merged(req: Requester, node_id: str) -> dict[str, str]:
 
 
 async def test_a_node_cannot_set_remove_or_shadow_operator_and_reserved_labels(
-    requester: Requester, nc: Client
+    requester: Requester, nc: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     node = await joined(nc, "node-1", {"pool": "silver", "zone": "a"})
     await label(nc, id="node-1", labels={"pool": "gold", "rack": "r1"})
@@ -98,7 +98,11 @@ async def test_a_node_cannot_set_remove_or_shadow_operator_and_reserved_labels(
     )
     assert merged(requester, "node-1") == {**AUTO, "zone": "b", "pool": "gold", "rack": "r1"}
     assert requester.membership is not None
-    assert requester.membership.labels_dropped["reserved_label"] == 2  # register + info
+    assert requester.membership.labels_dropped == 2  # register + info
+    warned = [r.getMessage() for r in caplog.records if "only Hive sets" in r.getMessage()]
+    assert warned == [  # logged once: an agent sends its info again every minute
+        "node node-1 reports labels under hive.io/, which only Hive sets: ignored hive.io/os"
+    ]
 
 
 async def test_overwrite_rules_and_the_labels_event(requester: Requester, nc: Client) -> None:
