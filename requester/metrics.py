@@ -94,13 +94,19 @@ class RequesterCollector(Collector):
         rejected = CounterMetricFamily(
             "hive_node_messages_rejected", "Dropped node messages by reason.", labels=["reason"]
         )
+        reserved = CounterMetricFamily(
+            "hive_node_labels_dropped",
+            "Node messages whose labels under the reserved hive.io/ prefix were ignored.",
+        )
         if membership is not None:
             for kind, count in sorted(membership.received.items()):
                 received.add_metric([kind], count)
             for reason, count in sorted(membership.rejected.items()):
                 rejected.add_metric([reason], count)
+        reserved.add_metric([], membership.labels_dropped if membership else 0)
         yield received
         yield rejected
+        yield reserved
 
     def _api(self) -> Iterator[Metric]:
         node_api = self._requester.node_api

@@ -25,7 +25,7 @@ from nats.js.errors import KeyValueError
 from nats.js.kv import KeyValue
 
 import hivectl
-from hivectl.core import codec
+from hivectl.core import codec, labels
 from hivectl.core.api import NodeView
 from hivectl.core.models import (
     Approval,
@@ -139,7 +139,6 @@ class Presence:
 
 def _view(record: RequesterRecord, health: Health) -> NodeView:
     role = "leader" if record.epoch else "follower"
-    info = record.info.model_copy(update={"labels": record.info.labels | {ROLE_LABEL: role}})
     return NodeView(
         node_id=record.name,
         type=NodeType.REQUESTER,
@@ -147,7 +146,8 @@ def _view(record: RequesterRecord, health: Health) -> NodeView:
         health=health,
         reason=f"leader (epoch {record.epoch})" if record.epoch else "",
         public_key=record.public_key,
-        info=info,
+        info=record.info,
+        labels=labels.auto_labels(record.info) | {ROLE_LABEL: role},
         registered_at=record.started_at,
     )
 

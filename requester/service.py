@@ -34,6 +34,7 @@ from requester.jobs.streams import ensure_job_streams
 from requester.leadership import Leadership
 from requester.metrics import serve_metrics
 from requester.nodes.api import NodeApi
+from requester.nodes.labels import LabelApi
 from requester.nodes.link import NodeLink
 from requester.nodes.liveness import Liveness
 from requester.nodes.membership import Membership
@@ -192,6 +193,10 @@ class Requester:
             on_delete=self._forget_node,
             limits=limits,
         )
+        labels = LabelApi(
+            self.registry, requester_id=cfg.name, on_event=self._node_event, limits=limits
+        )
+        self.node_api.handlers.update(labels.handlers())
 
     async def _start_jobs(self, js: Store) -> None:
         """Streams, the job store and its API; what only the leader does waits for

@@ -1,4 +1,4 @@
-"""`hivectl node …`: list, describe, approve, reject and delete compute nodes."""
+"""`hivectl node …`: list, describe, approve, reject, label and delete compute nodes."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ from hivectl.cli.output import (
     timestamp,
     write_lines,
 )
+from hivectl.cli.targets import (
+    NodeIdsArgument,
+    TargetSelectorOption,
+    YesOption,
+    act_on_nodes,
+    select_nodes,
+)
 from hivectl.core.api import (
     NodeApproveRequest,
     NodeDeleteRequest,
@@ -42,12 +49,14 @@ from hivectl.core.api import (
     NodeRejectRequest,
     NodeView,
 )
+from hivectl.core.labels import without_reserved
 from hivectl.core.models import Approval, Health, NodeInfo, NodeType, OkReply, Resources
 
 app = noun_app(
-    "Manage compute nodes: list and inspect them, approve, reject or delete them.\n\n"
+    "Manage compute nodes: list and inspect them, approve, reject, label or delete them.\n\n"
     "New nodes join as PENDING and get no work until an operator approves them. "
-    "Ids may be shortened to any unique prefix."
+    "Ids may be shortened to any unique prefix; approve, reject and label also take "
+    "-l SELECTOR, and ask before changing more than one node (--yes does not ask)."
 )
 
 # The default table fits 80 columns for nodes with a few labels: TYPE (the requester is
@@ -144,7 +153,8 @@ async def fetch_all(api: Api, query: NodeListRequest) -> list[NodeView]:
 
 def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
     cpu, memory, disk, gpu = resource_cells(node, short=not wide)
-    labels = join_labels(node.info.labels if node.info else None)
+    merged = merged_labels(node)
+    labels = join_labels(merged if wide else without_reserved(merged))
     if not wide:
         return [node.node_id, node.approval.value, node.health.value, cpu, memory, gpu, labels]
     return [
@@ -158,6 +168,12 @@ def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
         age(node.last_heartbeat, now),
         labels,
     ]
+
+
+def merged_labels(node: NodeView) -> dict[str, str]:
+    """The labels scheduling and `-l` see; a requester older than operator labels sends
+    none, and then they are the node's own."""
+    return node.labels or (node.info.labels if node.info else {})
 
 
 def resource_cells(node: NodeView, *, short: bool = False) -> list[str]:
@@ -220,7 +236,9 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ("Status", [node.health.value]),
         ("Public key", [key or NONE]),
         ("Fingerprint", [fingerprint(key) if key else NONE]),
-        ("Labels", join_labels(node_info.labels if node_info else None).split(",")),
+        ("Labels", join_labels(merged_labels(node)).split(",")),
+        ("Node labels", own_label_lines(node)),
+        ("Operator labels", join_labels(node.operator_labels).split(",")),
         ("Hostname", [node_info.hostname if node_info else NONE]),
         ("Arch", [node_info.arch if node_info else NONE]),
         ("OS", [node_info.os if node_info else NONE]),
@@ -240,6 +258,19 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
             ("Last heartbeat", [timestamp(node.last_heartbeat, now)]),
         ]
     )
+    return lines
+
+
+def own_label_lines(node: NodeView) -> list[str]:
+    """The labels the node reports itself, each marked where an operator label wins."""
+    own = node.info.labels if node.info else {}
+    if not own:
+        return [NONE]
+    lines = []
+    for key in sorted(own):
+        wins = node.operator_labels.get(key, own[key])
+        shadowed = f"  (operator: {key}={wins})" if wins != own[key] else ""
+        lines.append(f"{key}={own[key]}{shadowed}")
     return lines
 
 
@@ -305,24 +336,37 @@ def _indent(lines: list[str]) -> list[str]:
 
 
 @app.command("approve")
-def approve(ctx: typer.Context, node_id: IdArgument) -> None:
-    """Approve a node (PENDING or REJECTED -> APPROVED) so that it gets work.
+def approve(
+    ctx: typer.Context,
+    node_ids: NodeIdsArgument = None,
+    selector: TargetSelectorOption = None,
+    yes: YesOption = False,
+) -> None:
+    """Approve nodes (PENDING or REJECTED -> APPROVED) so that they get work.
 
-    **Example**
+    **Examples**
 
     ```
     hivectl node approve node-1
+    hivectl node approve node-1 node-2
+    hivectl node approve -l zone=eu-1      # lists the nodes and asks first
+    hivectl node approve -l zone=eu-1 --yes
     ```
     """
-    query = make(NodeApproveRequest, id=check_id(node_id))
-    call(ctx, "node", "approve", query, OkReply)
-    print_ok()
+    ids = select_nodes(ctx, node_ids, selector, verb="approve", yes=yes)
+
+    async def one(api: Api, node_id: str) -> str:
+        await api.call("node", "approve", NodeApproveRequest(id=node_id), OkReply)
+        return ""
+
+    act_on_nodes(ctx, ids, one)
 
 
 @app.command("reject")
 def reject(
     ctx: typer.Context,
-    node_id: IdArgument,
+    node_ids: NodeIdsArgument = None,
+    selector: TargetSelectorOption = None,
     message: Annotated[
         str,
         typer.Option(
@@ -332,8 +376,9 @@ def reject(
             help="Why: kept with the node and shown by `node describe`.",
         ),
     ] = "",
+    yes: YesOption = False,
 ) -> None:
-    """Reject a node (-> REJECTED): it stays known but gets no work until approved.
+    """Reject nodes (-> REJECTED): they stay known but get no work until approved.
 
     **Examples**
 
@@ -341,11 +386,18 @@ def reject(
     hivectl node reject node-3 -m "malicious node?"
     hivectl node reject node-3               # no reason given
     hivectl node reject 3f -m "not ours"     # a unique id prefix is enough
+    hivectl node reject -l 'zone=lab' -m "lab machines stay out" --yes
     ```
     """
-    query = make(NodeRejectRequest, id=check_id(node_id), reason=message)
-    call(ctx, "node", "reject", query, OkReply)
-    print_ok()
+    # The reason is checked before anything is asked; each node's id is set below.
+    query = make(NodeRejectRequest, id="any", reason=message)
+    ids = select_nodes(ctx, node_ids, selector, verb="reject", yes=yes)
+
+    async def one(api: Api, node_id: str) -> str:
+        await api.call("node", "reject", query.model_copy(update={"id": node_id}), OkReply)
+        return ""
+
+    act_on_nodes(ctx, ids, one)
 
 
 @app.command("delete")
@@ -362,3 +414,9 @@ def delete(ctx: typer.Context, node_id: IdArgument) -> None:
     query = make(NodeDeleteRequest, id=check_id(node_id))
     call(ctx, "node", "delete", query, OkReply)
     print_ok()
+
+
+# Commands of this noun kept in modules of their own.
+from hivectl.cli import nodelabels  # noqa: E402
+
+app.command("label")(nodelabels.label)

@@ -9,11 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, ClassVar
 
-from pydantic import Field, Strict, StringConstraints
+from pydantic import Field, Strict, StringConstraints, field_validator, model_validator
 
+from hivectl.core.labels import LabelEditError, check_operator_labels
 from hivectl.core.models import (
     Approval,
     Health,
+    LabelKey,
+    Labels,
+    MergedLabels,
     Message,
     Model,
     NodeId,
@@ -44,6 +48,10 @@ class NodeView(Model):
     last_heartbeat: datetime | None = None  # the requester's clock, when it last heard
     registered_at: datetime | None = None
     updated_at: datetime | None = None
+    # What scheduling and `-l` match: Hive's `hive.io/` labels < the node's own
+    # (`info.labels`) < the operator's (`operator_labels`).
+    labels: MergedLabels = Field(default_factory=dict)
+    operator_labels: Labels = Field(default_factory=dict)
 
 
 class NodeListRequest(Message):
@@ -87,6 +95,43 @@ class NodeDeleteRequest(Message):
     id: IdPrefix
 
 
+class NodeLabelRequest(Message):
+    """Set and remove a node's operator labels. A label the operator has already set
+    keeps its value unless `overwrite`; removing one it has not set changes nothing."""
+
+    kind: ClassVar[str] = "node_label"
+    id: IdPrefix
+    labels: Labels = Field(default_factory=dict)  # to set
+    remove: Annotated[list[LabelKey], Field(max_length=64)] = Field(default_factory=list)
+    overwrite: Annotated[bool, Strict()] = False
+    reason: Reason = ""
+
+    @field_validator("labels", "remove")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, str] | list[str]) -> dict[str, str] | list[str]:
+        try:
+            check_operator_labels(list(value))
+        except LabelEditError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _each_key_once(self) -> NodeLabelRequest:
+        both = sorted(set(self.labels) & set(self.remove))
+        if both:
+            raise ValueError(f"label {both[0]!r} is both set and removed")
+        return self
+
+
+class NodeLabelReply(Message):
+    kind: ClassVar[str] = "node_label_reply"
+    id: NodeId
+    operator_labels: Labels = Field(default_factory=dict)  # as they are now
+    labels: MergedLabels = Field(default_factory=dict)  # the merged set, now
+    # Keys asked to be removed that the operator had not set (perhaps the node's own).
+    not_set: Annotated[list[LabelKey], Field(max_length=64)] = Field(default_factory=list)
+
+
 register_messages(
     NodeListRequest,
     NodeListReply,
@@ -95,4 +140,6 @@ register_messages(
     NodeApproveRequest,
     NodeRejectRequest,
     NodeDeleteRequest,
+    NodeLabelRequest,
+    NodeLabelReply,
 )

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import platformdirs
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +32,7 @@ from pydantic_settings import (
 )
 
 from hivectl.core.errors import HiveError
+from hivectl.core.labels import is_reserved, reserved_error
 from hivectl.core.models import ID_PATTERN, Labels
 from hivectl.core.subjects import DEFAULT_PREFIX
 
@@ -232,6 +241,16 @@ class NodeAgentConfig(HiveSettings):
     max_executions: int | None = Field(default=None, ge=0, le=1_000_000)
     executors: ExecutorSettings = Field(default_factory=ExecutorSettings)
     metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings(port=9465))
+
+    @field_validator("labels")
+    @classmethod
+    def _no_reserved_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        # The requester would drop them anyway: refusing them here says so at start-up,
+        # where the operator who wrote them is looking.
+        for key in labels:
+            if is_reserved(key):
+                raise ValueError(reserved_error(key))
+        return labels
 
     @property
     def resolved_work_dir(self) -> Path:

@@ -24,6 +24,8 @@ LabelKey = Annotated[
 ]
 LabelValue = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9._-]{0,63}$")]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=64)]
+# A node's merged labels (hivectl.core.labels): Hive's own, the node's and the operator's.
+MergedLabels = Annotated[dict[LabelKey, LabelValue], Field(max_length=192)]
 ShortText = Annotated[str, StringConstraints(strict=True, max_length=256)]
 Reason = Annotated[str, StringConstraints(strict=True, max_length=1024)]
 PublicKey = Annotated[str, StringConstraints(strict=True, pattern=r"^U[A-Z2-7]{55}$")]
@@ -143,6 +145,9 @@ class NodeRecord(Model):
     reason: Reason = ""
     registered_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # Set by operators (`hivectl node label`), never by the node: they win over the
+    # labels in its info and outlive its restarts and re-registrations.
+    operator_labels: Labels = Field(default_factory=dict)
 
 
 # -- messages ------------------------------------------------------------------------
@@ -230,7 +235,7 @@ class NodeEvent(Message):
 
     kind: ClassVar[str] = "node_event"
     node_id: NodeId
-    event: Literal["registered", "approval", "health", "deleted"]
+    event: Literal["registered", "approval", "health", "deleted", "labels"]
     old: ShortText = ""
     new: ShortText = ""
     reason: Reason = ""

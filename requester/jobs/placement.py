@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hivectl.core import labels as node_labels
 from hivectl.core.jobs import Job
 from hivectl.core.models import Approval, Health, NodeRecord, Resources
 from hivectl.core.selectors import parse_selector
@@ -41,16 +43,27 @@ class Candidate:
         return cpu + memory
 
 
+def merged_labels(record: NodeRecord) -> Mapping[str, str]:
+    return node_labels.merge(record.info, record.operator_labels)
+
+
 def candidates(
-    job: Job, records: list[NodeRecord], liveness: Liveness, ledger: Ledger
+    job: Job,
+    records: list[NodeRecord],
+    liveness: Liveness,
+    ledger: Ledger,
+    labels: Callable[[NodeRecord], Mapping[str, str]] = merged_labels,
 ) -> tuple[list[Candidate], str]:
-    """Nodes the job fits on now; when there are none, a sentence saying why."""
+    """Nodes the job fits on now; when there are none, a sentence saying why.
+
+    Constraints match `labels(record)`: the merged labels (Hive's, the node's own, the
+    operator's), which the registry keeps built (`Registry.labels`)."""
     spec = job.spec
     approved = [r for r in records if r.approval is Approval.APPROVED]
     healthy = [r for r in approved if liveness.health(r.node_id) is Health.HEALTHY]
     able = [r for r in healthy if spec.engine.value in r.info.executors]
     selector = parse_selector(spec.selector)
-    matching = [r for r in able if selector.matches(r.info.labels)]
+    matching = [r for r in able if selector.matches(labels(r))] if selector else able
     active, report = ledger.active, liveness.resources
     # A node at its max_executions (as this requester counts what runs there) gets no
     # offer until one ends: it would only decline it.

@@ -256,7 +256,7 @@ class Scheduler:
                 self._waiting.pop(job_id, None)
                 return
             fitting, why = placement.candidates(
-                job, self._registry.snapshot(), self._liveness, ledger
+                job, self._registry.snapshot(), self._liveness, ledger, self._registry.labels
             )
             fitting = [c for c in fitting if c.node_id not in attempt.tried]
             chosen = placement.plan(job, need, nodes, fitting)

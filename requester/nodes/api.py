@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from hivectl.core import codec
@@ -59,7 +59,7 @@ class NodeApi(ApiRouter):
         self._on_delete = on_delete
         self._limits = limits
         self._requesters = requesters  # this one and the others of its cluster
-        self._pages = pages.NodePages()
+        self._pages = pages.NodePages(registry.labels)
         super().__init__()
         self.handlers.update(
             list=self.list_nodes,
@@ -87,8 +87,7 @@ class NodeApi(ApiRouter):
         first, then the nodes by id."""
         if not request.after:  # requesters first, on the first page
             for me in self._requesters():
-                labels = me.info.labels if me.info else {}
-                if _wanted(request, selector, me.approval, me.health, labels):
+                if _wanted(request, selector, me.approval, me.health, me.labels):
                     yield me.node_id, pages.whole_view(me)
         liveness, registry = self._liveness, self._registry
         ids = registry.sorted_ids()
@@ -97,7 +96,7 @@ class NodeApi(ApiRouter):
             if record is None:
                 continue
             health = liveness.health(node_id)
-            if _wanted(request, selector, record.approval, health, record.info.labels):
+            if _wanted(request, selector, record.approval, health, registry.labels(record)):
                 resources, heard = liveness.resources(node_id), liveness.last_heard(node_id)
                 yield node_id, self._pages.view(record, health, resources, heard)
 
@@ -169,6 +168,8 @@ class NodeApi(ApiRouter):
             last_heartbeat=None if heard is None else datetime.fromtimestamp(heard, UTC),
             registered_at=record.registered_at,
             updated_at=record.updated_at,
+            labels=dict(self._registry.labels(record)),
+            operator_labels=record.operator_labels,
         )
 
 
@@ -177,7 +178,7 @@ def _wanted(
     selector: Selector,
     approval: Approval,
     health: Health,
-    labels: dict[str, str],
+    labels: Mapping[str, str],
 ) -> bool:
     return (
         (request.approval is None or approval == request.approval)

@@ -4,8 +4,10 @@ Every message is checked before it touches state: the body must decode, the MAC 
 for registration, the signature) must match the key bound to the node id in the
 subject, the body's node id must equal the subject's, and a sequence number must move
 forward. Anything else is dropped, counted by reason, and logged at most once a minute
-per node and reason. Nothing a node sends can set its approval: the models have no
-such field, and any extra field is ignored.
+per node and reason. Nothing a node sends can set its approval or its operator labels:
+the models have no such field, and any extra field is ignored. Labels a node reports
+under the reserved `hive.io/` prefix are ignored (counted, and logged once per node):
+those Hive derives itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TypeVar
 from nats.aio.msg import Msg
 
 from hivectl.core import auth, codec
+from hivectl.core.labels import RESERVED_PREFIX, split_reserved
 from hivectl.core.models import (
     ErrorReply,
     Heartbeat,
@@ -26,6 +29,7 @@ from hivectl.core.models import (
     InfoUpdate,
     Leave,
     Message,
+    NodeInfo,
     RegisterReply,
     RegisterRequest,
     ResourceUpdate,
@@ -71,6 +75,8 @@ class Membership:
         self._drops = Drops(subjects, log, "message")
         self.received: Counter[str] = Counter()
         self.rejected = self._drops.counts
+        self.labels_dropped = 0  # messages whose reserved labels were ignored
+        self._warned: dict[str, list[str]] = {}  # node id -> the reserved keys logged
 
     # -- publish handlers -----------------------------------------------------------
     async def on_heartbeat(self, msg: Msg) -> None:
@@ -102,7 +108,8 @@ class Membership:
             update = self._open(msg, InfoUpdate)
             if update.executions is not None:
                 self._check_seq(node_id, "info", update.seq)
-            record = await self._registry.update_info(update.node_id, update.info)
+            info = self._own_labels(node_id, update.info)
+            record = await self._registry.update_info(update.node_id, info)
         except Dropped as drop:
             self._drop(msg.subject, drop)
             await self._reply(msg, ErrorReply(code=drop.code, reason=drop.reason))
@@ -122,8 +129,9 @@ class Membership:
     async def on_register(self, msg: Msg) -> None:
         try:
             request = self._open_registration(msg.data)
+            info = self._own_labels(request.node_id, request.info)
             record = await self._registry.register(
-                request.node_id, request.public_key, request.info, self._auto_approve
+                request.node_id, request.public_key, info, self._auto_approve
             )
         except Dropped as drop:
             self._drop(msg.subject, drop)
@@ -186,6 +194,25 @@ class Membership:
             raise Dropped("reserved_id", f"node id {request.node_id!r} is the requester's")
         return request
 
+    def _own_labels(self, node_id: str, info: NodeInfo) -> NodeInfo:
+        """`info` without the labels it has under the reserved prefix: counted each time,
+        logged once per node (again only if it claims other ones), as an agent sends the
+        same info every minute."""
+        kept, dropped = split_reserved(info.labels)
+        if not dropped:
+            return info
+        self.labels_dropped += 1
+        if self._warned.get(node_id) != dropped:
+            self._warned[node_id] = dropped
+            log.warning(
+                "node %s reports labels under %s, which only Hive sets: ignored %s",
+                node_id,
+                RESERVED_PREFIX,
+                ", ".join(dropped)[:512],
+                extra={"node_id": node_id, "code": "reserved_label"},
+            )
+        return info.model_copy(update={"labels": kept})
+
     def _check_seq(self, node_id: str, kind: str, seq: int) -> None:
         """Replay protection: each node's sequence moves forward, per message kind."""
         key = (node_id, kind)
@@ -198,6 +225,7 @@ class Membership:
 
     def forget(self, node_id: str) -> None:
         """A deleted node starts afresh if it registers again."""
+        self._warned.pop(node_id, None)
         for kind in ("heartbeat", "resources", "leave", "info"):
             self._seq.pop((node_id, kind), None)
 

@@ -12,7 +12,7 @@ items, so a page is the concatenation of those pieces: byte for byte a valid
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgpack
@@ -55,7 +55,8 @@ _HEALTH = {health: codec.pack(health.value) for health in Health}
 class NodePages:
     """msgpack of node views and of whole list pages, reusing what has not changed."""
 
-    def __init__(self) -> None:
+    def __init__(self, labels: Callable[[NodeRecord], Mapping[str, str]]) -> None:
+        self._labels = labels  # a record's merged labels
         # node id -> (the object the bytes were made from, the bytes); a record's bytes
         # start with the header of the whole view's map
         self._records: dict[str, tuple[NodeRecord, bytes]] = {}
@@ -98,6 +99,7 @@ class NodePages:
             return cached[1]
         data = record.model_dump(mode="json")
         data["type"] = NodeType.COMPUTE.value
+        data["labels"] = dict(self._labels(record))
         # The view's map header (the record's fields and the live ones), then the pairs.
         part = _map_header(len(data) + _LIVE_FIELDS) + _pairs(data)
         self._records[record.node_id] = (record, part)

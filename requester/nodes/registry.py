@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
+from hivectl.core import labels
 from hivectl.core.auth import AuthError, Identity
 from hivectl.core.models import Approval, NodeEvent, NodeInfo, NodeRecord, utcnow
 from requester.kvview import KvView
@@ -32,6 +33,8 @@ class Registry:
         self._identity = identity
         self._on_event = on_event
         self._keys: dict[str, bytes] = {}  # derived MAC keys, per node
+        # node id -> (the record, its merged labels): built once per record object
+        self._labels: dict[str, tuple[NodeRecord, dict[str, str]]] = {}
         self._warming: asyncio.Task[None] | None = None
         self._closing = False
         # A record replaced or removed may carry another key: derive it afresh.
@@ -68,6 +71,7 @@ class Registry:
 
     def _drop_key(self, node_id: str) -> None:
         self._keys.pop(node_id, None)
+        self._labels.pop(node_id, None)
 
     # -- reads ----------------------------------------------------------------------
     def get(self, node_id: str) -> NodeRecord | None:
@@ -103,6 +107,17 @@ class Registry:
                 return None
             self._keys[node_id] = key
         return key
+
+    def labels(self, record: NodeRecord) -> Mapping[str, str]:
+        """The node's merged labels (automatic < its own < the operator's), as scheduling
+        and selectors see them. Kept per record object: a change makes a new record, and
+        every placement and `-l` listing would otherwise merge every node's again."""
+        cached = self._labels.get(record.node_id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        merged = labels.merge(record.info, record.operator_labels)
+        self._labels[record.node_id] = (record, merged)
+        return merged
 
     def resolve(self, prefix: str) -> str:
         """The one node id equal to, or else starting with, `prefix`."""
@@ -154,6 +169,13 @@ class Registry:
                 )
             )
         return record
+
+    async def change(
+        self, node_id: str, change: Callable[[NodeRecord], dict[str, object] | None]
+    ) -> NodeRecord:
+        """Set the fields `change` returns (None: nothing to change) by compare-and-set;
+        `change` sees the record as stored and may raise to refuse."""
+        return await self._change(node_id, change)
 
     async def delete(self, node_id: str) -> None:
         before = self.get(node_id)

@@ -279,7 +279,7 @@ async def requesters_listed(nc: Client, names: set[str]) -> dict[str, tuple[Heal
     except (BusError, RemoteError):
         return {}
     seen = {
-        n.node_id: (n.health, n.info.labels.get("hive.io/role", "") if n.info else "")
+        n.node_id: (n.health, n.labels.get("hive.io/role", ""))
         for n in reply.nodes
         if n.type is NodeType.REQUESTER
     }

@@ -22,6 +22,8 @@ from hivectl.core.api import (
     NodeDeleteRequest,
     NodeGetReply,
     NodeGetRequest,
+    NodeLabelReply,
+    NodeLabelRequest,
     NodeListReply,
     NodeListRequest,
     NodeRejectRequest,
@@ -215,6 +217,15 @@ SAMPLES: dict[str, Message] = {
     "node_approve": NodeApproveRequest(id="gpu-worker-07"),
     "node_reject": NodeRejectRequest(id="gpu-worker-07", reason="unknown hardware vendor"),
     "node_delete": NodeDeleteRequest(id="gpu-worker-07"),
+    "node_label": NodeLabelRequest(
+        id="gpu-w", labels={"pool": "training"}, remove=["tier"], reason="moved to training"
+    ),
+    "node_label_reply": NodeLabelReply(
+        id="gpu-worker-07",
+        operator_labels={"pool": "training"},
+        labels={"hive.io/os": "linux", "zone": "eu-west-1a", "pool": "training"},
+        not_set=["tier"],
+    ),
     "offer": Offer(
         node_id="gpu-worker-07", exec_id=EXEC_ID, job_id=JOB_ID, attempt=1, spec=_spec()
     ),
