@@ -140,20 +140,23 @@ def test_stop_and_timeout_end_the_process_on_the_node(cluster: Cluster) -> None:
     approved(cluster, "node-1")
     running = cluster.submit("--engine", "process", "--", "sleep", "31.5")
     cluster.wait_job(running, "RUNNING")
-    poll(lambda: sleeping("31.5"), what="the job's process")
+    poll(lambda: sleeping(cluster, "31.5"), what="the job's process")
     assert cluster.hivectl("job", "stop", running).stdout == "Ok\n"
     assert cluster.wait_job(running, "STOPPED")["state"] == "STOPPED"
-    poll(lambda: not sleeping("31.5"), what="the stopped job's process to go")
+    poll(lambda: not sleeping(cluster, "31.5"), what="the stopped job's process to go")
     slow = cluster.submit("--engine", "process", "--timeout", "1s", "--", "sleep", "32.5")
     failed = cluster.wait_job(slow, "FAILED")
     assert "timeout" in failed["executions"][-1]["error"]
-    poll(lambda: not sleeping("32.5"), what="the timed-out process to go")
+    poll(lambda: not sleeping(cluster, "32.5"), what="the timed-out process to go")
 
 
-def sleeping(duration: str) -> bool:
+def sleeping(cluster: Cluster, duration: str) -> bool:
+    """A `sleep DURATION` of this cluster's (its work dir is under the cluster's base), so
+    another suite running on the machine at the same time cannot answer for it."""
+    base = str(cluster.base)
     return any(
-        p.info["cmdline"] == ["sleep", duration]
-        for p in psutil.process_iter(["cmdline"])
+        p.info["cmdline"] == ["sleep", duration] and (p.info["cwd"] or "").startswith(base)
+        for p in psutil.process_iter(["cmdline", "cwd"])
         if p.info["cmdline"]
     )
 

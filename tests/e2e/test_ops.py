@@ -31,7 +31,7 @@ def test_sigterm_to_an_agent_stops_its_job_within_the_grace_period(cluster: Clus
     approved(cluster, "node-1")
     job_id = cluster.submit("--engine", "process", "--", "sleep", "60")
     running = cluster.wait_job(job_id, "RUNNING")["executions"][-1]
-    poll(lambda: sleeping("60"), what="the job's process")
+    poll(lambda: sleeping(cluster, "60"), what="the job's process")
 
     agent = cluster.procs.pop("node-1")
     started = time.monotonic()
@@ -39,7 +39,7 @@ def test_sigterm_to_an_agent_stops_its_job_within_the_grace_period(cluster: Clus
     assert agent.wait(GRACE + 5) == 0
     took = time.monotonic() - started
     assert GRACE <= took < GRACE + 5  # the job had its grace period, and no more
-    assert not sleeping("60")
+    assert not sleeping(cluster, "60")
 
     # The agent reports the execution CANCELLED, saying why. Nothing was wrong with the
     # work, so it waits for a node again without using a retry (the job has none).
@@ -60,7 +60,7 @@ def test_sigterm_to_an_agent_stops_its_job_within_the_grace_period(cluster: Clus
     cluster.start_agent("node-1", "name=node-1")
     again = cluster.wait_job(job_id, "RUNNING")["executions"][-1]
     assert again["exec_id"] != running["exec_id"] and again["node_id"] == running["node_id"]
-    poll(lambda: sleeping("60"), what="the job's process, started again")
+    poll(lambda: sleeping(cluster, "60"), what="the job's process, started again")
 
 
 def test_requester_sigterm_drains_and_exits_while_agents_keep_running(cluster: Cluster) -> None:
