@@ -26,6 +26,7 @@ from hivectl.core.models import (
     InfoUpdate,
     Leave,
     Message,
+    NodeRecord,
     RegisterReply,
     RegisterRequest,
     ResourceUpdate,
@@ -34,6 +35,7 @@ from hivectl.core.subjects import Subjects
 from requester.drops import Dropped, Drops
 from requester.nodes.liveness import Liveness
 from requester.nodes.registry import Registry, RegistryError
+from requester.nodes.tokens import Tokens
 
 log = logging.getLogger("hive.requester.membership")
 M = TypeVar("M", bound=Message)
@@ -56,6 +58,7 @@ class Membership:
         limits: codec.Limits,
         lost_after: float = 0.0,
         reconcile: Reconcile | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         self._subjects = subjects
         self._registry = registry
@@ -67,6 +70,7 @@ class Membership:
         self._limits = limits
         self._lost_after = lost_after
         self._reconcile = reconcile
+        self._tokens = tokens  # enrollment tokens, for registrations that carry one
         self._seq: dict[tuple[str, str], int] = {}
         self._drops = Drops(subjects, log, "message")
         self.received: Counter[str] = Counter()
@@ -122,9 +126,7 @@ class Membership:
     async def on_register(self, msg: Msg) -> None:
         try:
             request = self._open_registration(msg.data)
-            record = await self._registry.register(
-                request.node_id, request.public_key, request.info, self._auto_approve
-            )
+            record = await self._admit(request)
         except Dropped as drop:
             self._drop(msg.subject, drop)
             await self._reply(msg, ErrorReply(code=drop.code, reason=drop.reason))
@@ -140,8 +142,16 @@ class Membership:
             requester_key=self._identity.public_key,
             cluster=self._cluster,
             lost_after=self._lost_after,
+            reason=record.reason,
         )
         await self._reply(msg, reply)
+
+    async def _admit(self, request: RegisterRequest) -> NodeRecord:
+        if request.token and self._tokens is not None:
+            return await self._tokens.admit(self._registry, request, self._auto_approve)
+        return await self._registry.register(
+            request.node_id, request.public_key, request.info, self._auto_approve
+        )
 
     # -- checks -----------------------------------------------------------------------
     def _accept(self, msg: Msg, expect: type[S], kind: str) -> S | None:
