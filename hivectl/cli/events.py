@@ -277,10 +277,9 @@ class Shown:
         self.follow = follow
         self.held: list[Event] = []
         self.widths: list[int] | None = None  # set once the table has started
-        self.count = 0
+        self.caught = False
 
     def add(self, event: Event) -> None:
-        self.count += 1
         if self.fmt.is_data and self.follow:
             self._data_line(event)
         elif self.widths is not None:
@@ -289,13 +288,14 @@ class Shown:
             self.held.append(event)
 
     def caught_up(self) -> None:
-        """Everything the stream held is in: show it (a table starts here)."""
+        """Everything the stream held is in: show it (a table starts here). Once."""
+        if self.caught:
+            return
+        self.caught = True
         if self.fmt.is_data:
             if not self.follow:
                 print_data([_data(event) for event in self.held], self.fmt)
             self.held = []
-            return
-        if self.widths is not None:
             return
         rows = [event_row(event) for event in self.held]
         self.held = []

@@ -99,7 +99,7 @@ def _confirm(found: NodePruneReply, unknown_for: str, yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         fail(f"not pruning {count} without confirmation: add --yes (no terminal)", EXIT_USAGE)
-    if not typer.confirm(f"Delete these {count}?", default=False, err=True):
+    if not typer.confirm(f"Prune {count}?", default=False, err=True):
         fail("nothing pruned", EXIT_ERROR)
 
 

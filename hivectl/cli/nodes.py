@@ -57,7 +57,8 @@ app = noun_app(
 # last, as kubectl's --show-labels has them, so a long label list widens its own row only.
 COLUMNS = ["ID", "APPROVAL", "STATUS", "CPU", "MEMORY", "GPU", "LABELS"]
 WIDE_COLUMNS = ["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU"]
-WIDE_COLUMNS += ["VERSION", "ARCH", "LAST HEARTBEAT", "REASON", "LABELS"]
+# REASON (why PENDING or REJECTED: free text) comes last of all, after the labels.
+WIDE_COLUMNS += ["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS", "REASON"]
 
 IdArgument = Annotated[
     str,
@@ -158,8 +159,8 @@ def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
         node.info.version if node.info else NONE,
         node.info.arch if node.info else NONE,
         age(node.last_heartbeat, now),
-        node.reason or NONE,
         labels,
+        node.reason or NONE,
     ]
 
 
