@@ -7,7 +7,7 @@ hivectl/core/tokens.py): the token is printed here, once, and can never be read 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,15 +28,9 @@ from hivectl.cli.output import NONE, age, join_labels, write_out
 from hivectl.core.api import TOKEN_CREATE, TOKEN_LIST, TOKEN_REVOKE
 from hivectl.core.config import parse_duration
 from hivectl.core.models import OkReply
-from hivectl.core.tokens import (
-    TokenCreateReply,
-    TokenCreateRequest,
-    TokenInfo,
-    TokenListReply,
-    TokenListRequest,
-    TokenRevokeRequest,
-    new_token,
-)
+
+if TYPE_CHECKING:  # the models are imported by the commands that use them: `node list`
+    from hivectl.core.tokens import TokenInfo  # need not build them
 
 app = noun_app(
     "Enrollment tokens: an agent started with a valid one (`hive-nodeagent run --token`) "
@@ -92,6 +86,8 @@ def create(
     hive-nodeagent run --token "$(hivectl node token create)" ...
     ```
     """
+    from hivectl.core.tokens import TokenCreateReply, TokenCreateRequest, new_token
+
     try:
         seconds = float(parse_duration(ttl))
     except ValueError as exc:
@@ -133,6 +129,8 @@ def list_tokens(
 
     STATE is active, expired, used up or revoked; only an active token approves nodes.
     """
+    from hivectl.core.tokens import TokenListReply, TokenListRequest
+
     fmt = output_format(ctx, output)
     reply = call(ctx, "node", TOKEN_LIST, TokenListRequest(), TokenListReply)
     LISTING.show(reply.tokens, fmt, no_headers=no_headers)
@@ -174,6 +172,8 @@ def revoke(
     hivectl node token revoke t-3f9a2b1c4d5e -m "leaked in a ticket"
     ```
     """
+    from hivectl.core.tokens import TokenRevokeRequest
+
     request = make(TokenRevokeRequest, id=token_id, reason=message)
     call(ctx, "node", TOKEN_REVOKE, request, OkReply)
     print_ok()
