@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,15 @@ def test_an_expired_or_revoked_token_leaves_the_agent_pending_with_the_reason(
     # An operator can still approve it by hand.
     cluster.hivectl("node", "approve", "late", "-m", "checked by hand")
     assert cluster.states()["late"] == ("APPROVED", "HEALTHY")
+    # Or delete it and have it register again with a good token.
+    fresh = cluster.hivectl("node", "token", "create").stdout.strip()
+    cluster.hivectl("node", "delete", "leaked")
+    again = subprocess.run(
+        [sys.executable, "-m", "nodeagent", "register", "--state-dir",
+         str(cluster.base / "leaked"), "--token", fresh],
+        env=cluster.env | {"HIVE_NATS__CREDENTIALS_FILE": str(cluster.compute)},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"registered leaked: APPROVED (enrollment token {fresh[:14]}")
+    assert cluster.nodes()["leaked"]["approval"] == "APPROVED"
