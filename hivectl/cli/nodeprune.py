@@ -45,7 +45,7 @@ def prune(
     restarts, as after `node delete`.
 
     The requester counts only time it has watched itself: after it restarts, no node is
-    UNKNOWN for longer than it has run.
+    UNKNOWN for longer than it has run (less its `disconnected_after`).
 
     **Examples**
 

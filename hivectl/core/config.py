@@ -184,7 +184,7 @@ class RequesterConfig(HiveSettings):
     # results expire after 7 days in their streams too); 0 keeps finished jobs forever.
     job_retention: Duration = 7 * 24 * 3600.0
     # The leader deletes the records of nodes UNKNOWN for this long, as far as it has
-    # seen (time the requester was down or not yet started does not count); 0: never.
+    # seen (time the requester was down or had just started does not count); 0: never.
     node_prune_after: Duration = 0.0
     max_payload: int = Field(default=1024 * 1024, ge=1024)
 

@@ -1,14 +1,15 @@
 """Pruning dead nodes: deleting the records of nodes UNKNOWN for longer than a threshold.
 
 How long a node has been UNKNOWN is what this requester has seen itself: from the moment
-it saw the node go UNKNOWN, or, for a node it has not heard from at all, from its own
-start. Health lives in memory (heartbeats are not persisted), so after a restart every
-node is UNKNOWN until heard from; counting from the start means the time the requester
-was down, or had just started, never counts, and a node is pruned only after this
-requester has itself waited the whole threshold without a heartbeat from it. (A record's
-stored times cannot say that: nothing is written while no requester runs.) The price:
-a requester restarted more often than the threshold prunes nothing automatically;
-`hivectl node prune` with a shorter threshold still does.
+it saw the node go UNKNOWN, or, for a node it has not heard from at all, from
+`disconnected_after` past its own start (when, had it heard the node at its start, it
+would have seen it go). Health lives in memory (heartbeats are not persisted), so after
+a restart every node is UNKNOWN until heard from; counting this way, the time the
+requester was down, or had just started, never counts, and a node is pruned only after
+this requester has itself gone the whole threshold, plus `disconnected_after`, without a
+heartbeat from it. (A record's stored times cannot say that: nothing is written while no
+requester runs.) The price: a requester restarted more often than that prunes nothing
+automatically; `hivectl node prune` with a shorter threshold still does.
 
 The leader prunes on its own when `node_prune_after` is set; any requester answers
 `hive.api.node.prune` (a listing, or the removal an operator confirmed).
@@ -75,22 +76,24 @@ class Pruner:
         return {NODE_PRUNE: self.prune_request}
 
     def unknown_for(self, node_id: str, now: float) -> float | None:
-        """Seconds this requester has seen `node_id` UNKNOWN; None when it is not."""
+        """Seconds this requester has seen `node_id` UNKNOWN; None when it is not, or
+        not yet as far as it can tell (started less than `disconnected_after` ago)."""
         if self._liveness.health(node_id) is not Health.UNKNOWN:
             return None
         since = self._liveness.unknown_since(node_id)
-        return now - max(since if since is not None else self._started_at, self._started_at)
+        if since is None:  # not heard from since we started
+            since = self._started_at + self._liveness.disconnected_after
+        return now - since if now >= since else None
 
     def candidates(self, threshold: float, now: float) -> list[PruneCandidate]:
         """The nodes UNKNOWN for at least `threshold` seconds, longest first."""
         found = []
-        for record in self._registry.records():
-            gone = self.unknown_for(record.node_id, now)
-            if gone is not None and gone >= threshold:
+        for node_id in list(self._registry.ids()):  # health first: no record is read
+            gone = self.unknown_for(node_id, now)  # for the nodes that are fine
+            record = self._registry.get(node_id) if gone is not None else None
+            if gone is not None and gone >= threshold and record is not None:
                 found.append(
-                    PruneCandidate(
-                        node_id=record.node_id, approval=record.approval, unknown_for=gone
-                    )
+                    PruneCandidate(node_id=node_id, approval=record.approval, unknown_for=gone)
                 )
         found.sort(key=lambda c: (-c.unknown_for, c.node_id))
         return found

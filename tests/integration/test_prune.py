@@ -23,6 +23,7 @@ from tests.support.simnode import SimNode
 
 S = Subjects()
 PRUNE_AFTER = 2.0
+LOST_AFTER = 3.0  # disconnected_after, where a test needs it long
 
 
 @contextlib.asynccontextmanager
@@ -65,8 +66,10 @@ async def test_the_leader_prunes_from_its_own_start_and_spares_the_living(
             await node.register()
             await node.heartbeat()
         await wait_for(lambda: all(first.liveness.health(n) == "HEALTHY" for n in nodes))
-    # Its successor prunes: nothing for PRUNE_AFTER of its own time, however long the
-    # records had gone unheard while no requester ran.
+    # Its successor prunes: nothing before it has itself gone disconnected_after (1.2s,
+    # when it would have seen a node it heard at its start go) and then PRUNE_AFTER
+    # without a heartbeat, however long the records had gone unheard while no
+    # requester ran.
     after = requester_config(nats_server.url, tmp_path / "req", node_prune_after=PRUNE_AFTER)
     async with RunningRequester(after) as req, beating(nodes["live"]):
         assert req.registry is not None
@@ -74,8 +77,8 @@ async def test_the_leader_prunes_from_its_own_start_and_spares_the_living(
         async with beating(nodes["late"]):
             await wait_for(lambda: req.liveness.health("late") == "HEALTHY")
         late_stopped = time.monotonic()
-        await wait_for(lambda: req.registry.get("gone") is None, timeout=PRUNE_AFTER + 3)  # type: ignore[union-attr]
-        assert time.monotonic() - started >= PRUNE_AFTER
+        await wait_for(lambda: req.registry.get("gone") is None, timeout=PRUNE_AFTER + 5)  # type: ignore[union-attr]
+        assert time.monotonic() - started >= 1.2 + PRUNE_AFTER
         # `late` went UNKNOWN (disconnected_after 1.2s) after its last beat: its time
         # counts from then.
         await wait_for(lambda: req.registry.get("late") is None, timeout=PRUNE_AFTER + 5)  # type: ignore[union-attr]
@@ -90,7 +93,7 @@ async def test_the_leader_prunes_from_its_own_start_and_spares_the_living(
 async def test_prune_on_request_lists_first_and_removes_only_what_was_confirmed(
     nats_server: EmbeddedNats, nc: Client, tmp_path: Path
 ) -> None:
-    config = requester_config(nats_server.url, tmp_path / "req")
+    config = requester_config(nats_server.url, tmp_path / "req", disconnected_after=LOST_AFTER)
     async with RunningRequester(config) as req:
         for name in ("a", "b", "c"):
             await SimNode(nc, name).register()
@@ -101,10 +104,19 @@ async def test_prune_on_request_lists_first_and_removes_only_what_was_confirmed(
             message = NodePruneRequest(**fields)  # type: ignore[arg-type]
             return await request(nc, S.api("node", NODE_PRUNE), message, NodePruneReply, 5)
 
-        # Not yet UNKNOWN for an hour, as this requester has seen: nothing listed.
-        none = await prune(unknown_for=3600.0)
-        assert none.nodes == [] and 0 < none.watching_for < 60
-        listed = await prune(unknown_for=0.0)
+        # Not heard from, but not yet for disconnected_after since the requester
+        # started (they may be about to send their first heartbeat): nothing listed.
+        none = await prune(unknown_for=0.0)
+        if none.watching_for < LOST_AFTER:  # else this machine stalled for seconds
+            assert none.nodes == []
+        # Then they are UNKNOWN, though not for an hour as this requester has seen.
+
+        async def four() -> NodePruneReply | None:
+            listed = await prune(unknown_for=0.0)
+            return listed if len(listed.nodes) == 4 else None
+
+        listed = await wait_for(four, timeout=LOST_AFTER + 3, what="four nodes UNKNOWN")
+        assert (await prune(unknown_for=3600.0)).nodes == []
         assert sorted(n.node_id for n in listed.nodes) == ["a", "b", "back", "c"]
         assert not listed.pruned and req.registry and len(req.registry) == 4
         # `back` is heard from between the listing and the removal: it stays.
