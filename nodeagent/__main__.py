@@ -80,6 +80,16 @@ LabelOpt = Annotated[
     list[str] | None,
     typer.Option("--label", "-l", metavar="KEY=VALUE", help="Node label; repeat for more."),
 ]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        metavar="TOKEN",
+        help="Enrollment token from `hivectl node token create`: a valid one approves the "
+        "node when it registers (also HIVE_TOKEN, or `token` in the config file).",
+        show_default=False,
+    ),
+]
 LogLevelOpt = Annotated[
     str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
 ]
@@ -176,13 +186,16 @@ def run_command(
     credentials: CredentialsOpt = None,
     state_dir: StateDirOpt = None,
     label: LabelOpt = None,
+    token: TokenOpt = None,
     log_level: LogLevelOpt = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Start the node agent daemon (SIGTERM or Ctrl-C stops it; a second one forces exit)."""
     node = _node_flags(name, nats_url, credentials, label)
     metrics = {"enabled": True if metrics_port is not None else None, "port": metrics_port}
-    cfg = _load(config, state_dir=state_dir, **node, log=_log(log_level), metrics=metrics)
+    cfg = _load(
+        config, state_dir=state_dir, **node, token=token, log=_log(log_level), metrics=metrics
+    )
     setup_logging(cfg.log.level, cfg.log.format)
     explicit = config or _env_path("HIVE_CONFIG")
     # A state dir it cannot write: the agent says so itself, in one line, when it starts.
@@ -199,21 +212,25 @@ def register_command(
     credentials: CredentialsOpt = None,
     state_dir: StateDirOpt = None,
     label: LabelOpt = None,
+    token: TokenOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Register this node with the requester again (after an operator deleted it).
 
     Uses the state dir, config and flags of `hive-nodeagent run`, so it registers the
-    same node (id and key) with the same labels; flags given here win.
+    same node (id and key) with the same labels; flags given here win. A token is not
+    kept from `run` (it is spent at the first registration): give one here, or the
+    node comes back PENDING.
     """
     node = _node_flags(name, nats_url, credentials, label)
-    cfg = _load_as_run(config, state_dir, node, log_level)
+    cfg = _load_as_run(config, state_dir, {**node, **given({"token": token})}, log_level)
     setup_logging(cfg.log.level, cfg.log.format)
     try:
         reply = asyncio.run(register_node(cfg, REQUEST_TIMEOUT))
     except RegistrationError as exc:
         raise _fail(str(exc), 1) from None
-    typer.echo(f"registered {reply.node_id}: {reply.approval}")
+    why = f" ({reply.reason})" if reply.reason else ""
+    typer.echo(f"registered {reply.node_id}: {reply.approval}{why}")
 
 
 @app.command("id")

@@ -107,8 +107,9 @@ class Membership:
 
     async def _register(self, nc: Client, info: NodeInfo) -> float:
         identity = self.local.identity
+        token = protocol.enrollment_token(self.cfg)
         reply = await protocol.register(
-            nc, self.subjects, identity, self.node_id, info, self.request_timeout
+            nc, self.subjects, identity, self.node_id, info, self.request_timeout, token
         )
         if isinstance(reply, ErrorReply) or reply.node_id != self.node_id:
             self._refused(reply)
@@ -119,7 +120,24 @@ class Membership:
         sentinel = protocol.sentinel_for(reply, self.subjects)
         await asyncio.to_thread(write_sentinel, self.cfg.state_dir, sentinel)
         await self._admitted(reply.approval, "registered")
+        if token:
+            self._enrollment(reply)
         return self.interval
+
+    def _enrollment(self, reply: RegisterReply) -> None:
+        """Say what the enrollment token got this node, and if nothing, why."""
+        extra = {**self._extra, "reason": reply.reason or None}
+        if reply.approval is Approval.PENDING:
+            log.warning(
+                "node %s stays PENDING: %s; an operator must approve it "
+                "(hivectl node approve %s), or start the agent with a valid token",
+                self.node_id,
+                reply.reason or "the enrollment token was not accepted",
+                self.node_id,
+                extra=extra,
+            )
+        elif reply.reason:
+            log.info("node %s is %s: %s", self.node_id, reply.approval, reply.reason, extra=extra)
 
     def _refused(self, reply: RegisterReply | ErrorReply) -> None:
         """Log why; the caller retries every info interval (an operator may fix it)."""

@@ -67,6 +67,11 @@ class LocalNode:
         return cls(identity, node_id, load_or_measure_benchmark(cfg.state_dir))
 
 
+def enrollment_token(cfg: NodeAgentConfig) -> str:
+    """The token the node registers with ('' for none)."""
+    return cfg.token.get_secret_value().strip() if cfg.token is not None else ""
+
+
 def sentinel_for(reply: RegisterReply, subjects: Subjects) -> Sentinel:
     return Sentinel.now(reply.cluster, reply.node_id, reply.requester_key, subjects.prefix)
 
@@ -83,9 +88,13 @@ async def register(
     node_id: str,
     info: NodeInfo,
     timeout: float,
+    token: str = "",
 ) -> RegisterReply | ErrorReply:
-    """One signed registration request; raises Unreachable, or CodecError on a bad reply."""
-    request = RegisterRequest(node_id=node_id, public_key=identity.public_key, info=info)
+    """One signed registration request (with the enrollment `token`, if any); raises
+    Unreachable, or CodecError on a bad reply."""
+    request = RegisterRequest(
+        node_id=node_id, public_key=identity.public_key, info=info, token=token
+    )
     data = identity.sign(codec.encode(request))
     reply = await _request(nc, subjects.node_register, data, timeout)
     return _narrow(codec.decode(reply, (RegisterReply, ErrorReply)), RegisterReply)
@@ -142,7 +151,9 @@ async def register_node(cfg: NodeAgentConfig, timeout: float) -> RegisterReply:
         hint = f"; {AUTH_HINT}" if "authorization" in str(exc) else ""
         raise RegistrationError(f"{exc}{hint}") from None
     try:
-        reply = await register(nc, subjects, local.identity, local.node_id, node_info, timeout)
+        reply = await register(
+            nc, subjects, local.identity, local.node_id, node_info, timeout, enrollment_token(cfg)
+        )
     except (Unreachable, codec.CodecError) as exc:
         raise RegistrationError(str(exc)) from None
     finally:

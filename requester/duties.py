@@ -32,6 +32,7 @@ from requester.jobs.records import JobStore
 from requester.jobs.scheduler import Scheduler, placement_histogram
 from requester.nodes.link import NodeLink
 from requester.nodes.liveness import Liveness
+from requester.nodes.prune import Pruner
 from requester.nodes.registry import Registry
 from requester.store import Store
 
@@ -68,6 +69,7 @@ class LeaderDuties:
         self._silent_check: float | None = None
         self._next_expiry = 0.0
         self.placement_seconds = placement_histogram()  # across every term as leader
+        self.pruner: Pruner | None = None  # deletes long-UNKNOWN nodes (node_prune_after)
 
     @property
     def active(self) -> bool:
@@ -185,6 +187,11 @@ class LeaderDuties:
                 await self.jobs.expire(self.config.job_retention)
             except Exception:  # NATS trouble: the next round tries again
                 log.exception("deleting finished jobs failed")
+        if self.pruner is not None:
+            try:
+                await self.pruner.tick(now)
+            except Exception:  # NATS trouble: the next round tries again
+                log.exception("pruning UNKNOWN nodes failed")
 
     def _lose_silent_nodes(self) -> None:
         """Nodes holding work that no heartbeat reached lose it, as if seen going away.

@@ -3,20 +3,53 @@ handler only decodes, acts and returns; errors, counters and the reply live here
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import ServiceUnavailableError
 
 from hivectl.core import codec
+from hivectl.core.api import ACTOR_HEADER
 from hivectl.core.models import ErrorReply, Message
 from requester.store import StoreUnavailable
 
 log = logging.getLogger("hive.requester.api")
 
 REPLY_HEADROOM = 4096  # bytes kept free under max_payload for the envelope
+MAX_ACTOR = 128
+# A request that names no one (an older client, a hand-made request) is still recorded.
+UNNAMED = "unnamed-operator"
+
+# Who caused what the requester does now: the operator an API request names while it is
+# handled, else (set when the requester starts, and so inherited by every task it
+# creates) `requester:<name>`. The event sink stamps it on every event.
+ACTOR: ContextVar[str] = ContextVar("hive_actor", default="")
+
+
+def current_actor() -> str:
+    return ACTOR.get()
+
+
+@contextlib.contextmanager
+def acting_as(actor: str) -> Iterator[None]:
+    """Everything inside is done on behalf of `actor` (its events name it)."""
+    token = ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        ACTOR.reset(token)
+
+
+def requested_by(msg: Msg) -> str:
+    """The operator a request names: its Hive-Actor header, made printable and short."""
+    claimed = (msg.headers or {}).get(ACTOR_HEADER, "")
+    shown = "".join(c for c in claimed if c.isprintable())[:MAX_ACTOR].strip()
+    return shown or UNNAMED
+
 
 # A handler answers with a message, or with one it already encoded (a list page is
 # encoded to check its size; encoding 1,000 nodes a second time would double its cost).
@@ -63,6 +96,10 @@ class ApiRouter:
         self.store_trouble: Callable[[], str] = no_trouble
 
     async def on_request(self, msg: Msg) -> None:
+        with acting_as(requested_by(msg)):
+            await self._serve(msg)
+
+    async def _serve(self, msg: Msg) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
         handler = self.handlers.get(verb)
         try:

@@ -38,9 +38,12 @@ from requester.nodes.labels import LabelApi
 from requester.nodes.link import NodeLink
 from requester.nodes.liveness import Liveness
 from requester.nodes.membership import Membership
+from requester.nodes.prune import Pruner
 from requester.nodes.registry import Registry
+from requester.nodes.tokens import Tokens
 from requester.ownnats import OwnNats
 from requester.presence import Presence, own_record, requester_info
+from requester.routing import ACTOR
 from requester.store import Store, open_store
 
 log = logging.getLogger("hive.requester")
@@ -69,6 +72,8 @@ class Requester:
         self.identity: Identity | None = None
         self.events: Events | None = None
         self.registry: Registry | None = None
+        self.tokens: Tokens | None = None
+        self.pruner: Pruner | None = None
         self.membership: Membership | None = None
         self.node_api: NodeApi | None = None
         self.metrics_port: int | None = None
@@ -94,6 +99,10 @@ class Requester:
         if self.status is not Status.INIT:
             return
         self.status = Status.STARTING
+        # What the requester does of its own accord is done as itself: every task made
+        # from here on (subscriptions, watches, the health loop) inherits this, and an
+        # API request names its operator instead while it is handled.
+        ACTOR.set(f"requester:{self.config.name}")
         if not await until_stopped(self.stopping, self._start()):
             log.info("requester %s stopped while starting", self.config.name)
             return
@@ -147,6 +156,9 @@ class Requester:
             cfg.leader_lease,
             epoch=lambda: self.leadership.epoch if self.leadership else 0,
         )
+        limits = codec.Limits(max_bytes=cfg.max_payload)
+        self.tokens = Tokens(self.subjects.tokens_bucket, self.events.token, limits)
+        await self.tokens.start(js)
         self._build_handlers()
         await self._start_jobs(js)
         for api in (self.node_api, self.job_api):
@@ -184,6 +196,15 @@ class Requester:
             limits=limits,
             lost_after=cfg.disconnected_after,
             reconcile=self._reconcile,
+            tokens=self.tokens,
+        )
+        self.pruner = Pruner(
+            self.registry,
+            self.liveness,
+            self._remove_node,
+            started_at=self._started_at,
+            after=cfg.node_prune_after,
+            limits=limits,
         )
         self.node_api = NodeApi(
             self.registry,
@@ -197,6 +218,10 @@ class Requester:
             self.registry, requester_id=cfg.name, on_event=self._node_event, limits=limits
         )
         self.node_api.handlers.update(labels.handlers())
+        # Verbs of their own modules, served on the node router.
+        if self.tokens is not None:
+            self.node_api.handlers.update(self.tokens.handlers())
+        self.node_api.handlers.update(self.pruner.handlers())
 
     async def _start_jobs(self, js: Store) -> None:
         """Streams, the job store and its API; what only the leader does waits for
@@ -208,6 +233,7 @@ class Requester:
         self.jobs = JobStore(self.nc, self.subjects, on_cancel=self.link.cancel)
         parts = (self.nc, self.subjects, self.registry, self.liveness, self.jobs, self.link)
         self.duties = duties = LeaderDuties(cfg, *parts, started_at=self._started_at)
+        duties.pruner = self.pruner
         self.jobs.watchers.append(duties.job_seen)
         await self.jobs.start(js)
         self.jobs.follow()  # until this requester leads (duties.start)
@@ -319,7 +345,7 @@ class Requester:
             await self.presence.close()
         if self.duties is not None:
             await self.duties.stop()
-        for part in (self.jobs, self.link, self.registry):
+        for part in (self.jobs, self.link, self.tokens, self.registry):
             if part is not None:
                 await part.close()
         if self.nc is not None and not self.nc.is_closed:
@@ -353,6 +379,12 @@ class Requester:
 
     async def _reconcile(self, node_id: str, held: list[str]) -> list[str]:
         return [] if self.duties is None else await self.duties.reconcile(node_id, held)
+
+    async def _remove_node(self, node_id: str, reason: str) -> None:
+        """Delete a node's record (pruning), as an operator's `node delete` does."""
+        assert self.registry is not None
+        await self.registry.delete(node_id, reason)
+        self._forget_node(node_id)
 
     def _forget_node(self, node_id: str) -> None:
         self.liveness.forget(node_id)

@@ -43,6 +43,7 @@ NOUNS = {
     "job": "hivectl.cli.jobs",
     "devstack": "hivectl.cli.devstack",
     "config": "hivectl.cli.config",
+    "events": "hivectl.cli.events",
 }
 
 # Root options that take a value: the word after them is not the noun.

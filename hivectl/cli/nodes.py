@@ -1,4 +1,5 @@
-"""`hivectl node …`: list, describe, approve, reject, label and delete compute nodes."""
+"""`hivectl node …`: list, describe, approve, reject, label and delete compute nodes;
+enrollment tokens (`node token`, in tokens.py) and pruning (`node prune`, in nodeprune.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from hivectl.cli import nodeprune, tokens
 from hivectl.cli.api import Api, call, run_api
 from hivectl.cli.common import (
     Listing,
@@ -64,7 +66,8 @@ app = noun_app(
 # last, as kubectl's --show-labels has them, so a long label list widens its own row only.
 COLUMNS = ["ID", "APPROVAL", "STATUS", "CPU", "MEMORY", "GPU", "LABELS"]
 WIDE_COLUMNS = ["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU"]
-WIDE_COLUMNS += ["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS"]
+# REASON (why PENDING or REJECTED: free text) comes last of all, after the labels.
+WIDE_COLUMNS += ["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS", "REASON"]
 
 IdArgument = Annotated[
     str,
@@ -167,6 +170,7 @@ def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
         node.info.arch if node.info else NONE,
         age(node.last_heartbeat, now),
         labels,
+        node.reason or NONE,
     ]
 
 
@@ -213,13 +217,23 @@ def describe(ctx: typer.Context, node_id: IdArgument, output: OutputOption = Non
     hivectl node describe node-1 -o yaml
     ```
     """
+    from hivectl.cli import events
+
     fmt = output_format(ctx, output)
     query = make(NodeGetRequest, id=check_id(node_id))
-    node = call(ctx, "node", "get", query, NodeGetReply).node
+
+    async def work(api: Api) -> tuple[NodeView, list[events.Event]]:
+        node = (await api.call("node", "get", query, NodeGetReply)).node
+        if fmt.is_data:
+            return node, []
+        return node, await events.recent_node_events(api, node.node_id)
+
+    node, recent = run_api(ctx, work)
     if fmt.is_data:
         print_data(node, fmt)
     else:
-        write_lines(describe_lines(node, datetime.now(UTC)))
+        now = datetime.now(UTC)
+        write_lines(describe_lines(node, now) + events.describe_lines(recent, now))
 
 
 def describe_lines(node: NodeView, now: datetime) -> list[str]:
@@ -335,11 +349,23 @@ def _indent(lines: list[str]) -> list[str]:
 # -- approve, reject, delete ---------------------------------------------------------
 
 
+WhyOption = Annotated[
+    str,
+    typer.Option(
+        "--message",
+        "-m",
+        metavar="REASON",
+        help="Why: kept in the node's events (`hivectl events`).",
+    ),
+]
+
+
 @app.command("approve")
 def approve(
     ctx: typer.Context,
     node_ids: NodeIdsArgument = None,
     selector: TargetSelectorOption = None,
+    message: WhyOption = "",
     yes: YesOption = False,
 ) -> None:
     """Approve nodes (PENDING or REJECTED -> APPROVED) so that they get work.
@@ -351,12 +377,14 @@ def approve(
     hivectl node approve node-1 node-2
     hivectl node approve -l zone=eu-1      # lists the nodes and asks first
     hivectl node approve -l zone=eu-1 --yes
+    hivectl node approve node-1 -m "fingerprint checked"
     ```
     """
+    query = make(NodeApproveRequest, id="any", reason=message)  # checked before asking
     ids = select_nodes(ctx, node_ids, selector, verb="approve", yes=yes)
 
     async def one(api: Api, node_id: str) -> str:
-        await api.call("node", "approve", NodeApproveRequest(id=node_id), OkReply)
+        await api.call("node", "approve", query.model_copy(update={"id": node_id}), OkReply)
         return ""
 
     act_on_nodes(ctx, ids, one)
@@ -401,17 +429,17 @@ def reject(
 
 
 @app.command("delete")
-def delete(ctx: typer.Context, node_id: IdArgument) -> None:
+def delete(ctx: typer.Context, node_id: IdArgument, message: WhyOption = "") -> None:
     """Delete a node's record. A running agent is ignored from then on; restarted, it
     registers again and comes back as PENDING.
 
     **Example**
 
     ```
-    hivectl node delete node-1
+    hivectl node delete node-1 -m "retired"
     ```
     """
-    query = make(NodeDeleteRequest, id=check_id(node_id))
+    query = make(NodeDeleteRequest, id=check_id(node_id), reason=message)
     call(ctx, "node", "delete", query, OkReply)
     print_ok()
 
@@ -420,3 +448,5 @@ def delete(ctx: typer.Context, node_id: IdArgument) -> None:
 from hivectl.cli import nodelabels  # noqa: E402
 
 app.command("label")(nodelabels.label)
+app.add_typer(tokens.app, name="token")
+app.command("prune")(nodeprune.prune)

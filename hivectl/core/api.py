@@ -24,10 +24,25 @@ from hivectl.core.models import (
     NodeInfo,
     NodeResources,
     NodeType,
+    NonNegFloat,
+    NonNegInt,
     Reason,
     ShortText,
     register_messages,
 )
+
+# The header on every API request that names the operator who sends it (`actor` in
+# hivectl.toml, HIVE_ACTOR, else <os user>@<hostname>). What the client claims: the NATS
+# credential proves only the operator role, not who holds it.
+ACTOR_HEADER = "Hive-Actor"
+# Verbs of `hive.api.node.<verb>` served outside requester/nodes/api.py.
+TOKEN_CREATE, TOKEN_LIST, TOKEN_REVOKE, NODE_PRUNE = (
+    "token_create",
+    "token_list",
+    "token_revoke",
+    "prune",
+)
+MAX_PRUNE = 10_000  # nodes one prune request lists or removes
 
 IdPrefix = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Selector = Annotated[str, StringConstraints(strict=True, max_length=1024)]
@@ -82,6 +97,7 @@ class NodeGetReply(Message):
 class NodeApproveRequest(Message):
     kind: ClassVar[str] = "node_approve"
     id: IdPrefix
+    reason: Reason = ""
 
 
 class NodeRejectRequest(Message):
@@ -93,6 +109,36 @@ class NodeRejectRequest(Message):
 class NodeDeleteRequest(Message):
     kind: ClassVar[str] = "node_delete"
     id: IdPrefix
+    reason: Reason = ""
+
+
+class NodePruneRequest(Message):
+    """Delete the records of nodes UNKNOWN for at least `unknown_for` seconds, as the
+    requester that answers has seen them (see requester/nodes/prune.py). `dry_run` only
+    lists them; `ids`, when given, limits the removal to those (the ones an operator
+    confirmed)."""
+
+    kind: ClassVar[str] = "node_prune"
+    unknown_for: Annotated[float, Strict(), Field(ge=0, le=1e9, allow_inf_nan=False)]
+    dry_run: Annotated[bool, Strict()] = True
+    ids: Annotated[list[NodeId], Field(max_length=MAX_PRUNE)] | None = None
+    reason: Reason = ""
+
+
+class PruneCandidate(Model):
+    node_id: NodeId
+    approval: Approval
+    unknown_for: NonNegFloat  # seconds, as far as the requester that answered has seen
+
+
+class NodePruneReply(Message):
+    kind: ClassVar[str] = "node_prune_reply"
+    nodes: Annotated[list[PruneCandidate], Field(max_length=MAX_PRUNE)]
+    pruned: Annotated[bool, Strict()] = False  # False: only listed (a dry run)
+    more: NonNegInt = 0  # matching nodes left out (over MAX_PRUNE): prune again
+    # How long the requester that answered has watched heartbeats: no node is UNKNOWN
+    # for longer than that as far as it knows.
+    watching_for: NonNegFloat = 0.0
 
 
 class NodeLabelRequest(Message):
@@ -142,4 +188,6 @@ register_messages(
     NodeDeleteRequest,
     NodeLabelRequest,
     NodeLabelReply,
+    NodePruneRequest,
+    NodePruneReply,
 )

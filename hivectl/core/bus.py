@@ -263,10 +263,16 @@ async def request(
     return read_reply(subject, await ask(nc, subject, message, timeout), expect)
 
 
-async def ask(nc: Client, subject: str, message: Message, timeout: float) -> bytes:
+async def ask(
+    nc: Client,
+    subject: str,
+    message: Message,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> bytes:
     """Send `message` and return the reply undecoded (see `read_reply`); raise BusError."""
     try:
-        reply = await nc.request(subject, codec.encode(message), timeout=timeout)
+        reply = await nc.request(subject, codec.encode(message), timeout=timeout, headers=headers)
     except NoRespondersError:
         raise NoResponder(subject) from None
     except (NatsTimeoutError, TimeoutError):

@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import difflib
+import getpass
+import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing
@@ -32,6 +35,7 @@ from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from hivectl.core import paging
+from hivectl.core.api import ACTOR_HEADER
 from hivectl.core.bus import BusError, NoAnswer, ask, connect_cli, connection_failure, read_reply
 from hivectl.core.config import ClientConfig, load_config
 from hivectl.core.errors import (
@@ -85,9 +89,10 @@ CONCURRENCY = 64  # requests in flight at once for the methods that make many
 
 
 class AsyncClient:
-    """A session with a Hive cluster. `url`, `credentials_file` and `timeout` (seconds
-    per request) override the config; `config` replaces it whole (hivectl passes its
-    own); `trace` is told of every request (hivectl's `-v`)."""
+    """A session with a Hive cluster. `url`, `credentials_file`, `timeout` (seconds
+    per request) and `actor` (who you are, recorded with every change you make; default
+    <os user>@<hostname>) override the config; `config` replaces it whole (hivectl
+    passes its own); `trace` is told of every request (hivectl's `-v`)."""
 
     def __init__(
         self,
@@ -98,17 +103,25 @@ class AsyncClient:
         config_file: str | Path | None = None,
         config: ClientConfig | None = None,
         trace: Callable[[str], None] | None = None,
+        actor: str | None = None,
     ) -> None:
         if config is None:
             nats = {"url": url, "credentials_file": credentials_file}
             path = Path(config_file) if config_file is not None else None
-            config = load_config(ClientConfig, path, nats=nats, timeout=timeout)
+            config = load_config(ClientConfig, path, nats=nats, timeout=timeout, actor=actor)
         self.config = config
         self.subjects = Subjects(config.nats.prefix)
+        # Sent with every request: the requester records it with what the request changes.
+        self._headers = {ACTOR_HEADER: config.actor or default_actor()}
         self._trace = trace
         self._nc: Nats | None = None
 
     # -- the connection -------------------------------------------------------------
+
+    @property
+    def actor(self) -> str:
+        """Who this client says it is to the requester (see `ClientConfig.actor`)."""
+        return self._headers[ACTOR_HEADER]
 
     @property
     def nc(self) -> Nats:
@@ -147,7 +160,7 @@ class AsyncClient:
         subject = self.subjects.api(noun, verb)
         started = time.perf_counter()
         try:
-            data = await ask(nc, subject, message, timeout=self.config.timeout)
+            data = await ask(nc, subject, message, self.config.timeout, self._headers)
         except NoAnswer:
             if not nc.is_closed:
                 raise
@@ -340,6 +353,16 @@ class AsyncClient:
         except BaseExceptionGroup as failed:
             raise _first(failed) from None
         return [task.result() for task in tasks]
+
+
+def default_actor() -> str:
+    """`<os user>@<hostname>`: who runs this, as far as this machine says."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no name for this uid (a container, say)
+        user = f"uid{os.getuid()}"
+    actor = f"{user}@{socket.gethostname()}"
+    return "".join(c for c in actor if c.isprintable())[:128] or "unknown"
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -36,6 +36,7 @@ from hivectl.core.labels import is_reserved, reserved_error
 from hivectl.core.models import ID_PATTERN, Labels
 from hivectl.core.subjects import DEFAULT_PREFIX
 
+ACTOR_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters: it travels in a header
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
@@ -191,6 +192,9 @@ class RequesterConfig(HiveSettings):
     # A finished job's record is deleted this long after it ended (its logs, events and
     # results expire after 7 days in their streams too); 0 keeps finished jobs forever.
     job_retention: Duration = 7 * 24 * 3600.0
+    # The leader deletes the records of nodes UNKNOWN for this long, as far as it has
+    # seen (time the requester was down or had just started does not count); 0: never.
+    node_prune_after: Duration = 0.0
     max_payload: int = Field(default=1024 * 1024, ge=1024)
 
     @model_validator(mode="after")
@@ -225,6 +229,9 @@ class NodeAgentConfig(HiveSettings):
     program: ClassVar[str] = "nodeagent"
     name: str | None = Field(default=None, pattern=ID_PATTERN)
     labels: Labels = Field(default_factory=dict)
+    # An enrollment token (`hivectl node token create`), sent when the node registers:
+    # a valid one approves it at once. Used only at registration.
+    token: SecretStr | None = None
     state_dir: Path = Field(default_factory=lambda: _data_dir("nodeagent"))
     work_dir: Path | None = None  # default: <state_dir>/work
     heartbeat_interval: Duration = 15.0
@@ -266,6 +273,9 @@ class ClientConfig(HiveSettings):
 
     timeout: Duration = 5.0
     output: Literal["table", "wide", "json", "yaml"] = "table"
+    # Who you are, as the requester records it with every change you make (`hivectl
+    # events`). Default: <os user>@<hostname>. A claim: the credentials prove the role only.
+    actor: str | None = Field(default=None, min_length=1, max_length=128, pattern=ACTOR_PATTERN)
 
 
 _toml_file: ContextVar[Path | None] = ContextVar("hive_toml_file", default=None)

@@ -289,6 +289,7 @@ class JobEvent(Message):
     new: ShortText = ""
     reason: Reason = ""
     at: datetime = Field(default_factory=utcnow)
+    actor: ShortText = ""  # as NodeEvent.actor
 
 
 register_messages(

@@ -145,8 +145,8 @@ class NodeRecord(Model):
     reason: Reason = ""
     registered_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
-    # Set by operators (`hivectl node label`), never by the node: they win over the
-    # labels in its info and outlive its restarts and re-registrations.
+    # Set by operators (`hivectl node label`, enrollment tokens), never by the node: they
+    # win over the labels in its info and outlive its restarts and re-registrations.
     operator_labels: Labels = Field(default_factory=dict)
 
 
@@ -165,6 +165,9 @@ class RegisterRequest(Message):
     node_id: NodeId
     public_key: PublicKey
     info: NodeInfo
+    # An enrollment token (`<id>.<secret>`, from `hivectl node token create`): a valid
+    # one approves the node at registration; any other leaves it PENDING with the reason.
+    token: Annotated[str, StringConstraints(strict=True, max_length=256)] = ""
 
 
 class RegisterReply(Message):
@@ -177,6 +180,7 @@ class RegisterReply(Message):
     # (LOST) and places it again: the node stops that work itself before then (0: the
     # requester does not say, and the node fences nothing).
     lost_after: NonNegFloat = 0.0
+    reason: Reason = ""  # why the node is PENDING (an enrollment token refused), if it is
 
 
 class InfoUpdate(Message):
@@ -240,6 +244,9 @@ class NodeEvent(Message):
     new: ShortText = ""
     reason: Reason = ""
     at: datetime = Field(default_factory=utcnow)
+    # Who caused it: the operator an API request named (its Hive-Actor header), else
+    # `requester:<name>` for what the requester decided itself (health, pruning).
+    actor: ShortText = ""
 
 
 def message_registry(*models: type[Message]) -> dict[str, type[Message]]:
@@ -283,7 +290,8 @@ def build_models() -> int:
     one thread, keeps building only what a command needs.
     """
     import hivectl.core.api
-    import hivectl.core.jobs  # noqa: F401  (every wire model is defined once imported)
+    import hivectl.core.jobs
+    import hivectl.core.tokens  # noqa: F401  (every wire model is defined once imported)
 
     built, pending = 0, list(Model.__subclasses__())
     while pending:

@@ -75,6 +75,14 @@ class Subjects:
     def job_events(self, job_id: str = "*") -> str:
         return f"{self.prefix}.events.job.{job_id}"
 
+    def token_events(self, token_id: str = "*") -> str:
+        return f"{self.prefix}.events.token.{token_id}"
+
+    @property
+    def all_events(self) -> str:
+        """Every event, of nodes, jobs and tokens alike."""
+        return f"{self.prefix}.events.>"
+
     def api(self, noun: str, verb: str) -> str:
         return f"{self.prefix}.api.{noun}.{verb}"
 
@@ -96,6 +104,11 @@ class Subjects:
         """One key per execution, `<job id>.<exec id>`: a job's record does not grow
         with its count, and a change to one execution rewrites no other."""
         return f"{self._ident}_execs"
+
+    @property
+    def tokens_bucket(self) -> str:
+        """Enrollment tokens, by id: the hash of each secret, never the secret."""
+        return f"{self._ident}_tokens"
 
     @property
     def leases_bucket(self) -> str:

@@ -39,10 +39,15 @@ class Client:
         credentials_file: str | Path | None = None,
         timeout: float | None = None,
         config_file: str | Path | None = None,
+        actor: str | None = None,
     ) -> None:
         # The config loads here, in the caller's thread: a bad one raises at once.
         self._client = AsyncClient(
-            url, credentials_file=credentials_file, timeout=timeout, config_file=config_file
+            url,
+            credentials_file=credentials_file,
+            timeout=timeout,
+            config_file=config_file,
+            actor=actor,
         )
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None

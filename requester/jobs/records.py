@@ -28,6 +28,7 @@ from hivectl.core import codec
 from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobEvent
 from hivectl.core.models import utcnow
 from hivectl.core.subjects import Subjects
+from requester.events import stamped
 from requester.jobs.executions import ACTIVE, node_stopped
 from requester.jobs.fenced import Change, Deposed, JobError
 from requester.kvview import KvView
@@ -429,6 +430,7 @@ class JobStore:
             self._on_cancel(cancelled, after.reason or f"job {after.state.lower()}")
 
     async def _publish_event(self, event: JobEvent) -> None:
+        event = stamped(event)
         log.info(
             "job %s: %s -> %s %s",
             event.job_id,

@@ -128,7 +128,7 @@ class NodeApi(ApiRouter):
     async def approve_node(self, data: bytes) -> Message:
         request = codec.decode(data, NodeApproveRequest, self._limits)
         record = self._record(request.id)
-        await self._registry.set_approval(record.node_id, Approval.APPROVED)
+        await self._registry.set_approval(record.node_id, Approval.APPROVED, request.reason)
         return OkReply(id=record.node_id)
 
     async def reject_node(self, data: bytes) -> Message:
@@ -140,7 +140,7 @@ class NodeApi(ApiRouter):
     async def delete_node(self, data: bytes) -> Message:
         request = codec.decode(data, NodeDeleteRequest, self._limits)
         record = self._record(request.id)
-        await self._registry.delete(record.node_id)
+        await self._registry.delete(record.node_id, request.reason)
         self._on_delete(record.node_id)
         return OkReply(id=record.node_id)
 

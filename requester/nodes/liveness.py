@@ -33,6 +33,8 @@ class Liveness:
         self._last: dict[str, float] = {}  # monotonic time of the last heartbeat
         self._health: dict[str, Health] = {}  # absent means UNKNOWN
         self._resources: dict[str, NodeResources] = {}
+        # Monotonic time each node heard from went UNKNOWN (pruning counts from there).
+        self._unknown_since: dict[str, float] = {}
         self._pending: list[NodeEvent] = []  # changes seen on the hot path, published later
         self.transitions: Counter[tuple[str, str]] = Counter()
 
@@ -58,6 +60,7 @@ class Liveness:
         self._last.pop(node_id, None)
         self._health.pop(node_id, None)
         self._resources.pop(node_id, None)
+        self._unknown_since.pop(node_id, None)
 
     def sweep(self, now: float) -> None:
         """Age every heard-from node; called by the requester's periodic health check."""
@@ -88,6 +91,11 @@ class Liveness:
     def resources(self, node_id: str) -> NodeResources | None:
         return self._resources.get(node_id)
 
+    def unknown_since(self, node_id: str) -> float | None:
+        """Monotonic time an UNKNOWN node went UNKNOWN; None if it is not UNKNOWN or was
+        not heard from since the requester started."""
+        return self._unknown_since.get(node_id)
+
     def last_heard(self, node_id: str) -> float | None:
         """Wall-clock time of the last heartbeat, for display only."""
         last = self._last.get(node_id)
@@ -104,8 +112,10 @@ class Liveness:
             return
         if new is Health.UNKNOWN:
             self._health.pop(node_id, None)
+            self._unknown_since[node_id] = time.monotonic()
         else:
             self._health[node_id] = new
+            self._unknown_since.pop(node_id, None)
         self.transitions[(old, new)] += 1
         self._pending.append(
             NodeEvent(node_id=node_id, event="health", old=old, new=new, reason=reason)

@@ -30,6 +30,7 @@ from hivectl.core.models import (
     Leave,
     Message,
     NodeInfo,
+    NodeRecord,
     RegisterReply,
     RegisterRequest,
     ResourceUpdate,
@@ -38,6 +39,7 @@ from hivectl.core.subjects import Subjects
 from requester.drops import Dropped, Drops
 from requester.nodes.liveness import Liveness
 from requester.nodes.registry import Registry, RegistryError
+from requester.nodes.tokens import Tokens
 
 log = logging.getLogger("hive.requester.membership")
 M = TypeVar("M", bound=Message)
@@ -60,6 +62,7 @@ class Membership:
         limits: codec.Limits,
         lost_after: float = 0.0,
         reconcile: Reconcile | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         self._subjects = subjects
         self._registry = registry
@@ -71,6 +74,7 @@ class Membership:
         self._limits = limits
         self._lost_after = lost_after
         self._reconcile = reconcile
+        self._tokens = tokens  # enrollment tokens, for registrations that carry one
         self._seq: dict[tuple[str, str], int] = {}
         self._drops = Drops(subjects, log, "message")
         self.received: Counter[str] = Counter()
@@ -130,9 +134,7 @@ class Membership:
         try:
             request = self._open_registration(msg.data)
             info = self._own_labels(request.node_id, request.info)
-            record = await self._registry.register(
-                request.node_id, request.public_key, info, self._auto_approve
-            )
+            record = await self._admit(request.model_copy(update={"info": info}))
         except Dropped as drop:
             self._drop(msg.subject, drop)
             await self._reply(msg, ErrorReply(code=drop.code, reason=drop.reason))
@@ -148,8 +150,16 @@ class Membership:
             requester_key=self._identity.public_key,
             cluster=self._cluster,
             lost_after=self._lost_after,
+            reason=record.reason,
         )
         await self._reply(msg, reply)
+
+    async def _admit(self, request: RegisterRequest) -> NodeRecord:
+        if request.token and self._tokens is not None:
+            return await self._tokens.admit(self._registry, request, self._auto_approve)
+        return await self._registry.register(
+            request.node_id, request.public_key, request.info, self._auto_approve
+        )
 
     # -- checks -----------------------------------------------------------------------
     def _accept(self, msg: Msg, expect: type[S], kind: str) -> S | None:

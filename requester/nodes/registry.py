@@ -125,23 +125,72 @@ class Registry:
 
     # -- writes ---------------------------------------------------------------------
     async def register(
-        self, node_id: str, public_key: str, info: NodeInfo, approve: bool
+        self,
+        node_id: str,
+        public_key: str,
+        info: NodeInfo,
+        approve: bool,
+        *,
+        reason: str = "",
+        operator_labels: dict[str, str] | None = None,
     ) -> NodeRecord:
-        """Create the record, or refresh its info; never changes an existing approval."""
+        """Create the record, or refresh its info; never changes an existing approval.
+
+        `reason` and `operator_labels` (an enrollment token's) go into a new record only.
+        """
         existing = self.get(node_id)
         if existing is not None:
-            if existing.public_key != public_key:
-                raise RegistryError(
-                    "key_mismatch",
-                    f"node id {node_id!r} is bound to another key; an operator must "
-                    f"delete it first (hivectl node delete {node_id})",
-                )
+            self.check_key(existing, public_key)
             return await self.update_info(node_id, info)
         approval = Approval.APPROVED if approve else Approval.PENDING
-        record = NodeRecord(node_id=node_id, public_key=public_key, info=info, approval=approval)
+        record = NodeRecord(
+            node_id=node_id,
+            public_key=public_key,
+            info=info,
+            approval=approval,
+            reason=reason,
+            operator_labels=operator_labels or {},
+        )
         if not await self._view.create(node_id, record):  # another requester was first
             return await self.register(node_id, public_key, info, approve)
-        await self._on_event(NodeEvent(node_id=node_id, event="registered", new=approval))
+        event = NodeEvent(node_id=node_id, event="registered", new=approval, reason=reason)
+        await self._on_event(event)
+        return record
+
+    @staticmethod
+    def check_key(record: NodeRecord, public_key: str) -> None:
+        """Refuse a registration for `record`'s id under another key."""
+        if record.public_key != public_key:
+            node_id = record.node_id
+            raise RegistryError(
+                "key_mismatch",
+                f"node id {node_id!r} is bound to another key; an operator must "
+                f"delete it first (hivectl node delete {node_id})",
+            )
+
+    async def enroll(
+        self, node_id: str, approve: bool, reason: str, labels: dict[str, str]
+    ) -> NodeRecord:
+        """An enrollment token's verdict on a known PENDING node: APPROVED with the
+        token's labels added to its operator labels, or left PENDING with `reason`. A
+        node in any other state is left as it is (an operator's reject stands)."""
+
+        def apply(rec: NodeRecord) -> dict[str, object] | None:
+            if rec.approval is not Approval.PENDING or (not approve and rec.reason == reason):
+                return None
+            if not approve:
+                return {"reason": reason}
+            merged = {**rec.operator_labels, **labels}
+            return {"approval": Approval.APPROVED, "reason": reason, "operator_labels": merged}
+
+        before = self.get(node_id)
+        record = await self._change(node_id, apply)
+        if before is not None and before.approval != record.approval:
+            event = NodeEvent(
+                node_id=node_id, event="approval", old=before.approval, new=record.approval,
+                reason=reason,
+            )  # fmt: skip
+            await self._on_event(event)
         return record
 
     async def update_info(self, node_id: str, info: NodeInfo) -> NodeRecord:
@@ -177,11 +226,12 @@ class Registry:
         `change` sees the record as stored and may raise to refuse."""
         return await self._change(node_id, change)
 
-    async def delete(self, node_id: str) -> None:
+    async def delete(self, node_id: str, reason: str = "") -> None:
         before = self.get(node_id)
         await self._view.purge(node_id)
         if before is not None:
-            await self._on_event(NodeEvent(node_id=node_id, event="deleted", old=before.approval))
+            event = NodeEvent(node_id=node_id, event="deleted", old=before.approval, reason=reason)
+            await self._on_event(event)
 
     async def _change(
         self, node_id: str, change: Callable[[NodeRecord], dict[str, object] | None]

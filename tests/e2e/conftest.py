@@ -85,10 +85,11 @@ class Cluster:
         docker_host: str | None = None,
         extra_env: dict[str, str] | None = None,
         url: str | None = None,
+        flags: tuple[str, ...] = (),
     ) -> None:
         """A node agent; `url`: another way to the NATS server (a proxy, say)."""
         args = ["nodeagent", "run", "--nats-url", url or self.url, "--name", name,
-                "--state-dir", str(self.base / name)]  # fmt: skip
+                "--state-dir", str(self.base / name), *flags]  # fmt: skip
         for label in labels:
             args += ["--label", label]
         engines = {
@@ -124,12 +125,14 @@ class Cluster:
         return (self.base / f"{name}.log").read_text(errors="replace")
 
     def hivectl(
-        self, *args: str, check: bool = True, url: str | None = None
+        self, *args: str, check: bool = True, url: str | None = None, actor: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """hivectl as an operator runs it; `url`: another way to the NATS server."""
+        """hivectl as an operator runs it; `url`: another way to the NATS server; `actor`:
+        who the operator says they are (HIVE_ACTOR)."""
+        named = {"HIVE_ACTOR": actor} if actor else {}
         result = subprocess.run(
             [sys.executable, "-m", "hivectl.cli.main", "--nats-url", url or self.url, *args],
-            env=self.env | {"HIVE_NATS__CREDENTIALS_FILE": str(self.operator)},
+            env=self.env | {"HIVE_NATS__CREDENTIALS_FILE": str(self.operator)} | named,
             capture_output=True,
             text=True,
             timeout=30,

@@ -117,8 +117,11 @@ def test_a_submit_whose_reply_is_lost_is_retried_and_runs_once(
 
 
 def payload(command: bytes) -> bytes:
-    """The payload of a PUB command as the proxy saw it."""
-    return command.split(b"\r\n", 1)[1][:-2]
+    """The payload of a PUB or HPUB command as the proxy saw it (headers left out)."""
+    line, body = command.split(b"\r\n", 1)
+    words = line.split()
+    headers = int(words[-2]) if words[0].upper() == b"HPUB" else 0
+    return body[headers:-2]
 
 
 def test_pending_and_rejected_nodes_never_get_work(cluster: Cluster) -> None:

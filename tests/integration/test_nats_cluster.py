@@ -41,6 +41,7 @@ HIVE_STREAMS = {
     S.kv_stream(S.execs_bucket),
     S.kv_stream(S.cluster_bucket),
     S.kv_stream(S.leases_bucket),
+    S.kv_stream(S.tokens_bucket),
     S.exec_stream,
     S.logs_stream,
     S.events_stream,

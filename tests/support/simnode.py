@@ -49,10 +49,14 @@ class SimNode:
         self.key: bytes | None = None
         self.seq = time.time_ns() // 1000
         self.info = sample_info()
+        self.token = ""  # an enrollment token, sent with the registration
 
     async def register(self, timeout: float = 5.0) -> RegisterReply | ErrorReply:
         request = RegisterRequest(
-            node_id=self.node_id, public_key=self.identity.public_key, info=self.info
+            node_id=self.node_id,
+            public_key=self.identity.public_key,
+            info=self.info,
+            token=self.token,
         )
         frame = self.identity.sign(codec.encode(request))
         reply = await self.nc.request(self.subjects.node_register, frame, timeout=timeout)

@@ -268,14 +268,14 @@ def test_list_wide_adds_type_disk_version_arch_and_heartbeat_age(
     rows = table(result.stdout)
     assert rows[0] == [
         *["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU"],
-        *["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS"],
+        *["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS", "REASON"],
     ]
     assert rows[1][:2] == ["zz-requester", "Requester"]
-    assert rows[1][-4:] == ["-", "-", "-", "-"]
+    assert rows[1][-5:] == ["-", "-", "-", "-", "-"]
     assert rows[2][1] == "Compute"
     assert rows[2][5:7] == ["12.3/16.0GiB", "80.0/100.0GiB"]  # wide: one decimal
-    assert rows[2][-4:] == ["0.1.0", "amd64", "5h ago", "gpu=true,zone=eu-1"]
-    assert rows[3][-4:] == ["0.1.0", "amd64", "-", "gpu=true,zone=eu-1"]
+    assert rows[2][-5:] == ["0.1.0", "amd64", "5h ago", "gpu=true,zone=eu-1", "-"]
+    assert rows[3][-5:] == ["0.1.0", "amd64", "-", "gpu=true,zone=eu-1", "-"]
 
 
 def devstack_nodes() -> list[NodeView]:

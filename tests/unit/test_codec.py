@@ -26,8 +26,11 @@ from hivectl.core.api import (
     NodeLabelRequest,
     NodeListReply,
     NodeListRequest,
+    NodePruneReply,
+    NodePruneRequest,
     NodeRejectRequest,
     NodeView,
+    PruneCandidate,
 )
 from hivectl.core.auth import Identity
 from hivectl.core.codec import CodecError, Limits
@@ -77,6 +80,15 @@ from hivectl.core.models import (
     RegisterRequest,
     Resources,
     ResourceUpdate,
+)
+from hivectl.core.tokens import (
+    TokenCreateReply,
+    TokenCreateRequest,
+    TokenEvent,
+    TokenInfo,
+    TokenListReply,
+    TokenListRequest,
+    TokenRevokeRequest,
 )
 
 # Every module of hivectl.core, so kinds registered anywhere in it are in MESSAGES.
@@ -170,13 +182,32 @@ def _job() -> Job:
 
 
 # One valid, realistic instance per message kind.
+def _token() -> TokenInfo:
+    return TokenInfo(
+        token_id="t-3f9a2b1c4d5e",
+        created_at=T0,
+        created_by="alice@laptop",
+        expires_at=T0 + timedelta(days=1),
+        uses=100,
+        used=42,
+        labels={"pool": "batch"},
+        note="rack 7",
+    )
+
+
 SAMPLES: dict[str, Message] = {
-    "register": RegisterRequest(node_id="gpu-worker-07", public_key=NODE_KEY, info=_info()),
+    "register": RegisterRequest(
+        node_id="gpu-worker-07",
+        public_key=NODE_KEY,
+        info=_info(),
+        token="t-3f9a2b1c4d5e.Y28Gis-Ffc9G_RDyImapEV9qsw3VcLw5_fD74Pjpct8",
+    ),
     "register_reply": RegisterReply(
         node_id="gpu-worker-07",
         approval=Approval.PENDING,
         requester_key=REQUESTER_KEY,
         cluster="prod-eu",
+        reason="enrollment token t-3f9a2b1c4d5e is used up (2 of 2 uses)",
     ),
     "info": InfoUpdate(node_id="gpu-worker-07", info=_info()),
     "info_reply": InfoReply(known=True, approval=Approval.APPROVED),
@@ -192,6 +223,7 @@ SAMPLES: dict[str, Message] = {
         new="UNHEALTHY",
         reason="no heartbeat for 31s",
         at=T0,
+        actor="requester:req-1",
     ),
     "node_list": NodeListRequest(
         approval=Approval.PENDING,
@@ -216,7 +248,38 @@ SAMPLES: dict[str, Message] = {
     "node_get_reply": NodeGetReply(node=_view()),
     "node_approve": NodeApproveRequest(id="gpu-worker-07"),
     "node_reject": NodeRejectRequest(id="gpu-worker-07", reason="unknown hardware vendor"),
-    "node_delete": NodeDeleteRequest(id="gpu-worker-07"),
+    "node_delete": NodeDeleteRequest(id="gpu-worker-07", reason="retired"),
+    "node_prune": NodePruneRequest(
+        unknown_for=86400.0, dry_run=False, ids=["gpu-worker-07"], reason="rack 7 gone"
+    ),
+    "node_prune_reply": NodePruneReply(
+        nodes=[
+            PruneCandidate(node_id="gpu-worker-07", approval=Approval.APPROVED, unknown_for=9e4)
+        ],
+        pruned=True,
+        watching_for=3e5,
+    ),
+    "token_create": TokenCreateRequest(
+        token_id="t-3f9a2b1c4d5e",
+        hash="0" * 64,
+        ttl=86400.0,
+        uses=100,
+        labels={"pool": "batch"},
+        note="rack 7",
+    ),
+    "token_create_reply": TokenCreateReply(token=_token()),
+    "token_list": TokenListRequest(),
+    "token_list_reply": TokenListReply(tokens=[_token()], more=0),
+    "token_revoke": TokenRevokeRequest(id="t-3f9a", reason="leaked in a ticket"),
+    "token_event": TokenEvent(
+        token_id="t-3f9a2b1c4d5e",
+        event="revoked",
+        old="active",
+        new="revoked",
+        reason="leaked in a ticket",
+        at=T0,
+        actor="alice@laptop",
+    ),
     "node_label": NodeLabelRequest(
         id="gpu-w", labels={"pool": "training"}, remove=["tier"], reason="moved to training"
     ),
@@ -253,7 +316,12 @@ SAMPLES: dict[str, Message] = {
     ),
     "job_stop": JobStopRequest(id=JOB_ID, reason="operator asked"),
     "job_event": JobEvent(
-        job_id=JOB_ID, old="QUEUED", new="RUNNING", reason="placed on gpu-worker-07", at=T0
+        job_id=JOB_ID,
+        old="QUEUED",
+        new="RUNNING",
+        reason="placed on gpu-worker-07",
+        at=T0,
+        actor="requester:req-1",
     ),
 }
 
