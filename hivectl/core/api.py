@@ -12,7 +12,9 @@ from typing import Annotated, ClassVar
 from pydantic import Field, Strict, StringConstraints
 
 from hivectl.core.models import (
+    MAX_DRAIN_DEADLINE,
     Approval,
+    Drain,
     Health,
     Message,
     Model,
@@ -44,12 +46,21 @@ class NodeView(Model):
     last_heartbeat: datetime | None = None  # the requester's clock, when it last heard
     registered_at: datetime | None = None
     updated_at: datetime | None = None
+    cordoned: Annotated[bool, Strict()] = False
+    cordon_reason: Reason = ""
+    drain: Drain | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self.drain is not None and self.drain.active
 
 
 class NodeListRequest(Message):
     kind: ClassVar[str] = "node_list"
     approval: Approval | None = None
     health: Health | None = None
+    cordoned: Annotated[bool, Strict()] | None = None  # draining nodes are cordoned too
+    draining: Annotated[bool, Strict()] | None = None
     selector: Selector = ""  # label selector, as in `hivectl node list -l`
     after: ShortText = ""  # paging: ids sort ascending; start after this one
     limit: Annotated[int, Strict(), Field(ge=1, le=PAGE_SIZE)] = PAGE_SIZE
@@ -87,6 +98,36 @@ class NodeDeleteRequest(Message):
     id: IdPrefix
 
 
+class NodeCordonRequest(Message):
+    """Take a node out of service: it gets no new executions; what runs goes on."""
+
+    kind: ClassVar[str] = "node_cordon"
+    id: IdPrefix
+    reason: Reason = ""
+
+
+class NodeUncordonRequest(Message):
+    """Put a node back in service; a drain still going on ends (cancelled)."""
+
+    kind: ClassVar[str] = "node_uncordon"
+    id: IdPrefix
+    reason: Reason = ""
+
+
+DrainDeadline = Annotated[float, Strict(), Field(ge=0, le=MAX_DRAIN_DEADLINE)]
+
+
+class NodeDrainRequest(Message):
+    """Start (or change) a node's drain, or with `cancel`, end it (the node stays cordoned)."""
+
+    kind: ClassVar[str] = "node_drain"
+    id: IdPrefix
+    deadline: DrainDeadline | None = 3600.0  # seconds from now; None: no deadline
+    force: Annotated[bool, Strict()] = False  # move the batch work off now
+    cancel: Annotated[bool, Strict()] = False
+    reason: Reason = ""
+
+
 register_messages(
     NodeListRequest,
     NodeListReply,
@@ -95,4 +136,7 @@ register_messages(
     NodeApproveRequest,
     NodeRejectRequest,
     NodeDeleteRequest,
+    NodeCordonRequest,
+    NodeUncordonRequest,
+    NodeDrainRequest,
 )
