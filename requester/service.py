@@ -37,6 +37,7 @@ from requester.nodes.api import NodeApi
 from requester.nodes.link import NodeLink
 from requester.nodes.liveness import Liveness
 from requester.nodes.membership import Membership
+from requester.nodes.nodeops import NodeOps
 from requester.nodes.registry import Registry
 from requester.ownnats import OwnNats
 from requester.store import Store, open_store
@@ -184,6 +185,8 @@ class Requester:
             on_delete=self._forget_node,
             limits=limits,
         )
+        ops = NodeOps(self.registry, requester_id=cfg.name, limits=limits)
+        self.node_api.handlers.update(ops.handlers)
 
     async def _start_jobs(self, js: Store) -> None:
         """Streams, the job store and its API; what only the leader does waits for

@@ -92,7 +92,8 @@ class NodeApi(ApiRouter):
         """(id, packed view) of the nodes that pass the request's filters: the requester
         first, then the nodes by id."""
         me = self._self_view
-        if not request.after and _wanted(request, selector, me.approval, me.health, {}):
+        wanted = _wanted(request, selector, me.approval, me.health, {})
+        if not request.after and wanted and _in_service_wanted(request, me):
             yield me.node_id, self._self_bytes
         liveness, registry = self._liveness, self._registry
         ids = registry.sorted_ids()
@@ -101,6 +102,8 @@ class NodeApi(ApiRouter):
             if record is None:
                 continue
             health = liveness.health(node_id)
+            if not _in_service_wanted(request, record):
+                continue
             if _wanted(request, selector, record.approval, health, record.info.labels):
                 resources, heard = liveness.resources(node_id), liveness.last_heard(node_id)
                 yield node_id, self._pages.view(record, health, resources, heard)
@@ -172,6 +175,9 @@ class NodeApi(ApiRouter):
             last_heartbeat=None if heard is None else datetime.fromtimestamp(heard, UTC),
             registered_at=record.registered_at,
             updated_at=record.updated_at,
+            cordoned=record.cordoned,
+            cordon_reason=record.cordon_reason,
+            drain=record.drain,
         )
 
 
@@ -186,6 +192,13 @@ def _wanted(
         (request.approval is None or approval == request.approval)
         and (request.health is None or health == request.health)
         and selector.matches(labels)
+    )
+
+
+def _in_service_wanted(request: NodeListRequest, record: NodeRecord | NodeView) -> bool:
+    """The cordon and drain filters (`--filter-status cordoned`, say)."""
+    return (request.cordoned is None or record.cordoned == request.cordoned) and (
+        request.draining is None or record.draining == request.draining
     )
 
 
