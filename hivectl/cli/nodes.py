@@ -19,6 +19,7 @@ from hivectl.cli.common import (
     output_format,
     print_ok,
 )
+from hivectl.cli.nodeops import STATUS_WORDS, register, scheduling_lines, status_cell, status_filter
 from hivectl.cli.output import (
     NONE,
     age,
@@ -42,7 +43,7 @@ from hivectl.core.api import (
     NodeRejectRequest,
     NodeView,
 )
-from hivectl.core.models import Approval, Health, NodeInfo, NodeType, OkReply, Resources
+from hivectl.core.models import Approval, NodeInfo, NodeType, OkReply, Resources
 
 app = noun_app(
     "Manage compute nodes: list and inspect them, approve, reject or delete them.\n\n"
@@ -73,12 +74,11 @@ ApprovalFilter = Annotated[
     ),
 ]
 StatusFilter = Annotated[
-    Health | None,
+    str | None,
     typer.Option(
         "--filter-status",
-        case_sensitive=False,
         metavar="STATUS",
-        help="Only nodes with this health: HEALTHY, UNHEALTHY or UNKNOWN (any case).",
+        help=f"Only nodes with this status, comma-separated: {STATUS_WORDS} (any case).",
         show_default=False,
     ),
 ]
@@ -112,7 +112,8 @@ def list_nodes(
     Resources show as available/total (CPU cores, memory, disk, GPUs), `-` where the
     node has sent no resource report yet. STATUS is the health the requester sees from
     heartbeats: HEALTHY, UNHEALTHY (late) or UNKNOWN (gone, or not heard from since
-    the requester started).
+    the requester started), then `,cordoned` or `,draining` for a node taken out of
+    service (`hivectl node cordon`, `drain`).
 
     **Examples**
 
@@ -121,6 +122,7 @@ def list_nodes(
     hivectl node list --filter-approval pending
     hivectl node list -l 'zone=eu-1,gpu' -o wide
     hivectl node list --filter-status healthy -o json | jq -r '.[].node_id'
+    hivectl node list --filter-status cordoned
     hivectl node list --no-headers | awk '{print $1}'
     ```
     """
@@ -128,8 +130,8 @@ def list_nodes(
     query = make(
         NodeListRequest,
         approval=filter_approval,
-        health=filter_status,
         selector=check_selector(selector),
+        **status_filter(filter_status),
     )
     nodes = run_api(ctx, lambda api: fetch_all(api, query), status="Listing nodes")
     nodes.sort(key=lambda node: (node.type is not NodeType.REQUESTER, node.node_id))
@@ -146,12 +148,12 @@ def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
     cpu, memory, disk, gpu = resource_cells(node, short=not wide)
     labels = join_labels(node.info.labels if node.info else None)
     if not wide:
-        return [node.node_id, node.approval.value, node.health.value, cpu, memory, gpu, labels]
+        return [node.node_id, node.approval.value, status_cell(node), cpu, memory, gpu, labels]
     return [
         node.node_id,
         node.type.value,
         node.approval.value,
-        node.health.value,
+        status_cell(node),
         *(cpu, memory, disk, gpu),
         node.info.version if node.info else NONE,
         node.info.arch if node.info else NONE,
@@ -218,6 +220,7 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ("Approval", [node.approval.value]),
         *([("Reason", [node.reason])] if node.reason else []),
         ("Status", [node.health.value]),
+        *([("Scheduling", scheduling_lines(node, now))] if node.type is NodeType.COMPUTE else []),
         ("Public key", [key or NONE]),
         ("Fingerprint", [fingerprint(key) if key else NONE]),
         ("Labels", join_labels(node_info.labels if node_info else None).split(",")),
@@ -362,3 +365,6 @@ def delete(ctx: typer.Context, node_id: IdArgument) -> None:
     query = make(NodeDeleteRequest, id=check_id(node_id))
     call(ctx, "node", "delete", query, OkReply)
     print_ok()
+
+
+register(app)  # cordon, uncordon, drain (hivectl.cli.nodeops)
