@@ -146,12 +146,13 @@ def test_drain_sends_its_deadline_in_seconds(canned: CannedRequester) -> None:
 
 
 def test_monitor_follows_a_drain_until_it_ends(nats_server: EmbeddedNats) -> None:
-    drain = Drain(started_at=NOW, deadline=NOW + timedelta(seconds=5), remaining=1)
+    now = datetime.now(UTC)
+    drain = Drain(started_at=now, deadline=now + timedelta(minutes=5), remaining=1)
     states = [
         compute_node("node-a", cordoned=True, drain=drain),
         compute_node("node-a", cordoned=True, drain=drain.model_copy(update={"moved": 1})),
         compute_node("node-a", cordoned=True, drain=drain.model_copy(
-            update={"moved": 1, "remaining": 0, "ended_at": NOW, "outcome": "drained"})),
+            update={"moved": 1, "remaining": 0, "ended_at": now, "outcome": "drained"})),
     ]  # fmt: skip
     with CannedRequester(nats_server.url, pages=[[states[0]]]) as fake:
 
