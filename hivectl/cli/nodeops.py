@@ -33,7 +33,7 @@ DEFAULT_DEADLINE = "1h"  # as Nomad's node drain
 IdsArgument = Annotated[
     list[str],
     typer.Argument(
-        metavar="ID...", help="Node ids, or unique prefixes of them.", show_default=False
+        metavar="ID", help="Node ids, or unique prefixes of them.", show_default=False
     ),
 ]
 ReasonOption = Annotated[
