@@ -191,7 +191,6 @@ class Drainer:
         self._store = store
         self._kick = kick
         self._valid = valid
-        self.moved = 0  # executions moved off draining nodes, this term
 
     async def tick(self) -> None:
         now = utcnow()
@@ -254,5 +253,4 @@ class Drainer:
             moved += done
             if missing(after)[0]:
                 self._kick(job_id)
-        self.moved += moved
         return moved
