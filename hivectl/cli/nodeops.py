@@ -32,9 +32,7 @@ DEFAULT_DEADLINE = "1h"  # as Nomad's node drain
 
 IdsArgument = Annotated[
     list[str],
-    typer.Argument(
-        metavar="ID", help="Node ids, or unique prefixes of them.", show_default=False
-    ),
+    typer.Argument(metavar="ID", help="Node ids, or unique prefixes of them.", show_default=False),
 ]
 ReasonOption = Annotated[
     str,
