@@ -183,7 +183,7 @@ def test_force_moves_batch_work_at_once_and_leaves_ops_jobs_running(
     poll(lambda: status(cluster, "node-1") == "HEALTHY,cordoned", what="the drain to end")
     # The ops job was left alone: its execution on node-1 runs on, and ends there.
     assert sorted(on(cluster.job(ops), "RUNNING")) == ["node-1", "node-2"]
-    assert running_exec(ops_on_1["exec_id"])
+    assert running_exec(ops_on_1)
     end = events_of(cluster, "node-1")[-1]
     assert end == ("drain", "draining", "drained", "no batch work left on the node; "
                    "1 execution moved to other nodes; 1 ops execution left running")  # fmt: skip
