@@ -2,10 +2,11 @@
 
 Placing jobs (the scheduler, which also writes off unanswered offers), applying the
 nodes' execution updates (the HIVE_EXEC durable consumer), writing off the work of
-nodes that went away or lost it (node events, reconciliation), and deleting finished
-jobs past their retention. Each is a decision that must be made once in a cluster; the
-other requesters serve the API, register nodes and keep their health warm for the
-moment they lead. Every job write goes through FencedJobs with the leader's epoch.
+nodes that went away or lost it (node events, reconciliation), carrying out node
+drains (the Drainer), and deleting finished jobs past their retention. Each is a
+decision that must be made once in a cluster; the other requesters serve the API,
+register nodes and keep their health warm for the moment they lead. Every job write
+goes through FencedJobs with the leader's epoch.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from requester.jobs.fenced import FencedJobs
 from requester.jobs.reconcile import Reconciler
 from requester.jobs.records import JobStore
 from requester.jobs.scheduler import Scheduler, placement_histogram
+from requester.nodes.drain import Drainer
 from requester.nodes.link import NodeLink
 from requester.nodes.liveness import Liveness
 from requester.nodes.prune import Pruner
@@ -65,6 +67,7 @@ class LeaderDuties:
         self.scheduler: Scheduler | None = None
         self.exec_consumer: ExecConsumer | None = None
         self.reconciler: Reconciler | None = None
+        self.drainer: Drainer | None = None
         self._created: Subscription | None = None
         self._silent_check: float | None = None
         self._next_expiry = 0.0
@@ -104,6 +107,7 @@ class LeaderDuties:
         self.reconciler = Reconciler(
             self.jobs, scheduler.executions_gone, lambda: consumer.caught_up_at
         )
+        self.drainer = Drainer(self.registry, fenced, kick=scheduler.kick, valid=valid)
         scheduler.start()
         stream = self.subjects.exec_stream
         await js.retried(stream, lambda: consumer.start(js), deadline=js.setup_deadline)
@@ -120,7 +124,7 @@ class LeaderDuties:
         for part in (self.scheduler, self.exec_consumer):
             if part is not None:
                 await part.close()
-        self.scheduler = self.exec_consumer = self.reconciler = None
+        self.scheduler = self.exec_consumer = self.reconciler = self.drainer = None
         self.jobs.follow()
 
     # -- inputs from the rest of the requester ------------------------------------------
@@ -181,6 +185,8 @@ class LeaderDuties:
         if self._silent_check is not None and now >= self._silent_check:
             self._silent_check = None
             self._lose_silent_nodes()
+        if self.drainer is not None:
+            await self.drainer.tick()
         if now >= self._next_expiry:
             self._next_expiry = now + self._expire_every
             try:

@@ -38,6 +38,7 @@ from requester.nodes.labels import LabelApi
 from requester.nodes.link import NodeLink
 from requester.nodes.liveness import Liveness
 from requester.nodes.membership import Membership
+from requester.nodes.nodeops import NodeOps
 from requester.nodes.prune import Pruner
 from requester.nodes.registry import Registry
 from requester.nodes.tokens import Tokens
@@ -222,6 +223,8 @@ class Requester:
         if self.tokens is not None:
             self.node_api.handlers.update(self.tokens.handlers())
         self.node_api.handlers.update(self.pruner.handlers())
+        ops = NodeOps(self.registry, requester_id=cfg.name, limits=limits)
+        self.node_api.handlers.update(ops.handlers)
 
     async def _start_jobs(self, js: Store) -> None:
         """Streams, the job store and its API; what only the leader does waits for

@@ -21,6 +21,7 @@ from hivectl.cli.common import (
     output_format,
     print_ok,
 )
+from hivectl.cli.nodeops import STATUS_WORDS, register, scheduling_lines, status_cell, status_filter
 from hivectl.cli.output import (
     NONE,
     age,
@@ -52,7 +53,7 @@ from hivectl.core.api import (
     NodeView,
 )
 from hivectl.core.labels import without_reserved
-from hivectl.core.models import Approval, Health, NodeInfo, NodeType, OkReply, Resources
+from hivectl.core.models import Approval, NodeInfo, NodeType, OkReply, Resources
 
 app = noun_app(
     "Manage compute nodes: list and inspect them, approve, reject, label or delete them.\n\n"
@@ -85,12 +86,11 @@ ApprovalFilter = Annotated[
     ),
 ]
 StatusFilter = Annotated[
-    Health | None,
+    str | None,
     typer.Option(
         "--filter-status",
-        case_sensitive=False,
         metavar="STATUS",
-        help="Only nodes with this health: HEALTHY, UNHEALTHY or UNKNOWN (any case).",
+        help=f"Only nodes with this status, comma-separated: {STATUS_WORDS} (any case).",
         show_default=False,
     ),
 ]
@@ -124,7 +124,8 @@ def list_nodes(
     Resources show as available/total (CPU cores, memory, disk, GPUs), `-` where the
     node has sent no resource report yet. STATUS is the health the requester sees from
     heartbeats: HEALTHY, UNHEALTHY (late) or UNKNOWN (gone, or not heard from since
-    the requester started).
+    the requester started), then `,cordoned` or `,draining` for a node taken out of
+    service (`hivectl node cordon`, `drain`).
 
     **Examples**
 
@@ -133,6 +134,7 @@ def list_nodes(
     hivectl node list --filter-approval pending
     hivectl node list -l 'zone=eu-1,gpu' -o wide
     hivectl node list --filter-status healthy -o json | jq -r '.[].node_id'
+    hivectl node list --filter-status cordoned
     hivectl node list --no-headers | awk '{print $1}'
     ```
     """
@@ -140,8 +142,8 @@ def list_nodes(
     query = make(
         NodeListRequest,
         approval=filter_approval,
-        health=filter_status,
         selector=check_selector(selector),
+        **status_filter(filter_status),
     )
     nodes = run_api(ctx, lambda api: fetch_all(api, query), status="Listing nodes")
     nodes.sort(key=lambda node: (node.type is not NodeType.REQUESTER, node.node_id))
@@ -159,12 +161,12 @@ def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
     merged = merged_labels(node)
     labels = join_labels(merged if wide else without_reserved(merged))
     if not wide:
-        return [node.node_id, node.approval.value, node.health.value, cpu, memory, gpu, labels]
+        return [node.node_id, node.approval.value, status_cell(node), cpu, memory, gpu, labels]
     return [
         node.node_id,
         node.type.value,
         node.approval.value,
-        node.health.value,
+        status_cell(node),
         *(cpu, memory, disk, gpu),
         node.info.version if node.info else NONE,
         node.info.arch if node.info else NONE,
@@ -248,6 +250,7 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ("Approval", [node.approval.value]),
         *([("Reason", [node.reason])] if node.reason else []),
         ("Status", [node.health.value]),
+        *([("Scheduling", scheduling_lines(node, now))] if node.type is NodeType.COMPUTE else []),
         ("Public key", [key or NONE]),
         ("Fingerprint", [fingerprint(key) if key else NONE]),
         ("Labels", join_labels(merged_labels(node)).split(",")),
@@ -450,3 +453,4 @@ from hivectl.cli import nodelabels  # noqa: E402
 app.command("label")(nodelabels.label)
 app.add_typer(tokens.app, name="token")
 app.command("prune")(nodeprune.prune)
+register(app)  # cordon, uncordon, drain (hivectl.cli.nodeops)

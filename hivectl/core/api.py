@@ -13,7 +13,9 @@ from pydantic import Field, Strict, StringConstraints, field_validator, model_va
 
 from hivectl.core.labels import LabelEditError, check_operator_labels
 from hivectl.core.models import (
+    MAX_DRAIN_DEADLINE,
     Approval,
+    Drain,
     Health,
     LabelKey,
     Labels,
@@ -67,12 +69,21 @@ class NodeView(Model):
     # (`info.labels`) < the operator's (`operator_labels`).
     labels: MergedLabels = Field(default_factory=dict)
     operator_labels: Labels = Field(default_factory=dict)
+    cordoned: Annotated[bool, Strict()] = False
+    cordon_reason: Reason = ""
+    drain: Drain | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self.drain is not None and self.drain.active
 
 
 class NodeListRequest(Message):
     kind: ClassVar[str] = "node_list"
     approval: Approval | None = None
     health: Health | None = None
+    cordoned: Annotated[bool, Strict()] | None = None  # draining nodes are cordoned too
+    draining: Annotated[bool, Strict()] | None = None
     selector: Selector = ""  # label selector, as in `hivectl node list -l`
     after: ShortText = ""  # paging: ids sort ascending; start after this one
     limit: Annotated[int, Strict(), Field(ge=1, le=PAGE_SIZE)] = PAGE_SIZE
@@ -178,6 +189,36 @@ class NodeLabelReply(Message):
     not_set: Annotated[list[LabelKey], Field(max_length=64)] = Field(default_factory=list)
 
 
+class NodeCordonRequest(Message):
+    """Take a node out of service: it gets no new executions; what runs goes on."""
+
+    kind: ClassVar[str] = "node_cordon"
+    id: IdPrefix
+    reason: Reason = ""
+
+
+class NodeUncordonRequest(Message):
+    """Put a node back in service; a drain still going on ends (cancelled)."""
+
+    kind: ClassVar[str] = "node_uncordon"
+    id: IdPrefix
+    reason: Reason = ""
+
+
+DrainDeadline = Annotated[float, Strict(), Field(ge=0, le=MAX_DRAIN_DEADLINE)]
+
+
+class NodeDrainRequest(Message):
+    """Start (or change) a node's drain, or with `cancel`, end it (the node stays cordoned)."""
+
+    kind: ClassVar[str] = "node_drain"
+    id: IdPrefix
+    deadline: DrainDeadline | None = 3600.0  # seconds from now; None: no deadline
+    force: Annotated[bool, Strict()] = False  # move the batch work off now
+    cancel: Annotated[bool, Strict()] = False
+    reason: Reason = ""
+
+
 register_messages(
     NodeListRequest,
     NodeListReply,
@@ -190,4 +231,7 @@ register_messages(
     NodeLabelReply,
     NodePruneRequest,
     NodePruneReply,
+    NodeCordonRequest,
+    NodeUncordonRequest,
+    NodeDrainRequest,
 )

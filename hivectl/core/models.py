@@ -135,6 +135,33 @@ class NodeResources(Model):
     available: Resources
 
 
+# A drain's deadline is at most this far off (seconds): a datetime cannot hold much more.
+MAX_DRAIN_DEADLINE = 10 * 365 * 24 * 3600.0
+
+
+class Drain(Model):
+    """A drain of a node: asked for by an operator, carried out by the leading requester.
+
+    Kept in the node record, so a requester that restarts, or another that takes the
+    lead, carries on where the last one was. `remaining` and `moved` are the leader's
+    progress; `ended_at` and `outcome` say how the drain ended (the record keeps the
+    last one until the next drain).
+    """
+
+    started_at: datetime
+    deadline: datetime | None = None  # None: batch work may run as long as it takes
+    force: Annotated[bool, Strict()] = False
+    reason: Reason = ""
+    remaining: NonNegInt | None = None  # batch executions left on the node; None: not counted yet
+    moved: NonNegInt = 0  # executions moved to other nodes at the deadline
+    ended_at: datetime | None = None
+    outcome: ShortText = ""  # "drained" or "cancelled", once ended
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None
+
+
 class NodeRecord(Model):
     """A node as the requester stores it in the `hive_nodes` bucket."""
 
@@ -148,6 +175,14 @@ class NodeRecord(Model):
     # Set by operators (`hivectl node label`, enrollment tokens), never by the node: they
     # win over the labels in its info and outlive its restarts and re-registrations.
     operator_labels: Labels = Field(default_factory=dict)
+    # An operator took the node out of service: no new executions; what runs goes on.
+    cordoned: Annotated[bool, Strict()] = False
+    cordon_reason: Reason = ""
+    drain: Drain | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self.drain is not None and self.drain.active
 
 
 # -- messages ------------------------------------------------------------------------
@@ -235,11 +270,14 @@ class OkReply(Message):
 
 
 class NodeEvent(Message):
-    """Published on `hive.events.node.<id>` for every approval or health change."""
+    """Published on `hive.events.node.<id>` for every approval or health change, and
+    every cordon, uncordon, drain start and drain end."""
 
     kind: ClassVar[str] = "node_event"
     node_id: NodeId
-    event: Literal["registered", "approval", "health", "deleted", "labels"]
+    event: Literal[
+        "registered", "approval", "health", "deleted", "labels", "cordon", "uncordon", "drain"
+    ]
     old: ShortText = ""
     new: ShortText = ""
     reason: Reason = ""

@@ -51,6 +51,7 @@ _RANK = {ES.OFFERED: 0, ES.ACCEPTED: 1, ES.STARTING: 2, ES.RUNNING: 3}
 # only move forward); OFFERED, LOST and REJECTED are the requester's words alone.
 FROM_NODE = frozenset({ES.ACCEPTED, ES.STARTING, ES.RUNNING, ES.COMPLETED, ES.FAILED, ES.CANCELLED})
 STOPPED_BY_NODE = "stopped by its node: "  # the error of work a node stopped unasked
+MOVED_OFF = "moved off its node: "  # the error of work a drain took off its node
 EVERY_NODE = -1  # an ops job not placed yet: one execution on every matching node
 
 
@@ -252,13 +253,26 @@ def mark_lost(job: Job, node_id: str) -> Job | None:
 def mark_gone(job: Job, exec_ids: frozenset[str], reason: str) -> Job | None:
     """These executions are not on their node (it lost them: a crash, lost state): they
     end CANCELLED as stopped by the node, so the work is placed again without a retry."""
-    now, error = utcnow(), f"{STOPPED_BY_NODE}{reason}"
+    return _cancel_active(job, exec_ids, f"{STOPPED_BY_NODE}{reason}")
+
+
+def mark_moved(job: Job, exec_ids: frozenset[str], reason: str) -> Job | None:
+    """These executions are moved off their node (a drain): they end CANCELLED, as work
+    an agent stops at shutdown does, so the work is placed again elsewhere without using
+    a retry. Unlike that work, the node still runs them: the store tells it to stop."""
+    return _cancel_active(job, exec_ids, f"{MOVED_OFF}{reason}")
+
+
+def _cancel_active(job: Job, exec_ids: frozenset[str], error: str) -> Job | None:
+    """The job with those of `exec_ids` still active CANCELLED (not a failure: no retry
+    is used); None when none is active."""
     if job.state in JOB_TERMINAL:
         return None
-    gone = [e for e in job.executions if e.exec_id in exec_ids and e.state in ACTIVE]
-    for execution in gone:
+    now = utcnow()
+    ended = [e for e in job.executions if e.exec_id in exec_ids and e.state in ACTIVE]
+    for execution in ended:
         job = with_exec(job, advance(execution, ES.CANCELLED, now, error=error) or execution)
-    return settle(job) if gone else None
+    return settle(job) if ended else None
 
 
 # -- the consumer -----------------------------------------------------------------------

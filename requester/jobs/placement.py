@@ -60,7 +60,9 @@ def candidates(
     operator's), which the registry keeps built (`Registry.labels`)."""
     spec = job.spec
     approved = [r for r in records if r.approval is Approval.APPROVED]
-    healthy = [r for r in approved if liveness.health(r.node_id) is Health.HEALTHY]
+    # A cordoned node (drained, or taken out of service) gets no new executions.
+    schedulable = [r for r in approved if not r.cordoned]
+    healthy = [r for r in schedulable if liveness.health(r.node_id) is Health.HEALTHY]
     able = [r for r in healthy if spec.engine.value in r.info.executors]
     selector = parse_selector(spec.selector)
     matching = [r for r in able if selector.matches(labels(r))] if selector else able
@@ -77,7 +79,7 @@ def candidates(
     ]
     if fitting:
         return fitting, ""
-    stages = Stages(records, approved, healthy, able, matching, not_full)
+    stages = Stages(records, approved, schedulable, healthy, able, matching, not_full)
     return [], stages.why_none(job, liveness, [f for _, f in free])
 
 
@@ -92,6 +94,7 @@ class Stages:
 
     records: list[NodeRecord]
     approved: list[NodeRecord]
+    schedulable: list[NodeRecord]  # not cordoned
     healthy: list[NodeRecord]
     able: list[NodeRecord]
     matching: list[NodeRecord]
@@ -108,11 +111,19 @@ class Stages:
             return (
                 f"no node is APPROVED: {_counted(earlier)} (approve one: hivectl node approve ID)"
             )
+        cordoned = len(self.approved) - len(self.schedulable)
+        if not self.schedulable:
+            what = "the only APPROVED node is"
+            if cordoned > 1:
+                what = f"all {cordoned} APPROVED nodes are"
+            return _also(f"{what} cordoned (hivectl node uncordon ID puts one back)", earlier)
+        earlier["cordoned"] = cordoned
         health = Counter(
-            h.value for r in self.approved if (h := liveness.health(r.node_id)) is not HEALTHY
+            h.value for r in self.schedulable if (h := liveness.health(r.node_id)) is not HEALTHY
         )
         if not self.healthy:
-            return _also(f"no APPROVED node is HEALTHY: {_counted(health)}", earlier)
+            other = "other " if cordoned else ""
+            return _also(f"no {other}APPROVED node is HEALTHY: {_counted(health)}", earlier)
         earlier.update(health)
         which = "eligible " if +earlier else ""
         if not self.able:

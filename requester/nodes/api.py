@@ -87,7 +87,8 @@ class NodeApi(ApiRouter):
         first, then the nodes by id."""
         if not request.after:  # requesters first, on the first page
             for me in self._requesters():
-                if _wanted(request, selector, me.approval, me.health, me.labels):
+                wanted = _wanted(request, selector, me.approval, me.health, me.labels)
+                if wanted and _in_service_wanted(request, me):
                     yield me.node_id, pages.whole_view(me)
         liveness, registry = self._liveness, self._registry
         ids = registry.sorted_ids()
@@ -96,6 +97,8 @@ class NodeApi(ApiRouter):
             if record is None:
                 continue
             health = liveness.health(node_id)
+            if not _in_service_wanted(request, record):
+                continue
             if _wanted(request, selector, record.approval, health, registry.labels(record)):
                 resources, heard = liveness.resources(node_id), liveness.last_heard(node_id)
                 yield node_id, self._pages.view(record, health, resources, heard)
@@ -170,6 +173,9 @@ class NodeApi(ApiRouter):
             updated_at=record.updated_at,
             labels=dict(self._registry.labels(record)),
             operator_labels=record.operator_labels,
+            cordoned=record.cordoned,
+            cordon_reason=record.cordon_reason,
+            drain=record.drain,
         )
 
 
@@ -184,4 +190,11 @@ def _wanted(
         (request.approval is None or approval == request.approval)
         and (request.health is None or health == request.health)
         and selector.matches(labels)
+    )
+
+
+def _in_service_wanted(request: NodeListRequest, record: NodeRecord | NodeView) -> bool:
+    """The cordon and drain filters (`--filter-status cordoned`, say)."""
+    return (request.cordoned is None or record.cordoned == request.cordoned) and (
+        request.draining is None or record.draining == request.draining
     )

@@ -53,7 +53,7 @@ class LabelApi:
             seen.append(record.operator_labels)
             return _edit(record, request)
 
-        record = await self._registry.change(node_id, edit)
+        _, record = await self._registry.change(node_id, edit)
         old = seen[-1]
         if record.operator_labels != old:
             event = NodeEvent(

@@ -26,6 +26,7 @@ class RegistryError(Refusal):
 
 
 EventSink = Callable[[NodeEvent], Awaitable[None]]
+RecordChange = Callable[[NodeRecord], dict[str, object] | None]  # fields to set; None: none
 
 
 class Registry:
@@ -37,9 +38,15 @@ class Registry:
         self._labels: dict[str, tuple[NodeRecord, dict[str, str]]] = {}
         self._warming: asyncio.Task[None] | None = None
         self._closing = False
+        self._draining: set[str] = set()  # nodes with a drain going on, for the leader
         # A record replaced or removed may carry another key: derive it afresh.
         self._view: KvView[NodeRecord] = KvView(
-            bucket, NodeRecord, noun="node", error=RegistryError, on_drop=self._drop_key
+            bucket,
+            NodeRecord,
+            noun="node",
+            error=RegistryError,
+            on_drop=self._drop_key,
+            on_set=self._index,
         )
 
     async def start(self, js: Store) -> None:
@@ -73,6 +80,12 @@ class Registry:
         self._keys.pop(node_id, None)
         self._labels.pop(node_id, None)
 
+    def _index(self, node_id: str, record: NodeRecord | None) -> None:
+        if record is not None and record.draining:
+            self._draining.add(node_id)
+        else:
+            self._draining.discard(node_id)
+
     # -- reads ----------------------------------------------------------------------
     def get(self, node_id: str) -> NodeRecord | None:
         return self._view.get(node_id)
@@ -93,6 +106,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._view)
+
+    def draining(self) -> list[str]:
+        """The nodes a drain is going on for, by id (what the leader looks at each tick)."""
+        return sorted(self._draining)
 
     def message_key(self, node_id: str) -> bytes | None:
         """The MAC key for a known node's messages (derived once, then cached)."""
@@ -219,13 +236,6 @@ class Registry:
             )
         return record
 
-    async def change(
-        self, node_id: str, change: Callable[[NodeRecord], dict[str, object] | None]
-    ) -> NodeRecord:
-        """Set the fields `change` returns (None: nothing to change) by compare-and-set;
-        `change` sees the record as stored and may raise to refuse."""
-        return await self._change(node_id, change)
-
     async def delete(self, node_id: str, reason: str = "") -> None:
         before = self.get(node_id)
         await self._view.purge(node_id)
@@ -233,10 +243,14 @@ class Registry:
             event = NodeEvent(node_id=node_id, event="deleted", old=before.approval, reason=reason)
             await self._on_event(event)
 
-    async def _change(
-        self, node_id: str, change: Callable[[NodeRecord], dict[str, object] | None]
-    ) -> NodeRecord:
+    async def _change(self, node_id: str, change: RecordChange) -> NodeRecord:
         """Apply `change` (None: nothing to do) by compare-and-set, retrying lost races."""
+        return (await self.change(node_id, change))[1]
+
+    async def change(self, node_id: str, change: RecordChange) -> tuple[NodeRecord, NodeRecord]:
+        """(before, after) of `change` (fields to set; None: nothing to do) applied by
+        compare-and-set, retrying lost races; for changes other modules decide. `change`
+        sees the record as stored and may raise to refuse."""
 
         def apply(record: NodeRecord) -> NodeRecord | None:
             update = change(record)
@@ -247,4 +261,8 @@ class Registry:
         changed = await self._view.change(node_id, apply)
         if changed is None:
             raise RegistryError("not_found", f"node {node_id!r} not found")
-        return changed[1]
+        return changed
+
+    async def emit(self, event: NodeEvent) -> None:
+        """Publish an event about a node (through the requester's event sink)."""
+        await self._on_event(event)

@@ -19,7 +19,9 @@ import hivectl.core.api  # registers the operator API messages
 from hivectl.core import codec
 from hivectl.core.api import (
     NodeApproveRequest,
+    NodeCordonRequest,
     NodeDeleteRequest,
+    NodeDrainRequest,
     NodeGetReply,
     NodeGetRequest,
     NodeLabelReply,
@@ -29,6 +31,7 @@ from hivectl.core.api import (
     NodePruneReply,
     NodePruneRequest,
     NodeRejectRequest,
+    NodeUncordonRequest,
     NodeView,
     PruneCandidate,
 )
@@ -62,6 +65,7 @@ from hivectl.core.models import (
     MESSAGES,
     PROTOCOL_VERSION,
     Approval,
+    Drain,
     ErrorReply,
     GpuInfo,
     Health,
@@ -139,6 +143,15 @@ def _view() -> NodeView:
         last_heartbeat=T0 + timedelta(seconds=42),
         registered_at=T0,
         updated_at=T0 + timedelta(minutes=5),
+        cordoned=True,
+        cordon_reason="kernel update",
+        drain=Drain(
+            started_at=T0 + timedelta(minutes=4),
+            deadline=T0 + timedelta(minutes=14),
+            reason="kernel update",
+            remaining=2,
+            moved=1,
+        ),
     )
 
 
@@ -289,6 +302,9 @@ SAMPLES: dict[str, Message] = {
         labels={"hive.io/os": "linux", "zone": "eu-west-1a", "pool": "training"},
         not_set=["tier"],
     ),
+    "node_cordon": NodeCordonRequest(id="gpu-worker-07", reason="disk errors"),
+    "node_uncordon": NodeUncordonRequest(id="gpu-worker-07", reason="disk replaced"),
+    "node_drain": NodeDrainRequest(id="gpu-w", deadline=600.0, reason="kernel update"),
     "offer": Offer(
         node_id="gpu-worker-07", exec_id=EXEC_ID, job_id=JOB_ID, attempt=1, spec=_spec()
     ),
