@@ -15,8 +15,9 @@ from typing import Annotated
 import typer
 
 from hivectl.cli.api import Api, run_api
-from hivectl.cli.common import EXIT_USAGE, check_id, fail, info, make, print_ok
+from hivectl.cli.common import EXIT_USAGE, fail, info, make, print_ok
 from hivectl.cli.output import counted, timestamp
+from hivectl.cli.targets import NodeIdsArgument, TargetSelectorOption, YesOption, select_nodes
 from hivectl.core.api import (
     NodeCordonRequest,
     NodeDrainRequest,
@@ -30,10 +31,6 @@ from hivectl.core.models import Drain, Health, OkReply
 WATCH_EVERY = 0.5  # seconds between looks at a drain's progress
 DEFAULT_DEADLINE = "1h"  # as Nomad's node drain
 
-IdsArgument = Annotated[
-    list[str],
-    typer.Argument(metavar="ID", help="Node ids, or unique prefixes of them.", show_default=False),
-]
 ReasonOption = Annotated[
     str,
     typer.Option(
@@ -118,7 +115,13 @@ def drain_progress(drain: Drain, now: datetime) -> str:
 # -- the commands ------------------------------------------------------------------------
 
 
-def cordon(ctx: typer.Context, node_ids: IdsArgument, message: ReasonOption = "") -> None:
+def cordon(
+    ctx: typer.Context,
+    node_ids: NodeIdsArgument = None,
+    selector: TargetSelectorOption = None,
+    message: ReasonOption = "",
+    yes: YesOption = False,
+) -> None:
     """Cordon nodes: they get no new executions; what runs on them goes on.
 
     They stay cordoned (STATUS `HEALTHY,cordoned` in `node list`) until uncordoned.
@@ -128,30 +131,43 @@ def cordon(ctx: typer.Context, node_ids: IdsArgument, message: ReasonOption = ""
     ```
     hivectl node cordon node-1 -m "disk errors"
     hivectl node cordon node-1 node-2
+    hivectl node cordon -l rack=r7 -m "rack power work"   # lists them, asks first
     ```
     """
-    requests = [make(NodeCordonRequest, id=check_id(i), reason=message) for i in node_ids]
+    make(NodeCordonRequest, id="any", reason=message)  # a bad reason fails before asking
+    ids = select_nodes(ctx, node_ids, selector, verb="cordon", yes=yes)
+    requests = [make(NodeCordonRequest, id=i, reason=message) for i in ids]
     run_api(ctx, lambda api: _each(api, "cordon", requests))
     print_ok()
 
 
-def uncordon(ctx: typer.Context, node_ids: IdsArgument, message: ReasonOption = "") -> None:
+def uncordon(
+    ctx: typer.Context,
+    node_ids: NodeIdsArgument = None,
+    selector: TargetSelectorOption = None,
+    message: ReasonOption = "",
+    yes: YesOption = False,
+) -> None:
     """Put nodes back in service; a drain still going on ends (cancelled).
 
     **Example**
 
     ```
     hivectl node uncordon node-1 -m "disk replaced"
+    hivectl node uncordon -l rack=r7 --yes
     ```
     """
-    requests = [make(NodeUncordonRequest, id=check_id(i), reason=message) for i in node_ids]
+    make(NodeUncordonRequest, id="any", reason=message)
+    ids = select_nodes(ctx, node_ids, selector, verb="uncordon", yes=yes)
+    requests = [make(NodeUncordonRequest, id=i, reason=message) for i in ids]
     run_api(ctx, lambda api: _each(api, "uncordon", requests))
     print_ok()
 
 
 def drain(
     ctx: typer.Context,
-    node_ids: IdsArgument,
+    node_ids: NodeIdsArgument = None,
+    selector: TargetSelectorOption = None,
     deadline: Annotated[
         str,
         typer.Option(
@@ -176,6 +192,7 @@ def drain(
     monitor: Annotated[
         bool, typer.Option("--monitor", help="Only show the progress of drains going on.")
     ] = False,
+    yes: YesOption = False,
 ) -> None:
     """Drain nodes: cordon them, then move their batch work to other nodes.
 
@@ -193,13 +210,15 @@ def drain(
     hivectl node drain node-1 --force
     hivectl node drain node-1 --cancel       # stays cordoned
     hivectl node drain node-1 --monitor
+    hivectl node drain -l 'zone=a,pool!=gpu' --deadline 30m --yes
     ```
     """
-    ids = [check_id(i) for i in node_ids]
-    if monitor:
-        _watch_drains(ctx, ids)
+    if monitor:  # only looks: nothing to confirm
+        _watch_drains(ctx, select_nodes(ctx, node_ids, selector, verb="monitor", yes=True))
         return
     seconds = None if no_deadline else _seconds(deadline)
+    make(NodeDrainRequest, id="any", deadline=seconds, reason=message)
+    ids = select_nodes(ctx, node_ids, selector, verb="drain", yes=yes)
     requests = [
         make(NodeDrainRequest, id=i, deadline=seconds, force=force, cancel=cancel, reason=message)
         for i in ids

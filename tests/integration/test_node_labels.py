@@ -226,6 +226,38 @@ async def test_selector_operations_touch_exactly_the_nodes_that_match(
     assert approvals(requester) == expected
 
 
+async def test_cordon_uncordon_and_drain_by_selector_touch_exactly_the_nodes_that_match(
+    requester: Requester,
+    fleet: dict[str, dict[str, str]],
+    nats_server: EmbeddedNats,
+    tmp_path: Path,
+) -> None:
+    url, env = nats_server.url, hivectl_env(tmp_path)
+    z2 = {n for n, own in fleet.items() if own["zone"] == "z2"}
+    gpus = {n for n, own in fleet.items() if "gpu" in own}
+    code, _, err = await hivectl(url, env, "node", "cordon", "-l", "zone=z2", "-m", "power", "-y")
+    assert code == 0, err
+    code, _, err = await hivectl(url, env, "node", "drain", "-l", "gpu", "--force", "-y")
+    assert code == 0, err
+    assert requester.registry is not None
+
+    def cordoned() -> set[str]:
+        assert requester.registry is not None
+        return {r.node_id for r in requester.registry.records() if r.cordoned}
+
+    assert cordoned() == z2 | gpus
+    drains = {r.node_id for r in requester.registry.records() if r.drain is not None}
+    assert drains == gpus
+    # Uncordon z2: exactly its nodes are back in service, drained GPU nodes of z2 included.
+    code, _, err = await hivectl(url, env, "node", "uncordon", "-l", "zone=z2", "-y")
+    assert code == 0, err
+    assert cordoned() == gpus - z2
+    # Several nodes, no terminal, no --yes: listed, refused, nothing changed.
+    code, _, err = await hivectl(url, env, "node", "cordon", "-l", "zone=z0")
+    assert code == 1 and "add --yes" in err, err
+    assert cordoned() == gpus - z2
+
+
 async def test_several_nodes_are_listed_and_not_changed_without_yes_off_a_terminal(
     requester: Requester,
     fleet: dict[str, dict[str, str]],

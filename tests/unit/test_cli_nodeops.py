@@ -112,7 +112,7 @@ def test_describe_shows_the_cordon_and_the_drain(nats_server: EmbeddedNats) -> N
 
 def test_cordon_resolves_every_node_before_changing_any(canned: CannedRequester) -> None:
     accepting(canned)
-    result = hivectl(canned.url, "node", "cordon", "node-a", "node-b", "-m", "rack move")
+    result = hivectl(canned.url, "node", "cordon", "node-a", "node-b", "-m", "rack move", "-y")
     assert (result.exit_code, result.stdout) == (0, "Ok\n")
     sent = [r for r in canned.requests if not isinstance(r, NodeGetRequest)]
     assert sent == [
@@ -120,7 +120,7 @@ def test_cordon_resolves_every_node_before_changing_any(canned: CannedRequester)
         NodeCordonRequest(id="node-b", reason="rack move"),
     ]
     canned.requests.clear()
-    line = one_line_error(hivectl(canned.url, "node", "uncordon", "node-a", "node-x"))
+    line = one_line_error(hivectl(canned.url, "node", "uncordon", "node-a", "node-x", "-y"))
     assert line == "Error: no node matches 'node-x'"
     assert not [r for r in canned.requests if isinstance(r, OPS)]
 
