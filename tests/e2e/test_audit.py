@@ -40,6 +40,10 @@ def test_every_operator_action_is_an_event_with_its_actor_and_reason(cluster: Cl
     poll(lambda: len(cluster.states()) == 4, what="three agents")
     cluster.hivectl("node", "approve", "node-1", "-m", "fingerprint checked", actor="alice")
     cluster.hivectl("node", "reject", "node-2", "-m", "not ours", actor="alice")
+    cluster.hivectl("node", "label", "node-1", "pool=gpu", "-m", "gpu pool", actor="dave")
+    cluster.hivectl("node", "cordon", "node-1", "-m", "disk errors", actor="dave")
+    cluster.hivectl("node", "drain", "node-1", "--force", "-m", "kernel update", actor="dave")
+    cluster.hivectl("node", "uncordon", "node-1", "-m", "disk replaced", actor="erin")
     cluster.hivectl("node", "delete", "node-3", "-m", "retired", actor="alice")
     token_id = cluster.hivectl("node", "token", "create", "-m", "rack 7", actor="alice").stdout[:14]
     cluster.hivectl("node", "token", "revoke", token_id, "-m", "leaked", actor="alice")
@@ -56,6 +60,11 @@ def test_every_operator_action_is_an_event_with_its_actor_and_reason(cluster: Cl
     found(listed, node_id="node-2", event="approval", new="REJECTED", actor="alice",
           reason="not ours")  # fmt: skip
     found(listed, node_id="node-3", event="deleted", actor="alice", reason="retired")
+    found(listed, node_id="node-1", event="labels", actor="dave", reason="gpu pool")
+    found(listed, node_id="node-1", event="cordon", actor="dave", reason="disk errors")
+    found(listed, node_id="node-1", event="drain", new="draining", actor="dave",
+          reason="kernel update")  # fmt: skip
+    found(listed, node_id="node-1", event="uncordon", actor="erin", reason="disk replaced")
     created = found(listed, token_id=token_id, event="created", actor="alice")
     assert created["reason"].endswith(": rack 7")
     found(listed, token_id=token_id, event="revoked", actor="alice", reason="leaked")
