@@ -23,6 +23,7 @@ from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import NodeEvent, build_models
 from hivectl.core.subjects import Subjects
+from requester import wiring
 from requester.duties import LeaderDuties
 from requester.events import Events
 from requester.identity import cluster_identity
@@ -34,11 +35,9 @@ from requester.jobs.streams import ensure_job_streams
 from requester.leadership import Leadership
 from requester.metrics import serve_metrics
 from requester.nodes.api import NodeApi
-from requester.nodes.labels import LabelApi
 from requester.nodes.link import NodeLink
 from requester.nodes.liveness import Liveness
 from requester.nodes.membership import Membership
-from requester.nodes.nodeops import NodeOps
 from requester.nodes.prune import Pruner
 from requester.nodes.registry import Registry
 from requester.nodes.tokens import Tokens
@@ -48,9 +47,6 @@ from requester.routing import ACTOR
 from requester.store import Store, open_store
 
 log = logging.getLogger("hive.requester")
-# Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
-NODE_PENDING_MSGS = 1_000_000
-NODE_PENDING_BYTES = 512 * 1024 * 1024
 REQUESTER_AUTH_HINT = (
     "give the requester NATS credentials that server accepts "
     "(hive-requester run --credentials PATH, or [nats] credentials_file / user and password)"
@@ -207,24 +203,19 @@ class Requester:
             after=cfg.node_prune_after,
             limits=limits,
         )
-        self.node_api = NodeApi(
+        assert self.tokens is not None
+        self.node_api = wiring.node_api(
             self.registry,
             self.liveness,
+            requester_id=cfg.name,
             requesters=self.presence.views,
+            tokens=self.tokens,
+            pruner=self.pruner,
             max_payload=self._max_payload(),
             on_delete=self._forget_node,
+            on_event=self._node_event,
             limits=limits,
         )
-        labels = LabelApi(
-            self.registry, requester_id=cfg.name, on_event=self._node_event, limits=limits
-        )
-        self.node_api.handlers.update(labels.handlers())
-        # Verbs of their own modules, served on the node router.
-        if self.tokens is not None:
-            self.node_api.handlers.update(self.tokens.handlers())
-        self.node_api.handlers.update(self.pruner.handlers())
-        ops = NodeOps(self.registry, requester_id=cfg.name, limits=limits)
-        self.node_api.handlers.update(ops.handlers)
 
     async def _start_jobs(self, js: Store) -> None:
         """Streams, the job store and its API; what only the leader does waits for
@@ -282,32 +273,10 @@ class Requester:
 
     async def _subscribe(self) -> None:
         assert self.nc is not None and self.membership is not None and self.node_api is not None
-        s, m, queue = self.subjects, self.membership, self.subjects.requester_queue
-        subs = [
-            # Requests go to one requester of the group; every requester hears publishes.
-            await self.nc.subscribe(s.node_register, queue=queue, cb=m.on_register),
-            await self.nc.subscribe(s.node_wildcard("info"), queue=queue, cb=m.on_info),
-            await self.nc.subscribe(
-                s.node_wildcard("heartbeat"),
-                cb=m.on_heartbeat,
-                pending_msgs_limit=NODE_PENDING_MSGS,
-                pending_bytes_limit=NODE_PENDING_BYTES,
-            ),
-            await self.nc.subscribe(
-                s.node_wildcard("resources"),
-                cb=m.on_resources,
-                pending_msgs_limit=NODE_PENDING_MSGS,
-                pending_bytes_limit=NODE_PENDING_BYTES,
-            ),
-            await self.nc.subscribe(s.node_wildcard("leave"), cb=m.on_leave),
-            await self.nc.subscribe(s.api("node", "*"), queue=queue, cb=self.node_api.on_request),
-        ]
-        if self.job_api is not None:
-            subs.append(
-                await self.nc.subscribe(s.api("job", "*"), queue=queue, cb=self.job_api.on_request)
-            )
+        subs = await wiring.subscribe(
+            self.nc, self.subjects, self.membership, self.node_api, self.job_api
+        )
         self._subs.extend(subs)
-        await self.nc.flush()
 
     async def serve(self) -> None:
         """Start, then run the periodic checks until `stop()`; always close."""
