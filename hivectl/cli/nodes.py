@@ -56,10 +56,12 @@ from hivectl.core.labels import without_reserved
 from hivectl.core.models import Approval, NodeInfo, NodeType, OkReply, Resources
 
 app = noun_app(
-    "Manage compute nodes: list and inspect them, approve, reject, label or delete them.\n\n"
-    "New nodes join as PENDING and get no work until an operator approves them. "
-    "Ids may be shortened to any unique prefix; approve, reject and label also take "
-    "-l SELECTOR, and ask before changing more than one node (--yes does not ask)."
+    "Manage compute nodes: list and inspect them; approve, reject, label, cordon, drain, "
+    "prune or delete them; enrollment tokens.\n\n"
+    "New nodes join as PENDING and get no work until an operator (or an enrollment "
+    "token) approves them. Ids may be shortened to any unique prefix; approve, reject, "
+    "label, cordon, uncordon and drain also take -l SELECTOR, and ask before changing "
+    "more than one node (--yes does not ask). Every change is an event (hivectl events)."
 )
 
 # The default table fits 80 columns for nodes with a few labels: TYPE (the requester is
