@@ -26,7 +26,7 @@ from hivectl.core.config import RequesterConfig
 from hivectl.core.jobs import JOB_ID_PATTERN, Job, JobState
 from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
-from requester.jobs.executions import ExecConsumer
+from requester.jobs.consumer import ExecConsumer
 from requester.jobs.fenced import FencedJobs
 from requester.jobs.reconcile import Reconciler
 from requester.jobs.records import JobStore

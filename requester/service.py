@@ -28,7 +28,7 @@ from requester.duties import LeaderDuties
 from requester.events import Events
 from requester.identity import cluster_identity
 from requester.jobs.api import JobApi
-from requester.jobs.executions import ExecConsumer
+from requester.jobs.consumer import ExecConsumer
 from requester.jobs.records import JobStore
 from requester.jobs.scheduler import Scheduler
 from requester.jobs.streams import ensure_job_streams

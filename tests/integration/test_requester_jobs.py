@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from hivectl.core.jobs import (
 from hivectl.core.models import Health, OkReply, Resources
 from hivectl.core.subjects import Subjects
 from requester.service import Requester
+from requester.store import StoreUnavailable
 from tests.support.cluster import RunningRequester, requester_config, wait_for
 from tests.support.simcompute import Policy, SimCompute, accept_all, reject_all
 from tests.support.simnode import sample_info
@@ -558,3 +560,40 @@ async def test_an_offer_whose_answer_is_lost_is_withdrawn_not_written_off(
             assert [e.state for e in job.executions][:1] == [ES.REJECTED]
             assert job.executions[0].error == "withdrawn before this node took it"
         assert [w.exec_id for w in node.withdrawals] == [node.offers[0].exec_id]
+
+
+async def test_an_update_the_store_could_not_take_keeps_the_consumer_from_caught_up(
+    requester: Requester, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reconciliation writes off work a node no longer holds only once the exec consumer
+    has applied everything stored: an update nak'd after a failed write (a stream electing
+    a leader, as on a NATS cluster) must hold "caught up" back until it is applied, or the
+    work it ended is placed again and runs twice (seen in the cluster test)."""
+    node = await compute(requester, nc, "node-a")
+    job_id = await submit(nc, spec())
+    placed = await execution(requester, job_id, lambda e: e.state is ES.ACCEPTED, "accepted")
+    consumer = requester.exec_consumer
+    assert consumer is not None
+    store = consumer._store  # the fault below is injected into the real store
+    real, failures = store.change, []
+
+    async def change(job: str, edit: Any) -> Any:
+        if len(failures) < 2:  # two in a row: the update is out for 2s, fetches meanwhile
+            failures.append(time.monotonic())  # find nothing
+            raise StoreUnavailable("hive_jobs", 4.0, None)
+        return await real(job, edit)
+
+    monkeypatch.setattr(store, "change", change)
+    await node.update(placed.exec_id, job_id, ES.COMPLETED, exit_code=0)
+    samples: list[float] = []
+
+    def done() -> bool:
+        samples.append(consumer.caught_up_at)
+        return job_of(requester, job_id).state is JobState.COMPLETED
+
+    await wait_for(done, timeout=10, what="the update applied at last")
+    assert len(failures) == 2
+    assert max(samples[:-1]) < failures[0], "caught up while an update was still out"
+    applied = time.monotonic()
+    await wait_for(lambda: consumer.caught_up_at > failures[-1], what="caught up after")
+    assert consumer.caught_up_at <= applied + 2
