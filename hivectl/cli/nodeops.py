@@ -134,11 +134,7 @@ def cordon(
     hivectl node cordon -l rack=r7 -m "rack power work"   # lists them, asks first
     ```
     """
-    make(NodeCordonRequest, id="any", reason=message)  # a bad reason fails before asking
-    ids = select_nodes(ctx, node_ids, selector, verb="cordon", yes=yes)
-    requests = [make(NodeCordonRequest, id=i, reason=message) for i in ids]
-    run_api(ctx, lambda api: _each(api, "cordon", requests))
-    print_ok()
+    _change(ctx, NodeCordonRequest, "cordon", node_ids, selector, message, yes)
 
 
 def uncordon(
@@ -157,10 +153,23 @@ def uncordon(
     hivectl node uncordon -l rack=r7 --yes
     ```
     """
-    make(NodeUncordonRequest, id="any", reason=message)
-    ids = select_nodes(ctx, node_ids, selector, verb="uncordon", yes=yes)
-    requests = [make(NodeUncordonRequest, id=i, reason=message) for i in ids]
-    run_api(ctx, lambda api: _each(api, "uncordon", requests))
+    _change(ctx, NodeUncordonRequest, "uncordon", node_ids, selector, message, yes)
+
+
+def _change(
+    ctx: typer.Context,
+    model: type[NodeCordonRequest | NodeUncordonRequest],
+    verb: str,
+    node_ids: list[str] | None,
+    selector: str | None,
+    message: str,
+    yes: bool,
+) -> None:
+    """`verb` the nodes chosen (confirmed when several), with `message` as the reason."""
+    make(model, id="any", reason=message)  # a bad reason fails before anything is asked
+    ids = select_nodes(ctx, node_ids, selector, verb=verb, yes=yes)
+    requests = [make(model, id=i, reason=message) for i in ids]
+    run_api(ctx, lambda api: _each(api, verb, requests))
     print_ok()
 
 
