@@ -16,7 +16,7 @@ import typer
 
 from hivectl.cli.api import Api, run_api
 from hivectl.cli.common import EXIT_USAGE, fail, info, make, print_ok
-from hivectl.cli.output import counted, timestamp
+from hivectl.cli.output import counted, timestamp, write_out
 from hivectl.cli.targets import NodeIdsArgument, TargetSelectorOption, YesOption, select_nodes
 from hivectl.core.api import (
     NodeCordonRequest,
@@ -169,8 +169,7 @@ def _change(
     make(model, id="any", reason=message)  # a bad reason fails before anything is asked
     ids = select_nodes(ctx, node_ids, selector, verb=verb, yes=yes)
     requests = [make(model, id=i, reason=message) for i in ids]
-    run_api(ctx, lambda api: _each(api, verb, requests))
-    print_ok()
+    _said_ok(run_api(ctx, lambda api: _each(api, verb, requests)))
 
 
 def drain(
@@ -233,9 +232,18 @@ def drain(
         for i in ids
     ]
     resolved = run_api(ctx, lambda api: _each(api, "drain", requests))
-    print_ok()
+    _said_ok(resolved)
     if watch and not cancel:
         _watch_drains(ctx, resolved)
+
+
+def _said_ok(ids: list[str]) -> None:
+    """`Ok` for one node, `<id>: Ok` for each of several, as approve and label say it."""
+    if len(ids) == 1:
+        print_ok()
+        return
+    for node_id in ids:
+        write_out(f"{node_id}: Ok")
 
 
 def _seconds(text: str) -> float:

@@ -98,7 +98,8 @@ def _confirm(found: NodePruneReply, unknown_for: str, yes: bool) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        fail(f"not pruning {count} without confirmation: add --yes (no terminal)", EXIT_USAGE)
+        # As the target chooser does (exit 1): the command was valid, the answer is no.
+        fail(f"not pruning {count} without confirmation: add --yes (no terminal)", EXIT_ERROR)
     if not typer.confirm(f"Prune {count}?", default=False, err=True):
         fail("nothing pruned", EXIT_ERROR)
 

@@ -113,7 +113,7 @@ def test_describe_shows_the_cordon_and_the_drain(nats_server: EmbeddedNats) -> N
 def test_cordon_resolves_every_node_before_changing_any(canned: CannedRequester) -> None:
     accepting(canned)
     result = hivectl(canned.url, "node", "cordon", "node-a", "node-b", "-m", "rack move", "-y")
-    assert (result.exit_code, result.stdout) == (0, "Ok\n")
+    assert (result.exit_code, result.stdout) == (0, "node-a: Ok\nnode-b: Ok\n")
     sent = [r for r in canned.requests if not isinstance(r, NodeGetRequest)]
     assert sent == [
         NodeCordonRequest(id="node-a", reason="rack move"),
