@@ -41,7 +41,7 @@ async def cluster_identity(js: Store, subjects: Subjects, data_dir: Path) -> Ide
     """The identity every requester sharing this NATS uses, stored on first use."""
     bucket = subjects.cluster_bucket
     await ensure_bucket(js, bucket)
-    kv = await js.retried(bucket, lambda: js.key_value(bucket))
+    kv = await js.bucket(bucket)
     for _ in range(2):  # a lost race to create it: read the winner's
         stored = await _stored(js, kv, bucket)
         if stored is not None:

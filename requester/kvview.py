@@ -101,7 +101,7 @@ class KvView(Generic[M]):
         """Open (or create) the bucket and load every value before serving."""
         self._js = js
         await ensure_bucket(js, self.bucket)
-        self._kv = kv = await js.retried(self.bucket, lambda: js.key_value(self.bucket))
+        self._kv = kv = await js.bucket(self.bucket)
         watcher = await js.retried(self.bucket, kv.watchall, deadline=js.setup_deadline)
         while (entry := await watcher.updates(timeout=30)) is not None:  # type: ignore[no-untyped-call]
             self._apply(entry)

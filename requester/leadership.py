@@ -105,7 +105,7 @@ class Leadership:
 
     async def start(self, js: Store) -> None:
         await ensure_bucket(js, self.bucket)  # at the configured replicas
-        self._kv = await js.retried(self.bucket, lambda: js.key_value(self.bucket))
+        self._kv = await js.bucket(self.bucket)
         await self.step()
         self._task = asyncio.create_task(self._run(), name="leadership")
 

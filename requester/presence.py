@@ -71,7 +71,7 @@ class Presence:
 
     async def start(self, js: Store) -> None:
         """The bucket exists (the election made it): announce, then follow the others."""
-        self._kv = kv = await js.key_value(self.bucket)
+        self._kv = kv = await js.bucket(self.bucket)
         await self._announce()
         watcher = await kv.watch(f"{PREFIX}*")
         self._tasks = [

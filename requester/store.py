@@ -22,12 +22,19 @@ import stamina
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.kv import KeyValue
 
 from hivectl.core.config import RequesterConfig
 
 log = logging.getLogger("hive.requester.store")
 T = TypeVar("T")
+
+
+class NotVisibleYet(Exception):
+    """A bucket just made (by this requester, or by one starting beside it) that a NATS
+    cluster does not show yet: its stream's group is still electing a leader."""
+
 
 # Failures a stream leader election (or a server restart) causes, and nothing else.
 TRANSIENT: tuple[type[Exception], ...] = (
@@ -35,6 +42,7 @@ TRANSIENT: tuple[type[Exception], ...] = (
     ServiceUnavailableError,
     NoRespondersError,
     TimeoutError,  # nats-py's TimeoutError is one too
+    NotVisibleYet,
 )
 SETUP_DEADLINE = 60.0  # start-up may wait out several elections (a cluster starting)
 RETRY_FIRST, RETRY_MAX = 0.05, 0.5
@@ -107,6 +115,19 @@ class Store(JetStreamContext):
         except TRANSIENT:  # the deadline cut the last try short
             raise StoreUnavailable(what, limit, last) from None
         raise AssertionError("retry_context ended without a result")  # attempts=None
+
+    async def bucket(self, name: str) -> KeyValue:
+        """The KV bucket `name`, which ensure_bucket made or found just before: retried
+        until the setup deadline while a cluster does not show it yet (two requesters
+        started at once on a fresh cluster: one of them died of "bucket not found")."""
+
+        async def opened() -> KeyValue:
+            try:
+                return await self.key_value(name)
+            except BucketNotFoundError:
+                raise NotVisibleYet(name) from None
+
+        return await self.retried(name, opened, deadline=self.setup_deadline)
 
     def _failing(self, what: str, exc: BaseException) -> None:
         if what not in self._failing_since:
