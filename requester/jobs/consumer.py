@@ -84,6 +84,7 @@ class ExecConsumer:
         self._cancel = cancel
         self._limits = limits
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._sub: JetStreamContext.PullSubscription | None = None
         self._drops = Drops(subjects, log, "exec update")
         self.received = 0
@@ -114,6 +115,10 @@ class ExecConsumer:
 
     async def close(self) -> None:
         """Stop fetching; the durable consumer (server side) keeps our place for next time."""
+        # The flag as well as the cancel: Python 3.11's wait_for (inside nats-py's fetch)
+        # can turn a cancel that meets its timeout into TimeoutError, which the loop
+        # takes for "nothing waiting" and goes on (a requester's close hung on it).
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -122,7 +127,7 @@ class ExecConsumer:
                 await self._sub.unsubscribe()
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while True:
+        while not self._closing:
             asked = time.monotonic()
             try:
                 batch = await _next_batch(sub)
