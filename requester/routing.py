@@ -15,6 +15,7 @@ from nats.js.errors import ServiceUnavailableError
 from hivectl.core import codec
 from hivectl.core.api import ACTOR_HEADER
 from hivectl.core.models import ErrorReply, Message
+from hivectl.core.users import ADMIN_USER
 from requester.store import StoreUnavailable
 
 log = logging.getLogger("hive.requester.api")
@@ -30,8 +31,17 @@ UNNAMED = "unnamed-operator"
 ACTOR: ContextVar[str] = ContextVar("hive_actor", default="")
 
 
+# The user a request was verified to come from; requests over the operator NATS
+# credential (and work the requester does on its own) act as the built-in admin.
+USER: ContextVar[str] = ContextVar("hive_user", default=ADMIN_USER)
+
+
 def current_actor() -> str:
     return ACTOR.get()
+
+
+def current_user() -> str:
+    return USER.get()
 
 
 @contextlib.contextmanager

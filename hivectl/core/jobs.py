@@ -42,6 +42,7 @@ from hivectl.core.models import (
     register_messages,
     utcnow,
 )
+from hivectl.core.users import ADMIN_USER
 
 __all__ = [
     "REFUSED_FIELDS",
@@ -124,6 +125,9 @@ class Job(Model):
     executions: list[Execution] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # The user who submitted it (set by the requester from the verified request, never
+    # by the client); jobs stored before users existed belong to the built-in admin.
+    owner: ShortText = ADMIN_USER
     # The epoch of the leading requester that last decided for this job: an older
     # leader (paused, cut off) may not write it again.
     epoch: NonNegInt = 0

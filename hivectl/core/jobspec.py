@@ -210,6 +210,11 @@ class JobSpec(Model):
     retries: Annotated[int, Strict(), Field(ge=0, le=10)] = 0
     network: Literal["none", "bridge", "host"] = "none"
     outputs: Annotated[list[PathText], Field(max_length=16)] = Field(default_factory=list)
+    # The fair queue orders waiting work by priority first (higher first), then by
+    # its owner's recent usage.
+    priority: Annotated[int, Strict(), Field(ge=0, le=100)] = 50
+    # Only nodes whose record of finished work scores at least this may run it.
+    min_reliability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:

@@ -32,7 +32,7 @@ from hivectl.core.models import Message, OkReply
 from requester.jobs.executions import finish
 from requester.jobs.fenced import JobError
 from requester.jobs.records import JobStore
-from requester.routing import REPLY_HEADROOM, ApiRouter
+from requester.routing import REPLY_HEADROOM, ApiRouter, current_user
 
 Kick = Callable[[str], None]
 SHOWN = 100  # executions a `get` carries; `executions` pages through the rest
@@ -77,7 +77,9 @@ class JobApi(ApiRouter):
         job_id = request.job_id or new_job_id()
         known = self._store.record(job_id)  # a retry usually finds it here, with no write
         if known is None:
-            known, created = await self._store.create(Job(job_id=job_id, spec=request.spec))
+            known, created = await self._store.create(
+                Job(job_id=job_id, spec=request.spec, owner=current_user())
+            )
             if created:
                 self._kick(job_id)
                 return JobSubmitReply(job_id=job_id)
