@@ -1,5 +1,7 @@
-"""Serving `hive.api.<noun>.<verb>`: one dispatcher for every noun, so each verb's
-handler only decodes, acts and returns; errors, counters and the reply live here."""
+"""Serving `hive.api.<noun>.<verb>` and `hive.uapi.<noun>.<verb>`: one dispatcher for
+every noun, so each verb's handler only decodes, acts and returns; who is asking (the
+gate), what their role allows (each router's `roles`), errors, counters and the reply
+live here."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Protocol
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -15,7 +19,8 @@ from nats.js.errors import ServiceUnavailableError
 from hivectl.core import codec
 from hivectl.core.api import ACTOR_HEADER
 from hivectl.core.models import ErrorReply, Message
-from hivectl.core.users import ADMIN_USER
+from hivectl.core.signing import USER_HEADER, seal_reply
+from hivectl.core.users import ADMIN_USER, Role, article
 from requester.store import StoreUnavailable
 
 log = logging.getLogger("hive.requester.api")
@@ -34,6 +39,7 @@ ACTOR: ContextVar[str] = ContextVar("hive_actor", default="")
 # The user a request was verified to come from; requests over the operator NATS
 # credential (and work the requester does on its own) act as the built-in admin.
 USER: ContextVar[str] = ContextVar("hive_user", default=ADMIN_USER)
+ROLE: ContextVar[Role] = ContextVar("hive_role", default=Role.ADMIN)
 
 
 def current_actor() -> str:
@@ -42,6 +48,50 @@ def current_actor() -> str:
 
 def current_user() -> str:
     return USER.get()
+
+
+def current_role() -> Role:
+    return ROLE.get()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from, as the gate verified it. `box`: the key that seals
+    the reply (a user's signed request); None for a plain reply (the `api` subjects,
+    which only the operator credential may publish to)."""
+
+    user: str
+    role: Role
+    actor: str
+    box: bytes | None = None
+
+
+class Gate(Protocol):
+    def identify(self, msg: Msg) -> Caller:
+        """The verified caller of `msg`; Refusal("unauthenticated", why) otherwise."""
+        ...
+
+
+class OperatorGate:
+    """A gate that knows no users: the operator credential's requests act as the
+    built-in admin; every signed or `uapi` request is refused."""
+
+    def identify(self, msg: Msg) -> Caller:
+        if USER_HEADER in (msg.headers or {}) or ".uapi." in msg.subject:
+            raise Refusal("unauthenticated", "this requester knows no users")
+        return Caller(ADMIN_USER, Role.ADMIN, requested_by(msg))
+
+
+@contextlib.contextmanager
+def serving(caller: Caller) -> Iterator[None]:
+    """Everything inside is done for `caller`: its user, role and audit name."""
+    tokens = (USER.set(caller.user), ROLE.set(caller.role), ACTOR.set(caller.actor))
+    try:
+        yield
+    finally:
+        USER.reset(tokens[0])
+        ROLE.reset(tokens[1])
+        ACTOR.reset(tokens[2])
 
 
 @contextlib.contextmanager
@@ -93,6 +143,10 @@ def no_trouble() -> str:
 class ApiRouter:
     """Dispatches one noun's requests to `handlers` by verb; every request gets a reply.
 
+    `roles` says which role each verb needs; a verb it does not name needs OPERATOR, so
+    a new verb is never open to viewers or submitters by accident. A module adding
+    verbs declares them in the same place: `router.roles.update(quota=Role.ADMIN)`.
+    `gate` says who is asking (the requester sets one that knows its users).
     `store_trouble` names a known storage problem (a full disk) for the reply when the
     store does not answer; the requester sets it.
     """
@@ -101,20 +155,38 @@ class ApiRouter:
 
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
+        self.roles: dict[str, Role] = {}
+        self.gate: Gate = OperatorGate()
         self.served = 0
         self.errors = 0
         self.store_trouble: Callable[[], str] = no_trouble
 
-    async def on_request(self, msg: Msg) -> None:
-        with acting_as(requested_by(msg)):
-            await self._serve(msg)
+    def needed(self, verb: str) -> Role:
+        return self.roles.get(verb, Role.OPERATOR)
 
-    async def _serve(self, msg: Msg) -> None:
+    async def on_request(self, msg: Msg) -> None:
+        try:
+            caller = self.gate.identify(msg)
+        except Refusal as exc:  # answered in the clear: there is no key to seal it with
+            log.info("%s api: refused %s: %s", self.noun, msg.subject, exc.reason)
+            await self._answer(msg, ErrorReply(code=exc.code, reason=exc.reason), None)
+            return
+        with serving(caller):
+            await self._serve(msg, caller)
+
+    async def _serve(self, msg: Msg, caller: Caller) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
         handler = self.handlers.get(verb)
         try:
             if handler is None:
                 raise Refusal("unknown_verb", f"no such {self.noun} operation {verb!r}")
+            needed = self.needed(verb)
+            if not caller.role.allows(needed):
+                raise Refusal(
+                    "forbidden",
+                    f"{caller.user} is {article(caller.role)}: {self.noun} {verb} needs "
+                    f"the {needed} role",
+                )
             reply: Message | bytes = await handler(msg.data)
         except codec.CodecError as exc:
             reply = exc.reply()
@@ -125,10 +197,14 @@ class ApiRouter:
         except Exception:  # never let one request take the daemon down
             log.exception("%s api %s failed", self.noun, verb)
             reply = ErrorReply(code="internal", reason="internal error in the requester")
+        await self._answer(msg, reply, caller.box)
+
+    async def _answer(self, msg: Msg, reply: Message | bytes, box: bytes | None) -> None:
         self.served += 1
         self.errors += isinstance(reply, ErrorReply)
         if msg.reply:
-            await msg.respond(reply if isinstance(reply, bytes) else codec.encode(reply))
+            data = reply if isinstance(reply, bytes) else codec.encode(reply)
+            await msg.respond(data if box is None else seal_reply(box, data))
 
     def _store_error(self, verb: str, exc: Exception) -> ErrorReply:
         trouble = self.store_trouble()

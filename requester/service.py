@@ -26,6 +26,7 @@ from hivectl.core.subjects import Subjects
 from requester import wiring
 from requester.duties import LeaderDuties
 from requester.events import Events
+from requester.gate import UserGate
 from requester.identity import cluster_identity
 from requester.jobs.api import JobApi
 from requester.jobs.consumer import ExecConsumer
@@ -43,8 +44,9 @@ from requester.nodes.registry import Registry
 from requester.nodes.tokens import Tokens
 from requester.ownnats import OwnNats
 from requester.presence import Presence, own_record, requester_info
-from requester.routing import ACTOR
+from requester.routing import ACTOR, ApiRouter
 from requester.store import Store, open_store
+from requester.users import Users
 
 log = logging.getLogger("hive.requester")
 REQUESTER_AUTH_HINT = (
@@ -81,6 +83,8 @@ class Requester:
         self.duties: LeaderDuties | None = None  # what only the leader does
         self.leadership: Leadership | None = None
         self.presence: Presence | None = None  # the cluster's requesters, for node list
+        self.users: Users | None = None
+        self.gate: UserGate | None = None
         self.own_nats = OwnNats(config, self.subjects, on_crash=self.stopping.set)
 
     @property
@@ -156,16 +160,42 @@ class Requester:
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.tokens = Tokens(self.subjects.tokens_bucket, self.events.token, limits)
         await self.tokens.start(js)
+        await self._start_users(js)
         self._build_handlers()
         await self._start_jobs(js)
-        for api in (self.node_api, self.job_api):
-            if api is not None:
-                api.store_trouble = self.own_nats.trouble
+        for api in self.routers:
+            api.store_trouble = self.own_nats.trouble
+            if self.gate is not None:
+                api.gate = self.gate
         await self._subscribe()
         await self._lead_when_elected(js)
         if cfg.metrics.enabled:
             self._metrics = serve_metrics(self, cfg.metrics)
             self.metrics_port = self._metrics.port
+
+    async def _start_users(self, js: Store) -> None:
+        """The users bucket, its API, and the gate every router asks who is calling."""
+        assert self.identity is not None
+        self.users = users = Users(
+            self.subjects.users_bucket,
+            requester_key=self.identity.public_key,
+            nats_credentials=self._user_credentials,
+            limits=codec.Limits(max_bytes=self.config.max_payload),
+        )
+        await users.start(js)
+        self.gate = UserGate(self.subjects, self.identity, users.get)
+
+    def _user_credentials(self) -> Path | None:
+        """The NATS `user` role's credentials that each new user's file carries."""
+        if self.config.user_credentials_file is not None:
+            return self.config.user_credentials_file
+        return self.credentials_dir / "user.toml" if self.embedded is not None else None
+
+    @property
+    def routers(self) -> list[ApiRouter]:
+        """Every API noun this requester serves."""
+        routers: list[ApiRouter | None] = [self.node_api, self.job_api, self.users]
+        return [router for router in routers if router is not None]
 
     @property
     def credentials_dir(self) -> Path:
@@ -232,9 +262,10 @@ class Requester:
         await self.jobs.start(js)
         self.jobs.follow()  # until this requester leads (duties.start)
         limits = codec.Limits(max_bytes=cfg.max_payload)
-        self.job_api = JobApi(
-            self.jobs, kick=self._created, max_payload=self._max_payload(), limits=limits
-        )
+        self.job_api = wiring.job_api(
+            self.jobs, js, self.subjects, kick=self._created,
+            max_payload=self._max_payload(), limits=limits,
+        )  # fmt: skip
 
     async def _lead_when_elected(self, js: Store) -> None:
         """Take part in the election; lead at once when no other requester does."""
@@ -272,10 +303,8 @@ class Requester:
         return min(self.config.max_payload, self.nc.max_payload)
 
     async def _subscribe(self) -> None:
-        assert self.nc is not None and self.membership is not None and self.node_api is not None
-        subs = await wiring.subscribe(
-            self.nc, self.subjects, self.membership, self.node_api, self.job_api
-        )
+        assert self.nc is not None and self.membership is not None
+        subs = await wiring.subscribe(self.nc, self.subjects, self.membership, self.routers)
         self._subs.extend(subs)
 
     async def serve(self) -> None:
@@ -317,7 +346,7 @@ class Requester:
             await self.presence.close()
         if self.duties is not None:
             await self.duties.stop()
-        for part in (self.jobs, self.link, self.tokens, self.registry):
+        for part in (self.jobs, self.link, self.tokens, self.users, self.registry):
             if part is not None:
                 await part.close()
         if self.nc is not None and not self.nc.is_closed:

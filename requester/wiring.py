@@ -1,5 +1,6 @@
 """What the requester serves: the node API with the verbs of their own modules, and the
-subscriptions that carry nodes' messages and operators' requests to their handlers."""
+subscriptions that carry nodes' messages and operators' and users' requests to their
+handlers (each API router on `api` and on `uapi`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from nats.aio.subscription import Subscription
 from hivectl.core import codec
 from hivectl.core.api import NodeView
 from hivectl.core.subjects import Subjects
+from hivectl.core.users import Role
 from requester.jobs.api import JobApi
+from requester.jobs.outputs import JobOutputs
+from requester.jobs.records import JobStore
 from requester.nodes.api import NodeApi
 from requester.nodes.labels import LabelApi
 from requester.nodes.liveness import Liveness
@@ -20,6 +24,8 @@ from requester.nodes.nodeops import NodeOps
 from requester.nodes.prune import Pruner
 from requester.nodes.registry import EventSink, Registry
 from requester.nodes.tokens import Tokens
+from requester.routing import ApiRouter
+from requester.store import Store
 
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
 NODE_PENDING_MSGS = 1_000_000
@@ -53,11 +59,25 @@ def node_api(
     ops = NodeOps(registry, requester_id=requester_id, limits=limits)
     for verbs in (labels.handlers(), tokens.handlers(), pruner.handlers(), ops.handlers):
         api.handlers.update(verbs)
+    # Node reads are for viewers; every other node verb keeps the default (operator).
+    api.roles.update(list=Role.VIEWER, get=Role.VIEWER)
+    return api
+
+
+def job_api(
+    jobs: JobStore, js: Store, subjects: Subjects, *, kick: Callable[[str], None],
+    max_payload: int, limits: codec.Limits,
+) -> JobApi:  # fmt: skip
+    """`hive.api.job.*`: submit, list, get, executions, stop, and logs and result."""
+    api = JobApi(jobs, kick=kick, max_payload=max_payload, limits=limits)
+    outputs = JobOutputs(jobs, js, subjects, max_payload=max_payload, limits=limits)
+    api.handlers.update(outputs.handlers())
+    api.roles.update(outputs.roles())
     return api
 
 
 async def subscribe(
-    nc: Client, s: Subjects, m: Membership, nodes: NodeApi, jobs: JobApi | None
+    nc: Client, s: Subjects, m: Membership, routers: list[ApiRouter]
 ) -> list[Subscription]:
     """Requests go to one requester of the group; every requester hears publishes."""
     queue = s.requester_queue
@@ -77,9 +97,9 @@ async def subscribe(
             pending_bytes_limit=NODE_PENDING_BYTES,
         ),
         await nc.subscribe(s.node_wildcard("leave"), cb=m.on_leave),
-        await nc.subscribe(s.api("node", "*"), queue=queue, cb=nodes.on_request),
     ]
-    if jobs is not None:
-        subs.append(await nc.subscribe(s.api("job", "*"), queue=queue, cb=jobs.on_request))
+    for router in routers:
+        for subject in (s.api(router.noun, "*"), s.uapi(router.noun, "*")):
+            subs.append(await nc.subscribe(subject, queue=queue, cb=router.on_request))
     await nc.flush()
     return subs

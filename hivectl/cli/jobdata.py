@@ -6,10 +6,14 @@ whose LOG_STREAM_HEADER says stdout or stderr, closed by one LOG_EOF_HEADER mess
 Results are one tar.gz object per execution, named by the execution id; they are
 extracted with tarfile's `data` filter, member by member, so a hostile archive can
 neither write outside the target directory nor stop the safe members from landing.
+
+hivectl run with a user's credential has neither JetStream nor events: it asks the
+requester for logs and results (hivectl.cli.jobfetch) and polls for a job's changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -68,9 +72,15 @@ class JobWatch:
         query = JobGetRequest(id=self.job_id)
         return (await api.call("job", "get", query, JobGetReply)).job
 
+    async def _events(self, api: Api) -> Subscription | None:
+        """The job's events; None for a user's client, which may not read them."""
+        if api.client.signed:
+            return None
+        return await api.nc.subscribe(api.subjects.job_events(self.job_id))
+
     async def wait(self, api: Api, on_change: Callable[[Job], None]) -> Job:
         """The job once it is terminal; `on_change` sees every state read on the way."""
-        sub = await api.nc.subscribe(api.subjects.job_events(self.job_id))
+        sub = await self._events(api)
         try:
             while True:
                 job = await self.get(api)
@@ -79,12 +89,13 @@ class JobWatch:
                     return job
                 await _nudge(sub)
         finally:
-            await sub.unsubscribe()
+            if sub is not None:
+                await sub.unsubscribe()
 
-    async def follow(self, api: Api, js: JetStreamContext, show_all: bool) -> Job:
+    async def follow(self, api: Api, js: JetStreamContext | None, show_all: bool) -> Job:
         """Stream each execution's output as it runs, one execution after the other."""
         done: set[str] = set()
-        sub = await api.nc.subscribe(api.subjects.job_events(self.job_id))
+        sub = await self._events(api)
         try:
             while True:
                 job = await self.get(api)
@@ -97,12 +108,13 @@ class JobWatch:
                 await self.replay(api, js, job, todo[:1], live=True)
                 done.add(todo[0].exec_id)
         finally:
-            await sub.unsubscribe()
+            if sub is not None:
+                await sub.unsubscribe()
 
     async def replay(
         self,
         api: Api,
-        js: JetStreamContext,
+        js: JetStreamContext | None,
         job: Job,
         executions: list[Execution],
         live: bool = False,
@@ -126,8 +138,11 @@ class JobWatch:
         return live
 
 
-async def _nudge(sub: Subscription) -> None:
+async def _nudge(sub: Subscription | None) -> None:
     """Wait for the next event, or POLL_INTERVAL, whichever comes first."""
+    if sub is None:
+        await asyncio.sleep(POLL_INTERVAL)
+        return
     with suppress(TimeoutError):
         await sub.next_msg(timeout=POLL_INTERVAL)
 
@@ -135,8 +150,11 @@ async def _nudge(sub: Subscription) -> None:
 # -- logs ----------------------------------------------------------------------------
 
 
-async def check_log_stream(api: Api) -> JetStreamContext:
-    """JetStream, once the logs stream is known to exist (else a one-line error)."""
+async def check_log_stream(api: Api) -> JetStreamContext | None:
+    """JetStream, once the logs stream is known to exist (else a one-line error);
+    None for a user's client, which reads logs through the requester."""
+    if api.client.signed:
+        return None
     stream = api.subjects.logs_stream
     js = api.nc.jetstream()
     try:
@@ -170,13 +188,17 @@ def _asking_again(stream: str) -> RetryHook:
 
 
 async def copy_logs(
-    api: Api, js: JetStreamContext, execution: Execution, live: Live | None
+    api: Api, js: JetStreamContext | None, execution: Execution, live: Live | None
 ) -> bool:
     """Copy one execution's output, in order: stdout chunks to stdout, stderr to stderr.
 
     Ends at its EOF message (returns True). Without `live`, or once `live()` says the
     execution is over, it also ends at the last message stored (returns False).
     """
+    if js is None:
+        from hivectl.cli.jobfetch import copy_logs_api
+
+        return await copy_logs_api(api, execution, live, note_dropped)
     stream = api.subjects.logs_stream
     subject = api.subjects.logs(execution.job_id, execution.exec_id)
     if live is None and await last_seq(js, stream, subject) == 0:
@@ -220,15 +242,20 @@ def write_chunk(msg: Msg) -> bool:
     """Write one log chunk where it belongs; True for the EOF message."""
     headers = msg.headers or {}
     if LOG_EOF_HEADER in headers:
-        if dropped := headers.get(LOG_DROPPED_HEADER):
-            info(
-                f"[the node's max_log_bytes cut this log: {dropped} more bytes were written"
-                " and dropped; see `hivectl job describe`]"
-            )
+        note_dropped(headers.get(LOG_DROPPED_HEADER) or 0)
         return True
     out = sys.stderr if headers.get(LOG_STREAM_HEADER) == "stderr" else sys.stdout
     write_bytes(out, msg.data)
     return False
+
+
+def note_dropped(dropped: int | str) -> None:
+    """Say what the node's log cap cut (`dropped` bytes), if it cut anything."""
+    if dropped and dropped != "0":
+        info(
+            f"[the node's max_log_bytes cut this log: {dropped} more bytes were written"
+            " and dropped; see `hivectl job describe`]"
+        )
 
 
 def write_bytes(out: IO[str], data: bytes) -> None:
@@ -249,6 +276,10 @@ async def download_results(
     api: Api, job: Job, executions: list[Execution], dest: Path
 ) -> tuple[list[Path], list[str]]:
     """Extract each execution's archive into `dest/<exec_id>/`: (written, refused)."""
+    if api.client.signed:
+        from hivectl.cli.jobfetch import download_results_api
+
+        return await download_results_api(api, job, executions, dest, extract)
     js = api.nc.jetstream()
     try:
         store = await js.object_store(api.subjects.results_store)

@@ -221,21 +221,28 @@ def list_jobs(
             show_default=False,
         ),
     ] = None,
+    everyone: Annotated[
+        bool,
+        typer.Option("--all", "-A", help="Every user's jobs, not only yours (not for submitters)."),
+    ] = False,
 ) -> None:
-    """List jobs, newest first.
+    """List your jobs (`--all`: everyone's), newest first.
 
-    EXECUTIONS counts the job's executions by state, e.g. `1/1 COMPLETED`.
+    EXECUTIONS counts the job's executions by state, e.g. `1/1 COMPLETED`; OWNER is
+    the user who submitted it (`admin` for the operator credential).
 
     **Examples**
 
     ```
     hivectl job list
-    hivectl job list --filter-state running -o wide
+    hivectl job list --all --filter-state running -o wide
     hivectl job list -o json | jq -r '.[].job_id'
     ```
     """
     fmt = output_format(ctx, output)
-    jobs = run_api(ctx, lambda api: api.client.list(filter_state), status="Listing jobs")
+    jobs = run_api(
+        ctx, lambda api: api.client.list(filter_state, everyone=everyone), status="Listing jobs"
+    )
     jobs.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
     Listing("jobs", COLUMNS, WIDE_COLUMNS, job_row).show(jobs, fmt, no_headers=no_headers)
 

@@ -131,7 +131,8 @@ async def _run_job(api: Api, request: JobSubmitRequest, watch: JobWatch, follow:
 
 
 async def _wait_job(api: Api, watch: JobWatch, follow: bool) -> Job:
-    js = api.nc.jetstream()  # of the connection now: the submit may have made a new one
+    # Of the connection now (the submit may have made a new one); none for a user.
+    js = None if api.client.signed else api.nc.jetstream()
     if follow:
         return await watch.follow(api, js, show_all=False)
     with status_line(f"{watch.job_id}: PENDING") as show:

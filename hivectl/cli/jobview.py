@@ -8,7 +8,7 @@ from datetime import datetime
 from hivectl.cli.output import NONE, age, human_bytes, human_cpu, plain_lines, timestamp
 from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobSpec
 
-COLUMNS = ["ID", "NAME", "TYPE", "ENGINE", "STATE", "EXECUTIONS", "CREATED"]
+COLUMNS = ["ID", "NAME", "TYPE", "ENGINE", "STATE", "EXECUTIONS", "OWNER", "CREATED"]
 WIDE_COLUMNS = [*COLUMNS, "IMAGE", "COMMAND", "NODES", "REASON"]
 EXEC_COLUMNS = ["EXEC", "NODE", "ATTEMPT", "STATE", "EXIT", "STARTED", "ENDED", "ERROR"]
 DESCRIBE_ROWS = 20  # executions a big job's describe lists; `job executions` has them all
@@ -72,6 +72,7 @@ def job_row(job: Job, wide: bool, now: datetime) -> list[str]:
         spec.engine.value,
         job.state.value,
         exec_counts(job),
+        job.owner,
         age(job.created_at, now),
     ]
     if wide:
@@ -111,6 +112,7 @@ def describe_lines(job: Job, now: datetime) -> list[str]:
         ("Type", spec.type.value),
         ("State", job.state.value),
         *([("Reason", job.reason)] if job.reason else []),
+        ("Owner", job.owner),
         ("Engine", spec.engine.value),
         ("Image", spec.image or NONE),
         ("Command", command_text(spec)),

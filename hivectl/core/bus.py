@@ -266,13 +266,15 @@ async def request(
 async def ask(
     nc: Client,
     subject: str,
-    message: Message,
+    message: Message | bytes,
     timeout: float,
     headers: dict[str, str] | None = None,
 ) -> bytes:
-    """Send `message` and return the reply undecoded (see `read_reply`); raise BusError."""
+    """Send `message` (or what it encoded to) and return the reply undecoded (see
+    `read_reply`); raise BusError."""
+    payload = message if isinstance(message, bytes) else codec.encode(message)
     try:
-        reply = await nc.request(subject, codec.encode(message), timeout=timeout, headers=headers)
+        reply = await nc.request(subject, payload, timeout=timeout, headers=headers)
     except NoRespondersError:
         raise NoResponder(subject) from None
     except (NatsTimeoutError, TimeoutError):

@@ -34,9 +34,18 @@ from nats.aio.client import Client as Nats
 from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
-from hivectl.core import paging
+from hivectl.core import codec, paging
 from hivectl.core.api import ACTOR_HEADER
-from hivectl.core.bus import BusError, NoAnswer, ask, connect_cli, connection_failure, read_reply
+from hivectl.core.auth import AuthError
+from hivectl.core.bus import (
+    BusError,
+    CredentialsError,
+    NoAnswer,
+    ask,
+    connect_cli,
+    connection_failure,
+    read_reply,
+)
 from hivectl.core.config import ClientConfig, load_config
 from hivectl.core.errors import (
     HiveError,
@@ -69,6 +78,7 @@ from hivectl.core.jobs import (
 )
 from hivectl.core.jobwait import JobTracker
 from hivectl.core.models import ID_PATTERN, Message, OkReply
+from hivectl.core.signing import UserCredential, read_user_credential, sign_request
 from hivectl.core.subjects import Subjects
 
 M = TypeVar("M", bound=Message)
@@ -115,6 +125,13 @@ class AsyncClient:
         self._headers = {ACTOR_HEADER: config.actor or default_actor()}
         self._trace = trace
         self._nc: Nats | None = None
+        self.user = _user_credential(config)
+
+    @property
+    def signed(self) -> bool:
+        """Whether this client is a user's (a credential file with `[hive]`): its
+        requests are signed, and it has no JetStream or event access of its own."""
+        return self.user is not None
 
     # -- the connection -------------------------------------------------------------
 
@@ -157,10 +174,18 @@ class AsyncClient:
         if self._nc is None or self._nc.is_closed:
             await self.connect()
         nc = self.nc
-        subject = self.subjects.api(noun, verb)
+        user = self.user
+        subject = (self.subjects.api if user is None else self.subjects.uapi)(noun, verb)
         started = time.perf_counter()
+        payload, headers = codec.encode(message), self._headers
+        if user is not None:
+            headers = headers | sign_request(user.identity, user.user, subject, payload)
         try:
-            data = await ask(nc, subject, message, self.config.timeout, self._headers)
+            data = await ask(nc, subject, payload, self.config.timeout, headers)
+            if user is not None:
+                data = user.open(data)
+        except AuthError as exc:
+            raise BusError(f"the reply on {subject}: {exc}") from None
         except NoAnswer:
             if not nc.is_closed:
                 raise
@@ -261,10 +286,12 @@ class AsyncClient:
         request = JobGetRequest(id=check_prefix(job_id))
         return (await self.call("job", "get", request, JobGetReply)).job
 
-    async def list(self, state: JobState | str | None = None) -> Jobs:
-        """Every job (in `state`, if given), newest first, from every page; each with
-        its executions counted (`Job.tally()`) rather than listed."""
-        query = JobListRequest(state=JobState(state) if state is not None else None)
+    async def list(self, state: JobState | str | None = None, *, everyone: bool = False) -> Jobs:
+        """Your jobs (`everyone`: every user's) in `state`, if given, newest first, from
+        every page; each with its executions counted (`Job.tally()`), not listed."""
+        query = JobListRequest(
+            state=JobState(state) if state is not None else None, everyone=everyone
+        )
         subject = self.subjects.api("job", "list")
 
         async def page(after: str) -> bytes:
@@ -353,6 +380,16 @@ class AsyncClient:
         except BaseExceptionGroup as failed:
             raise _first(failed) from None
         return [task.result() for task in tasks]
+
+
+def _user_credential(config: ClientConfig) -> UserCredential | None:
+    path = config.nats.credentials_file
+    if path is None:
+        return None
+    try:
+        return read_user_credential(path)
+    except ValueError as exc:
+        raise CredentialsError(str(exc)) from None
 
 
 def default_actor() -> str:

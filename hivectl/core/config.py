@@ -196,6 +196,9 @@ class RequesterConfig(HiveSettings):
     # seen (time the requester was down or had just started does not count); 0: never.
     node_prune_after: Duration = 0.0
     max_payload: int = Field(default=1024 * 1024, ge=1024)
+    # The NATS `user` role's credentials file, whose user and password `user add` puts
+    # in each new user's file; with the embedded server, the one it writes.
+    user_credentials_file: Path | None = None
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> RequesterConfig:

@@ -1,8 +1,10 @@
-"""NATS credentials by role for the embedded server: requester, operator, compute.
+"""NATS credentials by role for the embedded server: requester, operator, compute, user.
 
 Generated once (random passwords, files mode 0600) and turned into the server's
 `authorization` block with subject permissions, so a compute node cannot call the
-operator API or approve itself, and anonymous connections are refused. Each role's
+operator API or approve itself, and anonymous connections are refused. The `user` role
+is shared by every Hive user: it may only send signed requests (see
+hivectl.core.signing), so which user sent one is proved by its key, not by NATS. Each role's
 file is a small TOML document that `[nats] credentials_file` (or
 HIVE_NATS__CREDENTIALS_FILE) points at.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from hivectl.core.subjects import Subjects
 
-ROLES = ("requester", "operator", "compute")
+ROLES = ("requester", "operator", "compute", "user")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,9 @@ def permissions(subjects: Subjects) -> dict[str, dict[str, object]]:
             "subscribe": [f"{p}.compute.*.>", "_INBOX.>"],
             "allow_responses": True,
         },
+        # Users: signed requests to the requesters and their (sealed) replies; no
+        # JetStream, no events, not the operator API.
+        "user": {"publish": [f"{p}.uapi.>", "_INBOX.>"], "subscribe": ["_INBOX.>"]},
     }
 
 

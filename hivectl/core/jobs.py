@@ -237,8 +237,11 @@ class JobSubmitReply(Message):
 
 
 class JobListRequest(Message):
+    """The caller's own jobs; with `everyone`, every user's (not for a submitter)."""
+
     kind: ClassVar[str] = "job_list"
     state: JobState | None = None
+    everyone: Annotated[bool, Strict()] = False
     after: ShortText = ""
     limit: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1000
 

@@ -11,6 +11,8 @@ poll per job.
 Events are not stored for the tracker (it is a plain subscription), so one could be
 missed: a requester that died between writing a job and publishing its event. Against
 that, the jobs not yet finished are asked for again every SWEEP_INTERVAL seconds.
+A user's client (signed requests) may not read events at all: it asks every
+USER_POLL_INTERVAL seconds instead.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SWEEP_INTERVAL = 30.0  # seconds between asking again for every job not finished
 # seen the change yet (several requesters, each with its own view): asked again after
 # this long, until it has.
 LAG_RETRY = 0.2
+USER_POLL_INTERVAL = 0.5
 Change = tuple[str, JobState]
 
 
@@ -50,6 +53,7 @@ class JobTracker:
         self._final: dict[str, Job] = {}  # full id -> its record once ended
         self._ended: set[str] = set()  # ended by an event, final record not read yet
         self._events: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self._sweep = USER_POLL_INTERVAL if client.signed else SWEEP_INTERVAL
 
     def done(self) -> dict[str, Job]:
         """The jobs that ended, by the ids given, in the order given."""
@@ -65,7 +69,9 @@ class JobTracker:
         """(id as given, state) for each job now, then for each change, until every
         job has ended. Raises NotFound for an id no job has."""
         nc = self._client.nc
-        sub = await nc.subscribe(self._client.subjects.job_events("*"), cb=self._on_event)
+        sub = None
+        if not self._client.signed:
+            sub = await nc.subscribe(self._client.subjects.job_events("*"), cb=self._on_event)
         try:
             await nc.flush()  # subscribed before the first get: no change falls between
             jobs = await self._get_all(self._given)
@@ -77,11 +83,12 @@ class JobTracker:
             async for change in self._follow():
                 yield change
         finally:
-            with contextlib.suppress(NatsError, OSError):
-                await sub.unsubscribe()
+            if sub is not None:
+                with contextlib.suppress(NatsError, OSError):
+                    await sub.unsubscribe()
 
     async def _follow(self) -> AsyncIterator[Change]:
-        sweep_at = time.monotonic() + SWEEP_INTERVAL
+        sweep_at = time.monotonic() + self._sweep
         while len(self._final) < len(self._names):
             wait = LAG_RETRY if self._ended else max(0.0, sweep_at - time.monotonic())
             events = await self._next_events(wait)
@@ -91,7 +98,7 @@ class JobTracker:
             if events or self._ended:
                 asked = sorted(self._ended)  # final records of what events said ended
             else:  # the sweep: ask for every job left
-                sweep_at = time.monotonic() + SWEEP_INTERVAL
+                sweep_at = time.monotonic() + self._sweep
                 asked = [full for full in self._names if full not in self._final]
             for job in await self._get_all(asked):
                 for change in self._note(job):

@@ -90,6 +90,17 @@ class Subjects:
     def api_wildcard(self) -> str:
         return f"{self.prefix}.api.>"
 
+    def uapi(self, noun: str, verb: str) -> str:
+        """Where users' signed requests go (the `user` NATS role may publish only here)."""
+        return f"{self.prefix}.uapi.{noun}.{verb}"
+
+    @property
+    def uapi_wildcard(self) -> str:
+        return f"{self.prefix}.uapi.>"
+
+    def is_uapi(self, subject: str) -> bool:
+        return subject.startswith(f"{self.prefix}.uapi.")
+
     # -- JetStream names -----------------------------------------------------------
     @property
     def nodes_bucket(self) -> str:
@@ -109,6 +120,11 @@ class Subjects:
     def tokens_bucket(self) -> str:
         """Enrollment tokens, by id: the hash of each secret, never the secret."""
         return f"{self._ident}_tokens"
+
+    @property
+    def users_bucket(self) -> str:
+        """Users by name: role and public key, never a secret."""
+        return f"{self._ident}_users"
 
     @property
     def leases_bucket(self) -> str:

@@ -1,5 +1,5 @@
 """`hive.api.job.{submit,list,get,executions,stop}`: reads from memory, writes through
-the store.
+the store; who may do what to whose job is checked here (`check_owner`).
 
 Replies stay small whatever a job's count: `list` sends each job's executions as
 counts by state, `get` a job's counts and at most SHOWN of its executions (the ones
@@ -29,10 +29,11 @@ from hivectl.core.jobs import (
     new_job_id,
 )
 from hivectl.core.models import Message, OkReply
+from hivectl.core.users import ADMIN_USER, Role, article
 from requester.jobs.executions import finish
 from requester.jobs.fenced import JobError
 from requester.jobs.records import JobStore
-from requester.routing import REPLY_HEADROOM, ApiRouter, current_user
+from requester.routing import REPLY_HEADROOM, ApiRouter, Refusal, current_role, current_user
 
 Kick = Callable[[str], None]
 SHOWN = 100  # executions a `get` carries; `executions` pages through the rest
@@ -65,6 +66,9 @@ class JobApi(ApiRouter):
             executions=self.executions,
             stop=self.stop_job,
         )
+        # Reads check ownership in the handler (a submitter reads only its own jobs).
+        read, submit = Role.VIEWER, Role.SUBMITTER
+        self.roles.update(submit=submit, list=read, get=read, executions=read, stop=submit)
 
     async def submit(self, data: bytes) -> Message:
         """Create the job; a repeat of a submit (same id, same spec) gets the same job.
@@ -92,8 +96,20 @@ class JobApi(ApiRouter):
 
     async def list_jobs(self, data: bytes) -> Message:
         request = codec.decode(data, JobListRequest, self._limits)
+        user, role = current_user(), current_role()
+        if request.everyone and not role.reads_all_jobs:
+            raise Refusal(
+                "forbidden",
+                f"{user} is {article(role)}: listing everyone's jobs needs the viewer or "
+                "operator role (without --all: your own jobs)",
+            )
         records = sorted(
-            (j for j in self._store.records() if request.state is None or j.state == request.state),
+            (
+                j
+                for j in self._store.records()
+                if (request.state is None or j.state == request.state)
+                and (request.everyone or j.owner == user)
+            ),
             key=_newest_first,
         )
         if request.after:
@@ -124,6 +140,7 @@ class JobApi(ApiRouter):
     async def get_job(self, data: bytes) -> Message:
         request = codec.decode(data, JobGetRequest, self._limits)
         job = self._store.resolve(request.id)
+        check_owner(job)
         if len(job.executions) <= SHOWN:
             return JobGetReply(job=job)
         ranked = sorted(job.executions, key=lambda e: (_INTEREST.get(e.state, 3), e.exec_id))
@@ -133,6 +150,7 @@ class JobApi(ApiRouter):
     async def executions(self, data: bytes) -> Message:
         request = codec.decode(data, JobExecutionsRequest, self._limits)
         job = self._store.resolve(request.id)
+        check_owner(job)
         chosen = _filtered(job.executions, request)
         start = 0
         if request.after:
@@ -158,13 +176,28 @@ class JobApi(ApiRouter):
     async def stop_job(self, data: bytes) -> Message:
         request = codec.decode(data, JobStopRequest, self._limits)
         job = self._store.resolve(request.id)
-        reason = request.reason or "stopped by an operator"
+        check_owner(job, change=True)
+        user = current_user()
+        reason = request.reason or (
+            "stopped by an operator" if user == ADMIN_USER else f"stopped by {user}"
+        )
         # A terminal job is left as it is: stopping it again is not an error.
         await self._store.change(
             job.job_id,
             lambda j: None if j.state in JOB_TERMINAL else finish(j, JobState.STOPPED, reason),
         )
         return OkReply(id=job.job_id)
+
+
+def check_owner(job: Job, *, change: bool = False) -> None:
+    """Refuse `not_yours` unless the caller owns `job` or its role reads (`change`:
+    stops) everyone's jobs."""
+    if job.owner == current_user():
+        return
+    role = current_role()
+    if role.manages_all_jobs if change else role.reads_all_jobs:
+        return
+    raise Refusal("not_yours", f"job {job.job_id} belongs to {job.owner}")
 
 
 def _filtered(executions: list[Execution], request: JobExecutionsRequest) -> list[Execution]:

@@ -691,12 +691,12 @@ def test_list_table_newest_first_over_every_page(many: CannedJobRequester) -> No
     result = hivectl(many.url, "job", "list")
     assert result.exit_code == 0, result.stderr
     rows = table(result.stdout)
-    assert rows[0] == ["ID", "NAME", "TYPE", "ENGINE", "STATE", "EXECUTIONS", "CREATED"]
+    assert rows[0] == ["ID", "NAME", "TYPE", "ENGINE", "STATE", "EXECUTIONS", "OWNER", "CREATED"]
     assert rows[1] == [
         "j-00000000000000bb", "-", "ops", "process", "RUNNING",
-        "1/3 RUNNING, 2/3 COMPLETED", "3m ago",
+        "1/3 RUNNING, 2/3 COMPLETED", "admin", "3m ago",
     ]  # fmt: skip
-    assert rows[2][0] == JOB and rows[2][4:] == ["COMPLETED", "1/1 COMPLETED", "10m ago"]
+    assert rows[2][0] == JOB and rows[2][4:] == ["COMPLETED", "1/1 COMPLETED", "admin", "10m ago"]
     assert rows[3][0] == "j-00000000000000cc"
     afters = [r.after for r in many.sent(JobListRequest) if isinstance(r, JobListRequest)]
     assert afters == ["", "j-00000000000000bb"]

@@ -57,7 +57,8 @@ def test_sd_notify_outside_systemd_does_nothing(monkeypatch: pytest.MonkeyPatch)
 def test_nats_cluster_example_is_a_valid_server_config() -> None:
     from hivectl.core.embedded import nats_server_binary
 
-    env = {"REQUESTER_PASSWORD": "a", "OPERATOR_PASSWORD": "b", "COMPUTE_PASSWORD": "c"}
+    env = {"REQUESTER_PASSWORD": "a", "OPERATOR_PASSWORD": "b", "COMPUTE_PASSWORD": "c",
+           "USER_PASSWORD": "d"}  # fmt: skip
     result = subprocess.run(
         [str(nats_server_binary()), "-c", str(CONFIGS / "nats-cluster.conf"), "-t"],
         capture_output=True,

@@ -1,0 +1,104 @@
+"""Who sent a request: the gate every API router asks before it serves one.
+
+A request on `<prefix>.api.>` comes over the operator NATS credential (only it may
+publish there) and acts as the built-in admin, named in the audit by its Hive-Actor
+header, as before users existed. A signed request (Hive-User and the rest; see
+hivectl.core.signing), on `uapi` or on `api`, acts as the user whose key signed it,
+once the signature, the clock and the nonce check out; its reply is sealed for that
+user. Anything else on `uapi` is refused `unauthenticated`, and nothing happens.
+
+Users are looked up in memory (the users bucket's KV watch keeps it current on every
+requester), so `user remove` revokes a credential on its next request. Nonces are
+remembered for the clock window, a deque in the order they came: forgetting the
+expired ones costs what they cost to remember, however many users there are.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import NoReturn
+
+from nats.aio.msg import Msg
+
+from hivectl.core.auth import AuthError, Identity
+from hivectl.core.signing import CLOCK_SKEW, box_key, read_claim, verify_claim
+from hivectl.core.subjects import Subjects
+from hivectl.core.users import ADMIN_USER, Role, UserRecord
+from requester.routing import Caller, Refusal, requested_by
+
+log = logging.getLogger("hive.requester.gate")
+MAX_BOXES = 10_000  # derived reply keys kept (an X25519 per request would cost 100 us)
+
+
+class UserGate:
+    def __init__(
+        self,
+        subjects: Subjects,
+        identity: Identity,
+        users: Callable[[str], UserRecord | None],
+        *,
+        clock: Callable[[], float] = time.time,
+        skew: float = CLOCK_SKEW,
+    ) -> None:
+        self._subjects = subjects
+        self._identity = identity
+        self._users = users
+        self._clock = clock
+        self._skew = skew
+        self._seen: set[tuple[str, str]] = set()
+        self._expiry: collections.deque[tuple[float, tuple[str, str]]] = collections.deque()
+        self._boxes: dict[str, bytes] = {}  # public key -> reply key
+        self.refused = 0
+
+    def identify(self, msg: Msg) -> Caller:
+        headers = msg.headers or {}
+        if "Hive-User" not in headers:
+            if self._subjects.is_uapi(msg.subject):
+                self._refuse("a request on uapi must be signed (Hive-User, Hive-Signature)")
+            return Caller(ADMIN_USER, Role.ADMIN, requested_by(msg))
+        try:
+            claim = read_claim(headers)
+        except AuthError as exc:
+            self._refuse(str(exc))
+        user = self._users(claim.user)
+        if user is None:
+            self._refuse(f"no user {claim.user!r} (removed, or never added)")
+        try:
+            verify_claim(claim, user.public_key, msg.subject, msg.data)
+        except AuthError as exc:
+            self._refuse(str(exc))
+        now = self._clock()
+        if abs(now - claim.stamp) > self._skew:
+            self._refuse(
+                f"the request's time is {now - claim.stamp:+.0f}s off the requester's clock "
+                f"(at most {self._skew:g}s allowed: check the clocks)"
+            )
+        self._remember(now, (claim.user, claim.nonce))
+        return Caller(user.name, user.role, user.name, self._box(user.public_key))
+
+    def _remember(self, now: float, key: tuple[str, str]) -> None:
+        """Refuse a nonce seen within the window; keep this one until it leaves it."""
+        expiry = self._expiry
+        while expiry and expiry[0][0] < now:
+            self._seen.discard(expiry.popleft()[1])
+        if key in self._seen:
+            self._refuse("replayed request: its nonce was used already")
+        self._seen.add(key)
+        # A request may be stamped up to `skew` ahead: keep its nonce until its time is
+        # `skew` behind, after which the clock check refuses it anyway.
+        expiry.append((now + 2 * self._skew, key))
+
+    def _box(self, public_key: str) -> bytes:
+        box = self._boxes.get(public_key)
+        if box is None:
+            if len(self._boxes) >= MAX_BOXES:
+                self._boxes.clear()
+            box = self._boxes[public_key] = box_key(self._identity, public_key)
+        return box
+
+    def _refuse(self, why: str) -> NoReturn:
+        self.refused += 1
+        raise Refusal("unauthenticated", why)
