@@ -36,6 +36,23 @@ from hivectl.core.api import (
     PruneCandidate,
 )
 from hivectl.core.auth import Identity
+from hivectl.core.joboutput import (
+    JobLogsReply,
+    JobLogsRequest,
+    JobResultReply,
+    JobResultRequest,
+    LogChunk,
+    encode_data,
+)
+from hivectl.core.users import (
+    Role,
+    UserAddReply,
+    UserAddRequest,
+    UserListReply,
+    UserListRequest,
+    UserRecord,
+    UserRemoveRequest,
+)
 from hivectl.core.codec import CodecError, Limits
 from hivectl.core.jobs import (
     Cancel,
@@ -339,6 +356,35 @@ SAMPLES: dict[str, Message] = {
         at=T0,
         actor="requester:req-1",
     ),
+    "job_logs": JobLogsRequest(id="j-5f", exec_id=EXEC_ID, seq=812, offset=4096),
+    "job_logs_reply": JobLogsReply(
+        exec_id=EXEC_ID,
+        chunks=[LogChunk(stream="stderr", data=encode_data(b"warning: \xff disk low\n"))],
+        seq=813,
+        eof=True,
+        dropped=1024,
+    ),
+    "job_result": JobResultRequest(id=JOB_ID, exec_id=EXEC_ID, seq=40),
+    "job_result_reply": JobResultReply(
+        exec_id=EXEC_ID,
+        size=3,
+        digest="SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=",
+        data=encode_data(b"tar"),
+        seq=41,
+        done=True,
+    ),
+    "user_add": UserAddRequest(name="alice", role=Role.SUBMITTER, public_key=NODE_KEY),
+    "user_add_reply": UserAddReply(
+        user=UserRecord(name="alice", role=Role.SUBMITTER, public_key=NODE_KEY, created_at=T0),
+        requester_key=NODE_KEY,
+        nats_user="user",
+        nats_password="s3cret",
+    ),
+    "user_list": UserListRequest(),
+    "user_list_reply": UserListReply(
+        users=[UserRecord(name="vera", role=Role.VIEWER, public_key=NODE_KEY, created_at=T0)]
+    ),
+    "user_remove": UserRemoveRequest(name="alice", reason="left the team"),
 }
 
 
