@@ -93,7 +93,11 @@ class DevStack:
         approve = "--auto-approve" if self.auto_approve else "--no-auto-approve"
         requester_args = ["requester", "run", "--nats-url", url, approve]
         requester_args += ["--data-dir", str(self.base / "requester")]
-        requester_env = {"HIVE_NATS__CREDENTIALS_FILE": str(self.creds["requester"].path)}
+        requester_env = {
+            "HIVE_NATS__CREDENTIALS_FILE": str(self.creds["requester"].path),
+            # What `hivectl user add` puts in each user's file.
+            "HIVE_USER_CREDENTIALS_FILE": str(self.creds["user"].path),
+        }
         self._spawn("requester", requester_args, env | REQUESTER_ENV | requester_env)
         agent_env = env | AGENT_ENV | self._agent_settings()
         for i in range(1, self.computes + 1):
@@ -299,6 +303,9 @@ def _announce(stack: DevStack, url: str, context: Path | None) -> None:
         if context
         else f"Point hivectl at it:  export HIVE_NATS__URL={url} "
         f"HIVE_NATS__CREDENTIALS_FILE={stack.operator}",
+        "Give someone access: hivectl user add alice --role submitter  (writes "
+        "./alice.creds.toml: hand it over; alice runs hivectl with "
+        "HIVE_NATS__CREDENTIALS_FILE=alice.creds.toml)",
         f"State and logs: {stack.base}",
         "Press Ctrl-C to stop.",
     ]

@@ -74,6 +74,22 @@ def test_devstack_up_listed_and_gone_after_ctrl_c(tmp_path: Path) -> None:
             env={**env, "HOME": "/nonexistent"}, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert anonymous.returncode == 1 and "authorization" in anonymous.stderr
+        # As devstack says: an admin adds a user and hands the file over; it works alone.
+        creds = tmp_path / "alice.creds.toml"
+        added = subprocess.run(
+            [sys.executable, "-m", "hivectl.cli.main", "user", "add", "alice", "--role",
+             "submitter", "--output", str(creds)],
+            env=env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        as_alice = subprocess.run(
+            [sys.executable, "-m", "hivectl.cli.main", "--config", str(empty), "--nats-url",
+             url, "job", "submit", "--engine", "process", "--", "echo", "hello-from-alice"],
+            env={**env, "HOME": "/nonexistent", "HIVE_NATS__CREDENTIALS_FILE": str(creds)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert as_alice.returncode == 0, as_alice.stderr
+        assert as_alice.stdout == "hello-from-alice\n"
         stack.send_signal(signal.SIGINT)
         assert stack.wait(60) == 0
         _, alive = psutil.wait_procs(children, timeout=10)
