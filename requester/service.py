@@ -84,7 +84,7 @@ class Requester:
         self.leadership: Leadership | None = None
         self.presence: Presence | None = None  # the cluster's requesters, for node list
         self.users: Users | None = None
-        self.gate: UserGate | None = None
+        self.gate: UserGate | None = None  # who is asking: users, or the operator
         self.own_nats = OwnNats(config, self.subjects, on_crash=self.stopping.set)
 
     @property
@@ -160,42 +160,24 @@ class Requester:
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.tokens = Tokens(self.subjects.tokens_bucket, self.events.token, limits)
         await self.tokens.start(js)
-        await self._start_users(js)
+        self.users, self.gate = await wiring.users(
+            js, self.subjects, self.identity, cfg,
+            self.credentials_dir / "user.toml" if self.embedded else None,
+        )  # fmt: skip
         self._build_handlers()
         await self._start_jobs(js)
         for api in self.routers:
-            api.store_trouble = self.own_nats.trouble
-            if self.gate is not None:
-                api.gate = self.gate
+            api.store_trouble, api.gate = self.own_nats.trouble, self.gate
         await self._subscribe()
         await self._lead_when_elected(js)
         if cfg.metrics.enabled:
             self._metrics = serve_metrics(self, cfg.metrics)
             self.metrics_port = self._metrics.port
 
-    async def _start_users(self, js: Store) -> None:
-        """The users bucket, its API, and the gate every router asks who is calling."""
-        assert self.identity is not None
-        self.users = users = Users(
-            self.subjects.users_bucket,
-            requester_key=self.identity.public_key,
-            nats_credentials=self._user_credentials,
-            limits=codec.Limits(max_bytes=self.config.max_payload),
-        )
-        await users.start(js)
-        self.gate = UserGate(self.subjects, self.identity, users.get)
-
-    def _user_credentials(self) -> Path | None:
-        """The NATS `user` role's credentials that each new user's file carries."""
-        if self.config.user_credentials_file is not None:
-            return self.config.user_credentials_file
-        return self.credentials_dir / "user.toml" if self.embedded is not None else None
-
     @property
     def routers(self) -> list[ApiRouter]:
         """Every API noun this requester serves."""
-        routers: list[ApiRouter | None] = [self.node_api, self.job_api, self.users]
-        return [router for router in routers if router is not None]
+        return [r for r in (self.node_api, self.job_api, self.users) if r is not None]
 
     @property
     def credentials_dir(self) -> Path:

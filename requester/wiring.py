@@ -5,14 +5,18 @@ handlers (each API router on `api` and on `uapi`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from hivectl.core import codec
 from hivectl.core.api import NodeView
+from hivectl.core.auth import Identity
+from hivectl.core.config import RequesterConfig
 from hivectl.core.subjects import Subjects
 from hivectl.core.users import Role
+from requester.gate import UserGate
 from requester.jobs.api import JobApi
 from requester.jobs.outputs import JobOutputs
 from requester.jobs.records import JobStore
@@ -26,6 +30,7 @@ from requester.nodes.registry import EventSink, Registry
 from requester.nodes.tokens import Tokens
 from requester.routing import ApiRouter
 from requester.store import Store
+from requester.users import Users
 
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
 NODE_PENDING_MSGS = 1_000_000
@@ -74,6 +79,27 @@ def job_api(
     api.handlers.update(outputs.handlers())
     api.roles.update(outputs.roles())
     return api
+
+
+async def users(
+    js: Store,
+    subjects: Subjects,
+    identity: Identity,
+    config: RequesterConfig,
+    embedded_credentials: Path | None,
+) -> tuple[Users, UserGate]:
+    """The users bucket and its API (`hive.api.user.*`), and the gate that knows them.
+    A new user's file gets the NATS `user` role's credentials from
+    `user_credentials_file`, else from the embedded server's own."""
+    found = config.user_credentials_file or embedded_credentials
+    api = Users(
+        subjects.users_bucket,
+        requester_key=identity.public_key,
+        nats_credentials=lambda: found,
+        limits=codec.Limits(max_bytes=config.max_payload),
+    )
+    await api.start(js)
+    return api, UserGate(subjects, identity, api.get)
 
 
 async def subscribe(

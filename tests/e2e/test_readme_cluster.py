@@ -192,10 +192,11 @@ class Walkthrough:
         done = self.d.run(self.d.blocks["credentials"])
         assert done.returncode == 0, done.stderr
         made = {p.name: p for p in self.d.credentials.iterdir()}
-        assert sorted(made) == ["compute.toml", "nats.env", "operator.toml", "requester.toml"]
+        assert sorted(made) == ["compute.toml", "nats.env", "operator.toml", "requester.toml",
+                                "user.toml"]  # fmt: skip
         assert all(p.stat().st_mode & 0o777 == 0o600 for p in made.values())
         env = dict(line.split("=", 1) for line in made["nats.env"].read_text().splitlines())
-        for role in ("requester", "operator", "compute"):
+        for role in ("requester", "operator", "compute", "user"):
             user, password = read_credentials_file(made[f"{role}.toml"])
             assert user == role and password  # what the servers admit, below
             assert env[f"{role.upper()}_PASSWORD"] == password

@@ -36,6 +36,7 @@ from hivectl.core.api import (
     PruneCandidate,
 )
 from hivectl.core.auth import Identity
+from hivectl.core.codec import CodecError, Limits
 from hivectl.core.joboutput import (
     JobLogsReply,
     JobLogsRequest,
@@ -44,16 +45,6 @@ from hivectl.core.joboutput import (
     LogChunk,
     encode_data,
 )
-from hivectl.core.users import (
-    Role,
-    UserAddReply,
-    UserAddRequest,
-    UserListReply,
-    UserListRequest,
-    UserRecord,
-    UserRemoveRequest,
-)
-from hivectl.core.codec import CodecError, Limits
 from hivectl.core.jobs import (
     Cancel,
     Engine,
@@ -110,6 +101,15 @@ from hivectl.core.tokens import (
     TokenListReply,
     TokenListRequest,
     TokenRevokeRequest,
+)
+from hivectl.core.users import (
+    Role,
+    UserAddReply,
+    UserAddRequest,
+    UserListReply,
+    UserListRequest,
+    UserRecord,
+    UserRemoveRequest,
 )
 
 # Every module of hivectl.core, so kinds registered anywhere in it are in MESSAGES.
