@@ -25,6 +25,7 @@ from hivectl.core.models import NodeEvent, build_models
 from hivectl.core.subjects import Subjects
 from requester import wiring
 from requester.duties import LeaderDuties
+from requester.eventlist import EventApi
 from requester.events import Events
 from requester.gate import UserGate
 from requester.identity import cluster_identity
@@ -80,6 +81,7 @@ class Requester:
         self.link: NodeLink | None = None
         self.jobs: JobStore | None = None
         self.job_api: JobApi | None = None
+        self.event_api: EventApi | None = None
         self.duties: LeaderDuties | None = None  # what only the leader does
         self.leadership: Leadership | None = None
         self.presence: Presence | None = None  # the cluster's requesters, for node list
@@ -160,10 +162,8 @@ class Requester:
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.tokens = Tokens(self.subjects.tokens_bucket, self.events.token, limits)
         await self.tokens.start(js)
-        self.users, self.gate = await wiring.users(
-            js, self.subjects, self.identity, cfg,
-            self.credentials_dir / "user.toml" if self.embedded else None,
-        )  # fmt: skip
+        own = self.credentials_dir / "user.toml" if self.embedded else None
+        self.users, self.gate = await wiring.users(js, self.subjects, self.identity, cfg, own)
         self._build_handlers()
         await self._start_jobs(js)
         for api in self.routers:
@@ -175,9 +175,9 @@ class Requester:
             self.metrics_port = self._metrics.port
 
     @property
-    def routers(self) -> list[ApiRouter]:
-        """Every API noun this requester serves."""
-        return [r for r in (self.node_api, self.job_api, self.users) if r is not None]
+    def routers(self) -> list[ApiRouter]:  # every API noun this requester serves
+        found = (self.node_api, self.job_api, self.event_api, self.users)
+        return [r for r in found if r is not None]
 
     @property
     def credentials_dir(self) -> Path:
@@ -230,8 +230,7 @@ class Requester:
         )
 
     async def _start_jobs(self, js: Store) -> None:
-        """Streams, the job store and its API; what only the leader does waits for
-        `_lead_when_elected`."""
+        """Streams, the job store and its API (the leader's part: `_lead_when_elected`)."""
         assert self.nc is not None and self.registry is not None
         cfg = self.config
         await ensure_job_streams(js, self.subjects)
@@ -244,7 +243,7 @@ class Requester:
         await self.jobs.start(js)
         self.jobs.follow()  # until this requester leads (duties.start)
         limits = codec.Limits(max_bytes=cfg.max_payload)
-        self.job_api = wiring.job_api(
+        self.job_api, self.event_api = wiring.job_api(
             self.jobs, js, self.subjects, kick=self._created,
             max_payload=self._max_payload(), limits=limits,
         )  # fmt: skip

@@ -16,6 +16,7 @@ from hivectl.core.auth import Identity
 from hivectl.core.config import RequesterConfig
 from hivectl.core.subjects import Subjects
 from hivectl.core.users import Role
+from requester.eventlist import EventApi
 from requester.gate import UserGate
 from requester.jobs.api import JobApi
 from requester.jobs.outputs import JobOutputs
@@ -72,13 +73,15 @@ def node_api(
 def job_api(
     jobs: JobStore, js: Store, subjects: Subjects, *, kick: Callable[[str], None],
     max_payload: int, limits: codec.Limits,
-) -> JobApi:  # fmt: skip
-    """`hive.api.job.*`: submit, list, get, executions, stop, and logs and result."""
+) -> tuple[JobApi, EventApi]:  # fmt: skip
+    """`hive.api.job.*`: submit, list, get, executions, stop, and logs and result; and
+    `hive.api.event.list`, the events for those who cannot read their stream."""
     api = JobApi(jobs, kick=kick, max_payload=max_payload, limits=limits)
     outputs = JobOutputs(jobs, js, subjects, max_payload=max_payload, limits=limits)
     api.handlers.update(outputs.handlers())
     api.roles.update(outputs.roles())
-    return api
+    events = EventApi(js, subjects, jobs, max_payload=max_payload, limits=limits)
+    return api, events
 
 
 async def users(

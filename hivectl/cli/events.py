@@ -43,7 +43,7 @@ from hivectl.cli.output import (
 from hivectl.core import codec
 from hivectl.core.bus import NoAnswer, NoResponder
 from hivectl.core.config import parse_duration
-from hivectl.core.errors import NotFound
+from hivectl.core.errors import NotFound, RemoteError
 from hivectl.core.jobs import JobEvent
 from hivectl.core.models import NodeEvent
 from hivectl.core.tokens import TokenEvent
@@ -107,9 +107,10 @@ def events(
     job_id = check_id(job, "job") if job else None
 
     async def work(api: Api) -> None:
-        subject = await _subject(api, node_id, job_id)
+        node_full = await _resolve(api, "node", node_id) if node_id else None
+        job_full = await _resolve(api, "job", job_id) if job_id else None
         show = Shown(fmt, no_headers=no_headers, follow=follow)
-        await read_events(api, subject, start, follow, show.add, show.caught_up)
+        await read_events(api, (node_full, job_full), start, follow, show.add, show.caught_up)
         show.caught_up()  # not following: everything is in
 
     run_api(ctx, work)
@@ -125,18 +126,19 @@ def _since(text: str | None) -> datetime | None:
     return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
-async def _subject(api: Api, node_id: str | None, job_id: str | None) -> str:
-    """The events subject to read: a node's or a job's (a unique prefix resolved where a
-    requester knows it; as given otherwise, so a deleted one's events still read)."""
+def _subject(api: Api, node_id: str | None, job_id: str | None) -> str:
+    """The events subject to read: a node's, a job's, or every one."""
     subjects = api.subjects
     if node_id is not None:
-        return subjects.node_events(await _resolve(api, "node", node_id))
+        return subjects.node_events(node_id)
     if job_id is not None:
-        return subjects.job_events(await _resolve(api, "job", job_id))
+        return subjects.job_events(job_id)
     return subjects.all_events
 
 
 async def _resolve(api: Api, noun: str, prefix: str) -> str:
+    """A node's or job's id from a unique prefix, where a requester knows it; as given
+    otherwise, so a deleted one's events still read."""
     from hivectl.core.api import NodeGetReply, NodeGetRequest
     from hivectl.core.jobs import JobGetReply, JobGetRequest
 
@@ -155,15 +157,29 @@ async def _resolve(api: Api, noun: str, prefix: str) -> str:
 
 async def read_events(
     api: Api,
-    subject: str,
+    target: tuple[str | None, str | None],
     since: datetime | None,
     follow: bool,
     emit: Callable[[Event], None],
     caught_up: Callable[[], None] = lambda: None,
 ) -> None:
-    """Every event on `subject` (from `since`), in order, then `caught_up()`; with
-    `follow`, then each new one until interrupted."""
+    """Every event of the target (node id, job id; neither: all) from `since`, in
+    order, then `caught_up()`; with `follow`, then each new one until interrupted. A
+    user's client asks the requester for them (it has no JetStream access)."""
     from hivectl.cli.jobdata import last_seq, patiently  # the stream helpers logs use
+
+    if api.client.signed:
+        from hivectl.cli.jobfetch import read_events_api
+
+        async for page in read_events_api(api, target, since, follow, POLL):
+            for data in page:
+                if (event := _decoded(data)) is not None:
+                    emit(event)
+            if not page:
+                caught_up()  # once: more empty pages say nothing new
+        caught_up()
+        return
+    subject = _subject(api, *target)
 
     js = api.nc.jetstream()
     stream = api.subjects.events_stream
@@ -225,7 +241,11 @@ async def _any(js: JetStreamContext, stream: str, subject: str, since: datetime 
 async def recent_node_events(api: Api, node_id: str, count: int = DESCRIBE_EVENTS) -> list[Event]:
     """The last `count` events of a node, oldest first (for `node describe`)."""
     kept: deque[Event] = deque(maxlen=count)
-    await read_events(api, api.subjects.node_events(node_id), None, False, kept.append)
+    try:
+        await read_events(api, (node_id, None), None, False, kept.append)
+    except RemoteError as exc:  # a submitter reads no node's events: describe without
+        if exc.code != "forbidden":
+            raise
     return list(kept)
 
 

@@ -1,7 +1,8 @@
-"""Logs and results through the requester (`job.logs`, `job.result`), for hivectl run
-with a user's credential, which has no JetStream access: the requester reads the
-stream and the object store for it, a page at a time, and checks the job is the
-user's. hivectl with the operator credential reads them itself (hivectl.cli.jobdata).
+"""Logs, results and events through the requester (`job.logs`, `job.result`,
+`event.list`), for hivectl run with a user's credential, which has no JetStream
+access: the requester reads the streams and the object store for it, a page at a time,
+and checks the job is the user's. hivectl with the operator credential reads them
+itself (hivectl.cli.jobdata, hivectl.cli.events).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import base64
 import hashlib
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
 from hivectl.cli.api import Api, CliError
 from hivectl.core.errors import NotFound
 from hivectl.core.joboutput import (
+    EventListReply,
+    EventListRequest,
     JobLogsReply,
     JobLogsRequest,
     JobResultReply,
@@ -112,3 +116,28 @@ async def fetch_result(api: Api, execution: Execution, into: IO[bytes]) -> None:
             f"the result archive of {execution.exec_id} came damaged: {size} of "
             f"{reply.size} bytes, digest {expected}, stored {reply.digest}"
         )
+
+
+async def read_events_api(
+    api: Api,
+    target: tuple[str | None, str | None],
+    since: datetime | None,
+    follow: bool,
+    poll: float,
+) -> AsyncIterator[list[bytes]]:
+    """Pages of events (each as the stream holds it) of a node, a job or all, from
+    `since`: every page there is, then, with `follow`, each new one (an empty page when
+    it has caught up, then waiting `poll` seconds between looks)."""
+    node, job = target
+    request = EventListRequest(node=node, job=job, since=since)
+    while True:
+        reply = await api.call("event", "list", request, EventListReply)
+        yield [decode_data(event) for event in reply.events]
+        request = request.model_copy(update={"after": reply.after})
+        if reply.more:
+            continue
+        if not follow:
+            return
+        if reply.events:
+            yield []  # caught up
+        await asyncio.sleep(poll)

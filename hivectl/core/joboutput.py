@@ -1,8 +1,9 @@
-"""Logs and result archives through the requester's API (`job.logs`, `job.result`).
+"""Logs, result archives and events through the requester's API (`job.logs`,
+`job.result`, `event.list`).
 
-hivectl with an operator credential reads the HIVE_LOGS stream and the results object
-store itself; a user's NATS credential has no JetStream access, so the requester reads
-them for it, checking the job is the user's (or that its role reads everyone's), a
+hivectl with an operator credential reads the HIVE_LOGS and HIVE_EVENTS streams and the
+results object store itself; a user's NATS credential has no JetStream access, so the
+requester reads them for it, checking the job is the user's (or that its role reads everyone's), a
 page at a time so that no reply exceeds max_payload. A cursor (`seq`, `offset`) says
 where the next page starts: the stream sequence of a message, and how many bytes of it
 were sent already (a page may end inside one message). The bytes travel as base64.
@@ -11,6 +12,7 @@ were sent already (a page may end inside one message). The bytes travel as base6
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, Strict, StringConstraints
@@ -20,6 +22,7 @@ from hivectl.core.models import (
     ExecId,
     Message,
     Model,
+    NodeId,
     NonNegInt,
     ShortText,
     register_messages,
@@ -93,4 +96,37 @@ class JobResultReply(Message):
     done: Annotated[bool, Strict()] = False
 
 
-register_messages(JobLogsRequest, JobLogsReply, JobResultRequest, JobResultReply)
+EVENTS_PAGE = 1000
+
+
+class EventListRequest(Message):
+    """Events in stream order from `after` (a stream sequence) on, or from `since`:
+    every one, or one node's or one job's (ids in full). A submitter may ask only for
+    the events of one of its own jobs."""
+
+    kind: ClassVar[str] = "event_list"
+    node: NodeId | None = None
+    job: NodeId | None = None
+    since: datetime | None = None
+    after: NonNegInt = 0
+    limit: Annotated[int, Strict(), Field(ge=1, le=EVENTS_PAGE)] = EVENTS_PAGE
+
+
+class EventListReply(Message):
+    """Each event as the stream holds it (an encoded NodeEvent, JobEvent or TokenEvent,
+    in base64); `after` is where the next page starts, `more` whether one may be ready."""
+
+    kind: ClassVar[str] = "event_list_reply"
+    events: Annotated[list[Data], Field(max_length=EVENTS_PAGE)] = Field(default_factory=list)
+    after: NonNegInt = 0
+    more: Annotated[bool, Strict()] = False
+
+
+register_messages(
+    JobLogsRequest,
+    JobLogsReply,
+    JobResultRequest,
+    JobResultReply,
+    EventListRequest,
+    EventListReply,
+)

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -155,6 +156,31 @@ def test_a_submitter_runs_its_own_jobs_and_nobody_else_s(stack: Stack, tmp_path:
     assert {e["actor"] for e in events if e.get("new") == "PENDING"} == {"alice"}
     stopped = json.loads(c.hivectl("events", "--job", theirs, "-o", "json").stdout)
     assert [e["actor"] for e in stopped if e.get("new") == "STOPPED"] == ["olga"]
+
+
+def test_users_read_events_through_the_requester(stack: Stack) -> None:
+    mine = stack.submit("alice", "true")
+    theirs = stack.submit("bob", "true")
+    for job_id in (mine, theirs):
+        stack.cluster.wait_job(job_id, "COMPLETED")
+
+    def events(user: str, *args: str) -> list[dict[str, Any]]:
+        return list(json.loads(stack.run(user, "events", "-o", "json", *args).stdout))
+
+    seen = events("alice", "--job", mine[:8])
+    assert [e["new"] for e in seen][:1] == ["PENDING"] and seen[0]["actor"] == "alice"
+    assert {e["job_id"] for e in seen} == {mine}
+    everything = events("vera")  # a viewer reads every event, as the operator does
+    assert {mine, theirs} <= {e.get("job_id") for e in everything}
+    assert any(e.get("node_id") == "node-1" for e in everything)
+    assert stack.refused("alice", "events").startswith(
+        "alice is a submitter: it reads the events of its own jobs only"
+    )
+    assert stack.refused("alice", "events", "--job", theirs) == f"job {theirs} belongs to bob"
+    described = stack.run("alice", "node", "describe", "node-1").stdout  # without its events
+    assert "node-1" in described
+    table = stack.run("vera", "events", "--job", mine).stdout.splitlines()
+    assert table[0].split() == ["TIME", "OBJECT", "EVENT", "CHANGE", "ACTOR", "REASON"]
 
 
 def test_the_operator_credential_is_still_the_admin(stack: Stack) -> None:

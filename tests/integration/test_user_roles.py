@@ -26,6 +26,7 @@ ROLES = {
              "cordon": OP, "uncordon": OP, "drain": OP},
     "job": {"submit": S, "list": V, "get": V, "executions": V, "stop": S, "logs": V,
             "result": V},
+    "event": {"list": V},
     "user": {"add": A, "list": A, "remove": A},
 }  # fmt: skip
 
