@@ -24,13 +24,14 @@ from typing import NoReturn
 from nats.aio.msg import Msg
 
 from hivectl.core.auth import AuthError, Identity
-from hivectl.core.signing import CLOCK_SKEW, box_key, read_claim, verify_claim
+from hivectl.core.signing import CLOCK_SKEW, USER_HEADER, box_key, read_claim, verify_claim
 from hivectl.core.subjects import Subjects
 from hivectl.core.users import ADMIN_USER, Role, UserRecord
 from requester.routing import Caller, Refusal, requested_by
 
 log = logging.getLogger("hive.requester.gate")
 MAX_BOXES = 10_000  # derived reply keys kept (an X25519 per request would cost 100 us)
+LOG_EVERY = 60.0  # a refusal is logged once a minute per user named (a flood is counted)
 
 
 class UserGate:
@@ -52,29 +53,32 @@ class UserGate:
         self._expiry: collections.deque[tuple[float, tuple[str, str]]] = collections.deque()
         self._boxes: dict[str, bytes] = {}  # public key -> reply key
         self.refused = 0
+        self._logged: dict[str, float] = {}  # user named -> when a refusal was last logged
 
     def identify(self, msg: Msg) -> Caller:
         headers = msg.headers or {}
-        if "Hive-User" not in headers:
+        named = str(headers.get(USER_HEADER, ""))[:64]
+        if not named:
             if self._subjects.is_uapi(msg.subject):
-                self._refuse("a request on uapi must be signed (Hive-User, Hive-Signature)")
+                self._refuse(named, "a request on uapi must be signed (Hive-User, Hive-Signature)")
             return Caller(ADMIN_USER, Role.ADMIN, requested_by(msg))
         try:
             claim = read_claim(headers)
         except AuthError as exc:
-            self._refuse(str(exc))
+            self._refuse(named, str(exc))
         user = self._users(claim.user)
         if user is None:
-            self._refuse(f"no user {claim.user!r} (removed, or never added)")
+            self._refuse(named, f"no user {claim.user!r} (removed, or never added)")
         try:
             verify_claim(claim, user.public_key, msg.subject, msg.data)
         except AuthError as exc:
-            self._refuse(str(exc))
+            self._refuse(named, str(exc))
         now = self._clock()
         if abs(now - claim.stamp) > self._skew:
             self._refuse(
+                named,
                 f"the request's time is {now - claim.stamp:+.0f}s off the requester's clock "
-                f"(at most {self._skew:g}s allowed: check the clocks)"
+                f"(at most {self._skew:g}s allowed: check the clocks)",
             )
         self._remember(now, (claim.user, claim.nonce))
         return Caller(user.name, user.role, user.name, self._box(user.public_key))
@@ -85,7 +89,7 @@ class UserGate:
         while expiry and expiry[0][0] < now:
             self._seen.discard(expiry.popleft()[1])
         if key in self._seen:
-            self._refuse("replayed request: its nonce was used already")
+            self._refuse(key[0], "replayed request: its nonce was used already")
         self._seen.add(key)
         # A request may be stamped up to `skew` ahead: keep its nonce until its time is
         # `skew` behind, after which the clock check refuses it anyway.
@@ -99,6 +103,12 @@ class UserGate:
             box = self._boxes[public_key] = box_key(self._identity, public_key)
         return box
 
-    def _refuse(self, why: str) -> NoReturn:
+    def _refuse(self, named: str, why: str) -> NoReturn:
         self.refused += 1
+        now = time.monotonic()
+        if now - self._logged.get(named, -LOG_EVERY) >= LOG_EVERY:
+            if len(self._logged) >= MAX_BOXES:
+                self._logged.clear()
+            self._logged[named] = now
+            log.warning("refused a request as %r: %s", named or "(unsigned)", why)
         raise Refusal("unauthenticated", why)

@@ -168,7 +168,7 @@ class ApiRouter:
         try:
             caller = self.gate.identify(msg)
         except Refusal as exc:  # answered in the clear: there is no key to seal it with
-            log.info("%s api: refused %s: %s", self.noun, msg.subject, exc.reason)
+            log.debug("%s api: refused %s: %s", self.noun, msg.subject, exc.reason)
             await self._answer(msg, ErrorReply(code=exc.code, reason=exc.reason), None)
             return
         with serving(caller):
