@@ -21,16 +21,26 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
+import nacl.signing
 from nats.aio.msg import Msg
 
 from hivectl.core.auth import AuthError, Identity
-from hivectl.core.signing import CLOCK_SKEW, USER_HEADER, box_key, read_claim, verify_claim
+from hivectl.core.signing import (
+    CLOCK_SKEW,
+    USER_HEADER,
+    box_key,
+    read_claim,
+    verify_claim,
+    verify_key,
+)
 from hivectl.core.subjects import Subjects
 from hivectl.core.users import ADMIN_USER, Role, UserRecord
 from requester.routing import Caller, Refusal, requested_by
 
 log = logging.getLogger("hive.requester.gate")
-MAX_BOXES = 10_000  # derived reply keys kept (an X25519 per request would cost 100 us)
+# Keys kept per user key: its decoded verify key and the derived reply key (deriving
+# them again for each request would cost more than checking the signature).
+MAX_KEYS = 10_000
 LOG_EVERY = 60.0  # a refusal is logged once a minute per user named (a flood is counted)
 
 
@@ -51,7 +61,7 @@ class UserGate:
         self._skew = skew
         self._seen: set[tuple[str, str]] = set()
         self._expiry: collections.deque[tuple[float, tuple[str, str]]] = collections.deque()
-        self._boxes: dict[str, bytes] = {}  # public key -> reply key
+        self._keys: dict[str, tuple[nacl.signing.VerifyKey, bytes]] = {}  # by public key
         self.refused = 0
         self._logged: dict[str, float] = {}  # user named -> when a refusal was last logged
 
@@ -70,7 +80,8 @@ class UserGate:
         if user is None:
             self._refuse(named, f"no user {claim.user!r} (removed, or never added)")
         try:
-            verify_claim(claim, user.public_key, msg.subject, msg.data)
+            verifier, box = self._key(user.public_key)
+            verify_claim(claim, verifier, msg.subject, msg.data)
         except AuthError as exc:
             self._refuse(named, str(exc))
         now = self._clock()
@@ -81,7 +92,7 @@ class UserGate:
                 f"(at most {self._skew:g}s allowed: check the clocks)",
             )
         self._remember(now, (claim.user, claim.nonce))
-        return Caller(user.name, user.role, user.name, self._box(user.public_key))
+        return Caller(user.name, user.role, user.name, box)
 
     def _remember(self, now: float, key: tuple[str, str]) -> None:
         """Refuse a nonce seen within the window; keep this one until it leaves it."""
@@ -95,19 +106,20 @@ class UserGate:
         # `skew` behind, after which the clock check refuses it anyway.
         expiry.append((now + 2 * self._skew, key))
 
-    def _box(self, public_key: str) -> bytes:
-        box = self._boxes.get(public_key)
-        if box is None:
-            if len(self._boxes) >= MAX_BOXES:
-                self._boxes.clear()
-            box = self._boxes[public_key] = box_key(self._identity, public_key)
-        return box
+    def _key(self, public_key: str) -> tuple[nacl.signing.VerifyKey, bytes]:
+        keys = self._keys.get(public_key)
+        if keys is None:
+            if len(self._keys) >= MAX_KEYS:
+                self._keys.clear()
+            keys = verify_key(public_key), box_key(self._identity, public_key)
+            self._keys[public_key] = keys
+        return keys
 
     def _refuse(self, named: str, why: str) -> NoReturn:
         self.refused += 1
         now = time.monotonic()
         if now - self._logged.get(named, -LOG_EVERY) >= LOG_EVERY:
-            if len(self._logged) >= MAX_BOXES:
+            if len(self._logged) >= MAX_KEYS:
                 self._logged.clear()
             self._logged[named] = now
             log.warning("refused a request as %r: %s", named or "(unsigned)", why)

@@ -100,8 +100,10 @@ class Client:
     def get(self, job_id: str) -> Job:
         return self._run(self._client.get(job_id))
 
-    def list(self, state: JobState | str | None = None) -> builtins.list[Job]:
-        return self._run(self._client.list(state))
+    def list(
+        self, state: JobState | str | None = None, *, everyone: bool = False
+    ) -> builtins.list[Job]:
+        return self._run(self._client.list(state, everyone=everyone))
 
     def executions(
         self, job_id: str, state: ExecState | str | None = None, node: str | None = None
