@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.aio.client import Client as Nats
 from nats.errors import Error as NatsError
@@ -36,7 +36,6 @@ from pydantic import ValidationError
 
 from hivectl.core import codec, paging
 from hivectl.core.api import ACTOR_HEADER
-from hivectl.core.auth import AuthError
 from hivectl.core.bus import (
     BusError,
     CredentialsError,
@@ -47,6 +46,7 @@ from hivectl.core.bus import (
     read_reply,
 )
 from hivectl.core.config import ClientConfig, load_config
+from hivectl.core.credentials import names_a_user
 from hivectl.core.errors import (
     HiveError,
     InvalidId,
@@ -78,8 +78,10 @@ from hivectl.core.jobs import (
 )
 from hivectl.core.jobwait import JobTracker
 from hivectl.core.models import ID_PATTERN, Message, OkReply
-from hivectl.core.signing import UserCredential, read_user_credential, sign_request
 from hivectl.core.subjects import Subjects
+
+if TYPE_CHECKING:
+    from hivectl.core.signing import UserCredential
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -179,13 +181,11 @@ class AsyncClient:
         started = time.perf_counter()
         payload, headers = codec.encode(message), self._headers
         if user is not None:
-            headers = headers | sign_request(user.identity, user.user, subject, payload)
+            headers = headers | user.sign(subject, payload)
         try:
             data = await ask(nc, subject, payload, self.config.timeout, headers)
             if user is not None:
-                data = user.open(data)
-        except AuthError as exc:
-            raise BusError(f"the reply on {subject}: {exc}") from None
+                data = user.opened(subject, data)
         except NoAnswer:
             if not nc.is_closed:
                 raise
@@ -383,10 +383,16 @@ class AsyncClient:
 
 
 def _user_credential(config: ClientConfig) -> UserCredential | None:
+    """The user a credentials file names; None for a role's file (the operator's), which
+    is all most hivectl commands read: the keys' modules (20 ms) load only for a user."""
     path = config.nats.credentials_file
     if path is None:
         return None
     try:
+        if not names_a_user(path):
+            return None
+        from hivectl.core.signing import read_user_credential
+
         return read_user_credential(path)
     except ValueError as exc:
         raise CredentialsError(str(exc)) from None

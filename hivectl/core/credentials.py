@@ -72,6 +72,15 @@ def read_credentials_file(path: Path) -> tuple[str, str]:
     return user, password
 
 
+def names_a_user(path: Path) -> bool:
+    """Whether a credentials file is a Hive user's (it has a `[hive]` section), not a
+    role's; ValueError when it cannot be read."""
+    try:
+        return "hive" in tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read credentials file {path}: {exc}") from None
+
+
 def permissions(subjects: Subjects) -> dict[str, dict[str, object]]:
     """What each role may publish and subscribe to."""
     p = subjects.prefix

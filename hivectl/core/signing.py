@@ -141,6 +141,19 @@ class UserCredential:
     def box(self) -> bytes:
         return box_key(self.identity, self.requester_key)
 
+    def sign(self, subject: str, payload: bytes) -> dict[str, str]:
+        """The headers that make `payload` on `subject` this user's request."""
+        return sign_request(self.identity, self.user, subject, payload)
+
+    def opened(self, subject: str, data: bytes) -> bytes:
+        """`open`, with what does not open as the one-line BusError hivectl prints."""
+        from hivectl.core.bus import BusError
+
+        try:
+            return self.open(data)
+        except AuthError as exc:
+            raise BusError(f"the reply on {subject}: {exc}") from None
+
     def open(self, data: bytes) -> bytes:
         """A reply to this user, opened. A refusal of who we are comes in the clear
         (the requester had no key to seal it with), and it alone is taken unsealed: it
