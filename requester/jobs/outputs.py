@@ -9,7 +9,7 @@ bytes go as base64) and ends inside a message when one does not fit.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
 from dataclasses import dataclass
 
 from nats.js.api import RawStreamMsg
@@ -142,9 +142,7 @@ class JobOutputs:
 
     async def _next(self, stream: str, subject: str, seq: int) -> RawStreamMsg | None:
         """The first message on `subject` at or after `seq`; None when there is none."""
-        get: Callable[[], Awaitable[RawStreamMsg]] = lambda: self._js.get_msg(  # noqa: E731
-            stream, seq=seq, subject=subject, next=True
-        )
+        get = functools.partial(self._js.get_msg, stream, seq=seq, subject=subject, next=True)
         try:
             return await self._js.retried(stream, get)
         except NotFoundError:
