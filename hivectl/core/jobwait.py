@@ -12,7 +12,7 @@ Events are not stored for the tracker (it is a plain subscription), so one could
 missed: a requester that died between writing a job and publishing its event. Against
 that, the jobs not yet finished are asked for again every SWEEP_INTERVAL seconds.
 A user's client (signed requests) may not read events at all: it asks every
-USER_POLL_INTERVAL seconds instead.
+USER_POLL_INTERVAL seconds instead, or less often for many jobs (USER_POLL_RATE).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ SWEEP_INTERVAL = 30.0  # seconds between asking again for every job not finished
 # this long, until it has.
 LAG_RETRY = 0.2
 USER_POLL_INTERVAL = 0.5
+USER_POLL_RATE = 200.0
 Change = tuple[str, JobState]
 
 
@@ -98,8 +99,10 @@ class JobTracker:
             if events or self._ended:
                 asked = sorted(self._ended)  # final records of what events said ended
             else:  # the sweep: ask for every job left
-                sweep_at = time.monotonic() + self._sweep
                 asked = [full for full in self._names if full not in self._final]
+                # A user's polling asks at most USER_POLL_RATE gets a second.
+                spread = len(asked) / USER_POLL_RATE if self._client.signed else 0.0
+                sweep_at = time.monotonic() + max(self._sweep, spread)
             for job in await self._get_all(asked):
                 for change in self._note(job):
                     yield change

@@ -158,6 +158,15 @@ def test_a_submitter_runs_its_own_jobs_and_nobody_else_s(stack: Stack, tmp_path:
     assert [e["actor"] for e in stopped if e.get("new") == "STOPPED"] == ["olga"]
 
 
+def test_a_user_waits_for_a_file_of_jobs_without_events(stack: Stack) -> None:
+    jobs = stack.cluster.base / "three.json"
+    jobs.write_text(json.dumps([{"engine": "process", "command": ["true"]}] * 3))
+    done = stack.run("alice", "job", "submit", "-f", str(jobs))  # waits, polling
+    ids = done.stdout.split()
+    assert len(ids) == 3
+    assert {stack.cluster.job(i)["state"] for i in ids} == {"COMPLETED"}
+
+
 def test_users_read_events_through_the_requester(stack: Stack) -> None:
     mine = stack.submit("alice", "true")
     theirs = stack.submit("bob", "true")
