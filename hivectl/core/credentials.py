@@ -112,8 +112,10 @@ def permissions(subjects: Subjects) -> dict[str, dict[str, object]]:
             "allow_responses": True,
         },
         # Users: signed requests to the requesters and their (sealed) replies; no
-        # JetStream, no events, not the operator API.
-        "user": {"publish": [f"{p}.uapi.>", "_INBOX.>"], "subscribe": ["_INBOX.>"]},
+        # JetStream, no events, not the operator API. Not publishing to `_INBOX.>`
+        # either: a user answers nothing, and could otherwise slip a forged reply to an
+        # operator's request (those are not sealed).
+        "user": {"publish": [f"{p}.uapi.>"], "subscribe": ["_INBOX.>"]},
     }
 
 

@@ -245,7 +245,12 @@ async def _forge(stack: Stack) -> None:
     user, password = read_credentials_file(stack.creds["alice"])
     subject = Subjects().uapi("job", "list")
     payload = codec.encode(JobListRequest())
-    nc = await nats.connect(stack.cluster.url, user=user, password=password)
+    errors: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_error(exc: Exception) -> None:
+        errors.put_nowait(str(exc))
+
+    nc = await nats.connect(stack.cluster.url, user=user, password=password, error_cb=on_error)
     try:
 
         async def ask(headers: dict[str, str] | None) -> bytes:
@@ -278,5 +283,15 @@ async def _forge(stack: Stack) -> None:
         # The user role cannot reach the operator API, JetStream or the events at all.
         with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
             await nc.request(Subjects().api("job", "list"), payload, timeout=2)
+        await nc.publish("_INBOX.someone-else", b"a forged reply")
+        await nc.subscribe(Subjects().all_events)
+        await nc.flush()
+        async with asyncio.timeout(10):
+            violations = {await errors.get() for _ in range(3)}
+        assert violations == {
+            'nats: permissions violation for publish to "hive.api.job.list"',
+            'nats: permissions violation for publish to "_inbox.someone-else"',
+            'nats: permissions violation for subscription to "hive.events.>"',
+        }
     finally:
         await nc.close()
