@@ -38,6 +38,8 @@ from hivectl.core.api import (
 from hivectl.core.auth import Identity
 from hivectl.core.codec import CodecError, Limits
 from hivectl.core.joboutput import (
+    EventListReply,
+    EventListRequest,
     JobLogsReply,
     JobLogsRequest,
     JobResultReply,
@@ -372,6 +374,12 @@ SAMPLES: dict[str, Message] = {
         data=encode_data(b"tar"),
         seq=41,
         done=True,
+    ),
+    "event_list": EventListRequest(job=JOB_ID, since=T0, after=41, limit=100),
+    "event_list_reply": EventListReply(
+        events=[encode_data(codec.encode(JobEvent(job_id=JOB_ID, new="RUNNING", at=T0)))],
+        after=42,
+        more=True,
     ),
     "user_add": UserAddRequest(name="alice", role=Role.SUBMITTER, public_key=NODE_KEY),
     "user_add_reply": UserAddReply(
