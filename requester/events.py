@@ -1,4 +1,4 @@
-"""Node, job and token events: published on `hive.events.*` and kept in the HIVE_EVENTS
+"""Node, job, token and user events: published on `hive.events.*` and kept in the HIVE_EVENTS
 stream, each stamped with who caused it (see `routing.ACTOR`)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from hivectl.core.jobs import JobEvent
 from hivectl.core.models import NodeEvent
 from hivectl.core.subjects import Subjects
 from hivectl.core.tokens import TokenEvent
+from hivectl.core.users import UserEvent
 from requester.provision import ensure_stream
 from requester.routing import current_actor
 from requester.store import Store
@@ -21,7 +22,7 @@ from requester.store import Store
 log = logging.getLogger("hive.requester.events")
 
 EVENTS_MAX_AGE = 7 * 24 * 3600.0
-E = TypeVar("E", NodeEvent, JobEvent, TokenEvent)
+E = TypeVar("E", NodeEvent, JobEvent, TokenEvent, UserEvent)
 
 
 def stamped(event: E) -> E:
@@ -40,14 +41,19 @@ class Events:
         self._subjects = subjects
 
     async def setup(self, js: Store) -> None:
-        # A stream made before token events existed gets their subject added (provision
-        # adds what is missing).
+        # A stream made before token or user events existed gets their subjects added
+        # (provision adds what is missing).
         subjects = self._subjects
         await ensure_stream(
             js,
             StreamConfig(
                 name=subjects.events_stream,
-                subjects=[subjects.node_events(), subjects.job_events(), subjects.token_events()],
+                subjects=[
+                    subjects.node_events(),
+                    subjects.job_events(),
+                    subjects.token_events(),
+                    subjects.user_events(),
+                ],
                 max_age=EVENTS_MAX_AGE,
                 storage=StorageType.FILE,
                 discard=DiscardPolicy.OLD,
@@ -71,3 +77,8 @@ class Events:
         event = stamped(event)
         log.info("token %s %s (by %s)", event.token_id, event.event, event.actor)
         await self._nc.publish(self._subjects.token_events(event.token_id), codec.encode(event))
+
+    async def user(self, event: UserEvent) -> None:
+        event = stamped(event)
+        log.info("user %s %s (by %s)", event.name, event.event, event.actor)
+        await self._nc.publish(self._subjects.user_events(event.name), codec.encode(event))

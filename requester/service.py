@@ -144,9 +144,8 @@ class Requester:
             auth_hint=REQUESTER_AUTH_HINT,
             inbox_prefix=self.subjects.requester_inbox,
         )
-        # Calls retried through leader elections up to store_deadline, shorter than
-        # hivectl's 5s: a store that does not answer gets an error reply (say, "storage
-        # full") before the client gives up on us.
+        # Calls retried through leader elections up to store_deadline (< hivectl's 5s): a
+        # store that does not answer gets an error reply before the client gives up on us.
         js = open_store(self.nc, cfg)
         self.identity = await cluster_identity(js, self.subjects, cfg.data_dir)
         self.events = Events(self.nc, self.subjects)
@@ -163,7 +162,9 @@ class Requester:
         self.tokens = Tokens(self.subjects.tokens_bucket, self.events.token, limits)
         await self.tokens.start(js)
         own = self.credentials_dir / "user.toml" if self.embedded else None
-        self.users, self.gate = await wiring.users(js, self.subjects, self.identity, cfg, own)
+        self.users, self.gate = await wiring.users(
+            js, self.subjects, self.identity, cfg, own, self.events.user
+        )
         self._build_handlers()
         await self._start_jobs(js)
         for api in self.routers:

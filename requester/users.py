@@ -9,7 +9,7 @@ its watch, so the removed user's next request is refused wherever it lands.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hivectl.core import codec
@@ -21,6 +21,7 @@ from hivectl.core.users import (
     Role,
     UserAddReply,
     UserAddRequest,
+    UserEvent,
     UserListReply,
     UserListRequest,
     UserRecord,
@@ -31,6 +32,7 @@ from requester.routing import ApiRouter, Refusal, current_actor
 from requester.store import Store
 
 log = logging.getLogger("hive.requester.users")
+UserSink = Callable[[UserEvent], Awaitable[None]]
 
 
 class UserError(Refusal):
@@ -46,9 +48,11 @@ class Users(ApiRouter):
         *,
         requester_key: str,
         nats_credentials: Callable[[], Path | None],
+        on_event: UserSink,
         limits: codec.Limits,
     ) -> None:
         super().__init__()
+        self._on_event = on_event
         self._requester_key = requester_key
         self._nats_credentials = nats_credentials
         self._limits = limits
@@ -84,7 +88,7 @@ class Users(ApiRouter):
         )
         if not await self._view.create(record.name, record):
             raise UserError("exists", f"user {record.name} exists: remove it first")
-        log.info("user %s added as %s (by %s)", record.name, record.role, record.created_by)
+        await self._on_event(UserEvent(name=record.name, event="added", new=record.role))
         return UserAddReply(
             user=record,
             requester_key=self._requester_key,
@@ -116,9 +120,11 @@ class Users(ApiRouter):
 
     async def remove(self, data: bytes) -> Message:
         request = codec.decode(data, UserRemoveRequest, self._limits)
-        if self._view.get(request.name) is None:
+        record = self._view.get(request.name)
+        if record is None:
             raise UserError("not_found", f"user {request.name!r} not found")
         await self._view.purge(request.name)
-        why = f": {request.reason}" if request.reason else ""
-        log.info("user %s removed (by %s)%s", request.name, current_actor(), why)
+        await self._on_event(
+            UserEvent(name=record.name, event="removed", old=record.role, reason=request.reason)
+        )
         return OkReply(id=request.name)

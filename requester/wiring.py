@@ -31,7 +31,7 @@ from requester.nodes.registry import EventSink, Registry
 from requester.nodes.tokens import Tokens
 from requester.routing import ApiRouter
 from requester.store import Store
-from requester.users import Users
+from requester.users import Users, UserSink
 
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
 NODE_PENDING_MSGS = 1_000_000
@@ -90,6 +90,7 @@ async def users(
     identity: Identity,
     config: RequesterConfig,
     embedded_credentials: Path | None,
+    on_event: UserSink,
 ) -> tuple[Users, UserGate]:
     """The users bucket and its API (`hive.api.user.*`), and the gate that knows them.
     A new user's file gets the NATS `user` role's credentials from
@@ -99,6 +100,7 @@ async def users(
         subjects.users_bucket,
         requester_key=identity.public_key,
         nats_credentials=lambda: found,
+        on_event=on_event,
         limits=codec.Limits(max_bytes=config.max_payload),
     )
     await api.start(js)

@@ -47,8 +47,9 @@ from hivectl.core.errors import NotFound, RemoteError
 from hivectl.core.jobs import JobEvent
 from hivectl.core.models import NodeEvent
 from hivectl.core.tokens import TokenEvent
+from hivectl.core.users import UserEvent
 
-Event = NodeEvent | JobEvent | TokenEvent
+Event = NodeEvent | JobEvent | TokenEvent | UserEvent
 POLL = 1.0  # seconds between looks at whether the stream has more, when not following
 DESCRIBE_EVENTS = 10
 COLUMNS = ["TIME", "OBJECT", "EVENT", "CHANGE", "ACTOR", "REASON"]
@@ -223,10 +224,10 @@ def _decoded(data: bytes) -> Event | None:
     """The event in a message; None for one this hivectl cannot read (a newer
     requester's, say): not worth stopping for."""
     try:
-        event = codec.decode(data, (NodeEvent, JobEvent, TokenEvent))
+        event = codec.decode(data, (NodeEvent, JobEvent, TokenEvent, UserEvent))
     except codec.CodecError:
         return None
-    return event if isinstance(event, NodeEvent | JobEvent | TokenEvent) else None
+    return event if isinstance(event, NodeEvent | JobEvent | TokenEvent | UserEvent) else None
 
 
 async def _any(js: JetStreamContext, stream: str, subject: str, since: datetime | None) -> bool:
@@ -258,6 +259,8 @@ def describe(event: Event) -> tuple[str, str]:
         return f"node/{event.node_id}", event.event
     if isinstance(event, JobEvent):
         return f"job/{event.job_id}", "state"
+    if isinstance(event, UserEvent):
+        return f"user/{event.name}", event.event
     return f"token/{event.token_id}", event.event
 
 

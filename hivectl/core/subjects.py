@@ -78,9 +78,12 @@ class Subjects:
     def token_events(self, token_id: str = "*") -> str:
         return f"{self.prefix}.events.token.{token_id}"
 
+    def user_events(self, name: str = "*") -> str:
+        return f"{self.prefix}.events.user.{name}"
+
     @property
     def all_events(self) -> str:
-        """Every event, of nodes, jobs and tokens alike."""
+        """Every event, of nodes, jobs, tokens and users alike."""
         return f"{self.prefix}.events.>"
 
     def api(self, noun: str, verb: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, Strict, StringConstraints
 
@@ -117,4 +117,20 @@ class UserRemoveRequest(Message):
     reason: Reason = ""
 
 
-register_messages(UserAddRequest, UserAddReply, UserListRequest, UserListReply, UserRemoveRequest)
+class UserEvent(Message):
+    """Published on `hive.events.user.<name>` (and kept in HIVE_EVENTS) when an admin
+    adds or removes a user: who, with which role, by whom and why."""
+
+    kind: ClassVar[str] = "user_event"
+    name: UserName
+    event: Literal["added", "removed"]
+    old: ShortText = ""  # the role it had (removed)
+    new: ShortText = ""  # the role it got (added)
+    reason: Reason = ""
+    at: datetime = Field(default_factory=utcnow)
+    actor: ShortText = ""
+
+
+register_messages(
+    UserAddRequest, UserAddReply, UserListRequest, UserListReply, UserRemoveRequest, UserEvent
+)

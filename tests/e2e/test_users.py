@@ -212,9 +212,17 @@ def test_the_operator_credential_is_still_the_admin(stack: Stack) -> None:
 def test_removing_a_user_revokes_its_credential_at_once(stack: Stack) -> None:
     stack.add("carl", "submitter")
     assert stack.listed("carl") == []
-    stack.cluster.hivectl("user", "remove", "carl", "-m", "left the team")
+    stack.cluster.hivectl("user", "remove", "carl", "-m", "left the team", actor="root@console")
     assert stack.refused("carl", "job", "list") == "no user 'carl' (removed, or never added)"
     assert "carl" not in stack.cluster.hivectl("user", "list").stdout
+    # Both are events, naming who did it (an admin user's name, or the operator's).
+    listed = json.loads(stack.cluster.hivectl("events", "-o", "json").stdout)
+    carl = [(e["event"], e["old"], e["new"], e["actor"], e["reason"]) for e in listed
+            if e["kind"] == "user_event" and e["name"] == "carl"]  # fmt: skip
+    assert carl == [("added", "", "submitter", carl[0][3], ""),
+                    ("removed", "submitter", "", "root@console", "left the team")]  # fmt: skip
+    table = stack.cluster.hivectl("events").stdout
+    assert any("user/carl" in line and "removed" in line for line in table.splitlines())
 
 
 def test_a_log_of_megabytes_comes_whole_through_the_requester(stack: Stack) -> None:

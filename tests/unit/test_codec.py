@@ -108,6 +108,7 @@ from hivectl.core.users import (
     Role,
     UserAddReply,
     UserAddRequest,
+    UserEvent,
     UserListReply,
     UserListRequest,
     UserRecord,
@@ -393,6 +394,14 @@ SAMPLES: dict[str, Message] = {
         users=[UserRecord(name="vera", role=Role.VIEWER, public_key=NODE_KEY, created_at=T0)]
     ),
     "user_remove": UserRemoveRequest(name="alice", reason="left the team"),
+    "user_event": UserEvent(
+        name="alice",
+        event="removed",
+        old="submitter",
+        reason="left the team",
+        at=T0,
+        actor="root@console",
+    ),
 }
 
 
