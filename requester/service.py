@@ -45,6 +45,7 @@ from requester.ownnats import OwnNats
 from requester.presence import Presence, own_record, requester_info
 from requester.routing import ACTOR
 from requester.store import Store, open_store
+from requester.usage.service import Usage
 
 log = logging.getLogger("hive.requester")
 REQUESTER_AUTH_HINT = (
@@ -81,6 +82,7 @@ class Requester:
         self.duties: LeaderDuties | None = None  # what only the leader does
         self.leadership: Leadership | None = None
         self.presence: Presence | None = None  # the cluster's requesters, for node list
+        self.usage: Usage | None = None  # usage accounting and the nodes' reliability
         self.own_nats = OwnNats(config, self.subjects, on_crash=self.stopping.set)
 
     @property
@@ -156,9 +158,10 @@ class Requester:
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.tokens = Tokens(self.subjects.tokens_bucket, self.events.token, limits)
         await self.tokens.start(js)
+        self.usage = Usage(self.subjects, js, resolve_node=self.registry.resolve, limits=limits)
         self._build_handlers()
         await self._start_jobs(js)
-        for api in (self.node_api, self.job_api):
+        for api in (self.node_api, self.job_api, self.usage.api):
             if api is not None:
                 api.store_trouble = self.own_nats.trouble
         await self._subscribe()
@@ -203,7 +206,7 @@ class Requester:
             after=cfg.node_prune_after,
             limits=limits,
         )
-        assert self.tokens is not None
+        assert self.tokens is not None and self.usage is not None
         self.node_api = wiring.node_api(
             self.registry,
             self.liveness,
@@ -215,6 +218,7 @@ class Requester:
             on_delete=self._forget_node,
             on_event=self._node_event,
             limits=limits,
+            reliability=self.usage.reliability,
         )
 
     async def _start_jobs(self, js: Store) -> None:
@@ -229,6 +233,9 @@ class Requester:
         self.duties = duties = LeaderDuties(cfg, *parts, started_at=self._started_at)
         duties.pruner = self.pruner
         self.jobs.watchers.append(duties.job_seen)
+        assert self.usage is not None
+        await self.usage.start(js, self.jobs)
+        duties.usage = self.usage
         await self.jobs.start(js)
         self.jobs.follow()  # until this requester leads (duties.start)
         limits = codec.Limits(max_bytes=cfg.max_payload)
@@ -273,8 +280,9 @@ class Requester:
 
     async def _subscribe(self) -> None:
         assert self.nc is not None and self.membership is not None and self.node_api is not None
+        usage = self.usage.api if self.usage is not None else None
         subs = await wiring.subscribe(
-            self.nc, self.subjects, self.membership, self.node_api, self.job_api
+            self.nc, self.subjects, self.membership, self.node_api, self.job_api, usage
         )
         self._subs.extend(subs)
 
@@ -296,6 +304,8 @@ class Requester:
             await self.own_nats.recover()
             if self.duties is not None:
                 await self.duties.tick()
+            if self.usage is not None:
+                self.usage.tick()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
 
@@ -317,6 +327,8 @@ class Requester:
             await self.presence.close()
         if self.duties is not None:
             await self.duties.stop()
+        if self.usage is not None:
+            await self.usage.close()
         for part in (self.jobs, self.link, self.tokens, self.registry):
             if part is not None:
                 await part.close()

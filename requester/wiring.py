@@ -10,6 +10,7 @@ from nats.aio.subscription import Subscription
 
 from hivectl.core import codec
 from hivectl.core.api import NodeView
+from hivectl.core.reliability import Reliability
 from hivectl.core.subjects import Subjects
 from requester.jobs.api import JobApi
 from requester.nodes.api import NodeApi
@@ -20,6 +21,7 @@ from requester.nodes.nodeops import NodeOps
 from requester.nodes.prune import Pruner
 from requester.nodes.registry import EventSink, Registry
 from requester.nodes.tokens import Tokens
+from requester.usage.api import UsageApi
 
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
 NODE_PENDING_MSGS = 1_000_000
@@ -38,6 +40,7 @@ def node_api(
     on_delete: Callable[[str], None],
     on_event: EventSink,
     limits: codec.Limits,
+    reliability: Callable[[str], Reliability] | None = None,
 ) -> NodeApi:
     """`hive.api.node.*`: list, get, approve, reject, delete, and the verbs of label,
     token, prune and cordon/drain, each served from its own module."""
@@ -48,6 +51,7 @@ def node_api(
         max_payload=max_payload,
         on_delete=on_delete,
         limits=limits,
+        reliability=reliability,
     )
     labels = LabelApi(registry, requester_id=requester_id, on_event=on_event, limits=limits)
     ops = NodeOps(registry, requester_id=requester_id, limits=limits)
@@ -57,7 +61,12 @@ def node_api(
 
 
 async def subscribe(
-    nc: Client, s: Subjects, m: Membership, nodes: NodeApi, jobs: JobApi | None
+    nc: Client,
+    s: Subjects,
+    m: Membership,
+    nodes: NodeApi,
+    jobs: JobApi | None,
+    usage: UsageApi | None = None,
 ) -> list[Subscription]:
     """Requests go to one requester of the group; every requester hears publishes."""
     queue = s.requester_queue
@@ -81,5 +90,7 @@ async def subscribe(
     ]
     if jobs is not None:
         subs.append(await nc.subscribe(s.api("job", "*"), queue=queue, cb=jobs.on_request))
+    if usage is not None:
+        subs.append(await nc.subscribe(s.api("usage", "*"), queue=queue, cb=usage.on_request))
     await nc.flush()
     return subs
