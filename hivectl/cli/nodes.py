@@ -264,6 +264,7 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ("Version", [node_info.version if node_info else NONE]),
         ("Executors", executor_lines(node_info)),
         ("Max executions", [execution_limit(node)]),
+        *([("Reliability", [reliability_text(node)])] if node.type is NodeType.COMPUTE else []),
     ]
     lines = _field_lines(fields)
     lines += ["Resources:", *_indent(resource_table(node))]
@@ -278,6 +279,15 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ]
     )
     return lines
+
+
+def reliability_text(node: NodeView) -> str:
+    """`0.82 (2 completed, 0 failed by the node, 1 lost)`: the score placement uses."""
+    record = node.reliability
+    if record is None:
+        return NONE
+    counts = f"{record.completed} completed, {record.node_failed} failed by the node"
+    return f"{record.score:.2f} ({counts}, {record.lost} lost)"
 
 
 def own_label_lines(node: NodeView) -> list[str]:
