@@ -328,7 +328,9 @@ async def test_a_process_jobs_final_update_says_what_it_used(
     """A job that keeps a core busy for about a second (in a child it waits for, as a
     shell script's commands are) reports about a second of CPU; one that sleeps, none."""
     await manager_factory()
-    busy = "python3 -c 'import time; t = time.process_time()\nwhile time.process_time() - t < 1: pass'"
+    busy = (
+        "python3 -c 'import time; t = time.process_time()\nwhile time.process_time() - t < 1: pass'"
+    )
     offer, _ = await jobs.offer(process("sh", "-c", busy))
     sleeper, _ = await jobs.offer(process("sleep", "1"))
     used = (await jobs.final(offer.exec_id))[-1]
