@@ -96,6 +96,7 @@ class LeaderDuties:
             interval=cfg.scheduler_interval,
             offer_timeout=cfg.offer_timeout,
             scores=self.usage.book.scores if self.usage else placement.NO_SCORES,
+            tiers=self.usage.book.tiers if self.usage else placement.NO_TIERS,
         )
         scheduler.placement_seconds = self.placement_seconds
         self.exec_consumer = ExecConsumer(

@@ -20,6 +20,18 @@ from pydantic import Field
 from hivectl.core.models import Model, NonNegInt
 
 PRIOR_GOOD, PRIOR_BAD = 9, 1  # the Beta prior of every node's reliability
+NEW_NODE_SCORE = PRIOR_GOOD / (PRIOR_GOOD + PRIOR_BAD)
+
+
+def tier(score: float) -> int:
+    """A score's ranking tier: tenths, rounded down. Placement compares tiers, not
+    scores, so a small difference (0.98 against 0.99) does not pile work onto one node,
+    while a node that lost or failed work (a new one scores 0.9, one that lost its only
+    execution 0.82) ranks after those that did not."""
+    return int(score * 10 + 1e-9)
+
+
+RELIABLE_TIER = tier(NEW_NODE_SCORE)  # a new node's; no node ever ranks above it
 
 
 def reliability_score(completed: int, node_failed: int, lost: int) -> float:
@@ -31,7 +43,7 @@ def reliability_score(completed: int, node_failed: int, lost: int) -> float:
 class Reliability(Model):
     """A node's record of work that ended there, and its score (see the module)."""
 
-    score: Annotated[float, Field(ge=0.0, le=1.0)] = PRIOR_GOOD / (PRIOR_GOOD + PRIOR_BAD)
+    score: Annotated[float, Field(ge=0.0, le=1.0)] = NEW_NODE_SCORE
     completed: NonNegInt = 0
     node_failed: NonNegInt = 0
     lost: NonNegInt = 0

@@ -16,23 +16,15 @@ from dataclasses import dataclass
 from hivectl.core import labels as node_labels
 from hivectl.core.jobs import Job
 from hivectl.core.models import Approval, Health, NodeRecord, Resources
-from hivectl.core.reliability import Reliability
+from hivectl.core.reliability import NEW_NODE_SCORE, RELIABLE_TIER
 from hivectl.core.selectors import parse_selector
 from requester.jobs.executions import EVERY_NODE, tally
 from requester.jobs.ledger import Ledger, Room
 from requester.nodes.liveness import Liveness
 
 APPROVED, HEALTHY = Approval.APPROVED, Health.HEALTHY
-NEW_NODE_SCORE = Reliability().score
-# Ranking compares reliability in tenths, so a small difference (0.98 against 0.99)
-# does not pile work onto one node, while a node that failed or lost work (a new one
-# scores 0.9, one that lost its only execution 0.82) comes after those that did not.
-RELIABLE_TIER = int(NEW_NODE_SCORE * 10 + 1e-9)
 NO_SCORES: Mapping[str, float] = {}
-
-
-def tier(score: float) -> int:
-    return int(score * 10 + 1e-9)
+NO_TIERS: Mapping[str, int] = {}
 
 
 @dataclass(slots=True)
@@ -66,13 +58,16 @@ def candidates(
     ledger: Ledger,
     labels: Callable[[NodeRecord], Mapping[str, str]] = merged_labels,
     scores: Mapping[str, float] = NO_SCORES,
+    tiers: Mapping[str, int] = NO_TIERS,
 ) -> tuple[list[Candidate], str]:
     """Nodes the job fits on now; when there are none, a sentence saying why.
 
     Constraints match `labels(record)`: the merged labels (Hive's, the node's own, the
     operator's), which the registry keeps built (`Registry.labels`). `scores` are the
     nodes' reliability (a node without one scores NEW_NODE_SCORE): a job's
-    `min_reliability` keeps it off the nodes below, and ranking prefers higher ones."""
+    `min_reliability` keeps it off the nodes below. `tiers` are the reliability tiers
+    of the nodes ranked below a new node's (few, in a healthy cluster): ranking puts
+    them after the others."""
     spec = job.spec
     approved = [r for r in records if r.approval is Approval.APPROVED]
     # A cordoned node (drained, or taken out of service) gets no new executions.
@@ -94,13 +89,13 @@ def candidates(
     want = Room.of(spec.resources)
     free = [(r, ledger.free(r.node_id, r.info.allocatable, report(r.node_id))) for r in not_full]
     fitting = [
-        Candidate(
-            r.node_id, f, r.info.allocatable, active[r.node_id], r.info.max_executions,
-            tier(score(r.node_id)),
-        )
+        Candidate(r.node_id, f, r.info.allocatable, active[r.node_id], r.info.max_executions)
         for r, f in free
         if f.fits(want)
-    ]  # fmt: skip
+    ]
+    if tiers:  # one lookup per node only while some node has lost or failed work
+        for c in fitting:
+            c.tier = tiers.get(c.node_id, RELIABLE_TIER)
     if fitting:
         return fitting, ""
     stages = Stages(records, approved, schedulable, healthy, able, matching, reliable, not_full)

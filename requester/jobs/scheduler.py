@@ -79,6 +79,7 @@ class Scheduler:
         offer_timeout: float,
         parallel: int = PARALLEL,
         scores: Mapping[str, float] = placement.NO_SCORES,
+        tiers: Mapping[str, int] = placement.NO_TIERS,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -88,6 +89,7 @@ class Scheduler:
         self._offer_timeout = offer_timeout
         self._parallel = max(1, parallel)
         self._scores = scores  # nodes' reliability, kept current by the usage feed
+        self._tiers = tiers  # and the ranking tiers of those below a new node's
         self._wanted: dict[str, None] = {}  # ordered set: first kicked, first placed
         self._node_changes: list[tuple[str, bool]] = []  # (node, lost?)
         self._gone: list[tuple[str, dict[str, str]]] = []  # (node, {exec: job}) it lacks
@@ -265,6 +267,7 @@ class Scheduler:
                 ledger,
                 self._registry.labels,
                 self._scores,
+                self._tiers,
             )
             fitting = [c for c in fitting if c.node_id not in attempt.tried]
             chosen = placement.plan(job, need, nodes, fitting)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
 from hivectl.core.jobs import ExecState
+from hivectl.core.reliability import RELIABLE_TIER, tier
 from hivectl.core.usage import (
     GIB,
     Fault,
@@ -85,6 +86,7 @@ class UsageBook:
         self._all: dict[Key, Totals] = {}  # over every hour kept
         self._nodes: dict[str, list[int]] = {}  # node -> [completed, node_failed, lost]
         self._scores: dict[str, float] = {}  # node -> score: what placement reads
+        self._tiers: dict[str, int] = {}  # node -> tier, of nodes below a new node's
         self.records = 0  # taken in, over this book's life
         # exec id -> when it ended, of the records taken in lately (oldest first, near
         # enough): what a new leader checks the executions it finds ended against.
@@ -107,7 +109,12 @@ class UsageBook:
         counts[0] += completed
         counts[1] += failed
         counts[2] += lost
-        self._scores[node] = reliability_score(*(max(0, n) for n in counts))
+        score = self._scores[node] = reliability_score(*(max(0, n) for n in counts))
+        low = tier(score)
+        if low < RELIABLE_TIER:
+            self._tiers[node] = low
+        else:
+            self._tiers.pop(node, None)
 
     def has(self, exec_id: str) -> bool:
         """Whether a record of this execution was taken in lately (see `forget_recent`)."""
@@ -151,6 +158,11 @@ class UsageBook:
     def scores(self) -> dict[str, float]:
         """node -> score, for nodes with a record (others score the prior's 0.9)."""
         return self._scores
+
+    @property
+    def tiers(self) -> dict[str, int]:
+        """node -> ranking tier, of the nodes that rank below a new node."""
+        return self._tiers
 
     def report(
         self,

@@ -131,10 +131,17 @@ def test_a_record_is_made_once_for_each_execution_a_write_ended() -> None:
 def test_placement_prefers_reliable_nodes_and_keeps_a_job_off_those_below_its_minimum() -> None:
     records, liveness = cluster(3)
     scores = {"node-0": 0.82, "node-1": 0.95}  # node-2 has no record: 0.9, as good
+    book = UsageBook(retention=86400)
+    book.add(record(node="node-0", state=ES.LOST, fault=Fault.LOST))
+    for _ in range(90):
+        book.add(record(node="node-1"))
+    assert book.tiers == {"node-0": 8}  # only nodes ranked below a new node's tier
     ledger = Ledger()
 
     def placed(one: Job) -> list[str]:
-        fitting, _ = placement.candidates(one, records, liveness, ledger, scores=scores)
+        fitting, _ = placement.candidates(
+            one, records, liveness, ledger, scores=scores, tiers=book.tiers
+        )
         chosen = placement.plan(one, one.spec.count, None, fitting)
         for node_id in chosen:
             ledger.hold(node_id, Room.of(one.spec.resources))
