@@ -219,6 +219,7 @@ class Requester:
             on_event=self._node_event,
             limits=limits,
             reliability=self.usage.reliability,
+            scores=self.usage.book.scores,
         )
 
     async def _start_jobs(self, js: Store) -> None:

@@ -3,7 +3,7 @@ subscriptions that carry nodes' messages and operators' requests to their handle
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
@@ -41,6 +41,7 @@ def node_api(
     on_event: EventSink,
     limits: codec.Limits,
     reliability: Callable[[str], Reliability] | None = None,
+    scores: Mapping[str, float] | None = None,
 ) -> NodeApi:
     """`hive.api.node.*`: list, get, approve, reject, delete, and the verbs of label,
     token, prune and cordon/drain, each served from its own module."""
@@ -52,6 +53,7 @@ def node_api(
         on_delete=on_delete,
         limits=limits,
         reliability=reliability,
+        scores=scores,
     )
     labels = LabelApi(registry, requester_id=requester_id, on_event=on_event, limits=limits)
     ops = NodeOps(registry, requester_id=requester_id, limits=limits)

@@ -68,7 +68,7 @@ app = noun_app(
 # the one row without resources, listed first) and DISK wait for `-o wide`. LABELS come
 # last, as kubectl's --show-labels has them, so a long label list widens its own row only.
 COLUMNS = ["ID", "APPROVAL", "STATUS", "CPU", "MEMORY", "GPU", "LABELS"]
-WIDE_COLUMNS = ["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU"]
+WIDE_COLUMNS = ["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU", "RELIAB"]
 # REASON (why PENDING or REJECTED: free text) comes last of all, after the labels.
 WIDE_COLUMNS += ["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS", "REASON"]
 
@@ -170,6 +170,7 @@ def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
         node.approval.value,
         status_cell(node),
         *(cpu, memory, disk, gpu),
+        f"{node.reliability.score:.2f}" if node.reliability else NONE,
         node.info.version if node.info else NONE,
         node.info.arch if node.info else NONE,
         age(node.last_heartbeat, now),

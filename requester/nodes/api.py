@@ -54,9 +54,13 @@ class NodeApi(ApiRouter):
         on_delete: Callable[[str], None],
         limits: codec.Limits,
         reliability: Callable[[str], Reliability] | None = None,
+        scores: Mapping[str, float] | None = None,
     ) -> None:
         self._registry = registry
         self._reliability = reliability
+        self._reliab_parts = (
+            None if reliability is None else pages.ReliabilityParts(reliability, scores or {})
+        )
         self._liveness = liveness
         self._max_reply = max_payload - REPLY_HEADROOM
         self._on_delete = on_delete
@@ -104,7 +108,9 @@ class NodeApi(ApiRouter):
                 continue
             if _wanted(request, selector, record.approval, health, registry.labels(record)):
                 resources, heard = liveness.resources(node_id), liveness.last_heard(node_id)
-                yield node_id, self._pages.view(record, health, resources, heard)
+                parts = self._reliab_parts
+                reliab = None if parts is None else parts.part(node_id)
+                yield node_id, self._pages.view(record, health, resources, heard, reliab)
 
     def _page(self, views: Iterator[tuple[str, bytes]], limit: int) -> bytes:
         """Up to `limit` views, as many as fit in one message; `next` says where to go on.

@@ -77,6 +77,10 @@ def test_a_node_that_lost_work_ranks_below_and_min_reliability_keeps_work_off(
         what="the lost execution in node describe",
     )  # fmt: skip
     assert "Reliability:" in described and "0.82" in described
+    lines = cluster.hivectl("node", "list", "-o", "wide").stdout.splitlines()
+    column = lines[0].split().index("RELIAB")
+    shown = {line.split()[0]: line.split()[column] for line in lines[1:]}
+    assert (shown[lossy], shown[good]) == ("0.82", "0.91")  # good: one completed
 
     # Both nodes are free and fit: every job goes to the one that lost nothing.
     placed = [cluster.submit("--engine", "process", "--", "true") for _ in range(3)]

@@ -524,6 +524,26 @@ async def test_docker_job_output_and_exit_code(
 
 
 @pytest.mark.docker
+async def test_a_docker_jobs_final_update_says_what_cpu_it_used(
+    docker_manager: Executions, jobs: Jobs, busybox_image: str
+) -> None:
+    """A container that keeps its one core busy for 3 s reports CPU time up to that (the
+    engine's stats are sampled about every second: a lower bound, and a loaded machine
+    gives it less than the core); a sleeper, next to none."""
+    script = "yes > /dev/null & sleep 3; kill $!"
+    offer, _ = await jobs.offer(
+        docker_spec(busybox_image, "sh", "-c", script, resources={"cpu": 1})
+    )
+    sleeper, _ = await jobs.offer(docker_spec(busybox_image, "sleep", "2"))
+    used = (await jobs.final(offer.exec_id, timeout=30))[-1]
+    idle = (await jobs.final(sleeper.exec_id, timeout=30))[-1]
+    assert used.state == "COMPLETED" and used.measured is not None, used
+    assert used.measured.cpu_seconds is not None and 0.3 <= used.measured.cpu_seconds <= 3.5
+    assert idle.measured is not None and idle.measured.cpu_seconds is not None
+    assert idle.measured.cpu_seconds < 0.3
+
+
+@pytest.mark.docker
 async def test_docker_timeout_kills_and_removes(
     docker_manager: Executions, jobs: Jobs, busybox_image: str, docker_client: Any
 ) -> None:
