@@ -49,10 +49,12 @@ class UsageApi(ApiRouter):
 
     def _node(self, prefix: str) -> str:
         """The node a prefix names; a node gone from the registry is still asked about
-        by its full id (its usage outlives its record)."""
+        by its full id (its usage outlives its record). An ambiguous prefix is refused."""
         try:
             return self._resolve_node(prefix)
-        except Refusal:
+        except Refusal as exc:
+            if exc.code != "not_found":
+                raise
             return prefix
 
     def _own_only(self, asked: str) -> str:
