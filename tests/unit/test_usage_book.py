@@ -159,3 +159,36 @@ def test_placement_prefers_reliable_nodes_and_keeps_a_job_off_those_below_its_mi
     fitting, why = placement.candidates(pickier, records, liveness, Ledger(), scores=scores)
     assert fitting == []
     assert why == "no node has reliability 0.97 or more (best: 0.95; see hivectl node describe)"
+
+
+async def test_a_submitter_sees_its_own_usage_only() -> None:
+    from hivectl.core import codec
+    from hivectl.core.usage import UsageReportReply, UsageReportRequest
+    from hivectl.core.users import Role
+    from requester.routing import USER, Refusal
+    from requester.usage.api import UsageApi
+
+    book = UsageBook(retention=86400)
+    book.add(record("alice"))
+    book.add(record("bob"))
+    roles = {"alice": Role.SUBMITTER, "vera": Role.VIEWER}
+    api = UsageApi(book, resolve_node=str, role_of=roles.get, limits=codec.Limits())
+
+    async def users(caller: str, **asked: str) -> list[str]:
+        token = USER.set(caller)
+        try:
+            reply = await api.report(codec.encode(UsageReportRequest(**asked)))
+        finally:
+            USER.reset(token)
+        assert isinstance(reply, UsageReportReply)
+        return [r.user for r in reply.rows]
+
+    assert await users("alice") == ["alice"]
+    assert await users("vera") == ["alice", "bob"]
+    assert await users("admin", user="bob") == ["bob"]
+    try:
+        await users("alice", user="bob")
+    except Refusal as exc:
+        assert exc.code == "forbidden" and "alice may see its own usage only" in exc.reason
+    else:
+        raise AssertionError("a submitter read another user's usage")
