@@ -328,9 +328,8 @@ class Requester:
             await self.presence.close()
         if self.duties is not None:
             await self.duties.stop()
-        if self.usage is not None:
-            await self.usage.close()
-        for part in (self.jobs, self.link, self.tokens, self.registry):
+        # Usage first: its publisher stores what the last writes ended.
+        for part in (self.usage, self.jobs, self.link, self.tokens, self.registry):
             if part is not None:
                 await part.close()
         if self.nc is not None and not self.nc.is_closed:

@@ -59,7 +59,9 @@ class NodeApi(ApiRouter):
         self._registry = registry
         self._reliability = reliability
         self._reliab_parts = (
-            None if reliability is None else pages.ReliabilityParts(reliability, scores or {})
+            None
+            if reliability is None
+            else pages.ReliabilityParts(reliability, {} if scores is None else scores)
         )
         self._liveness = liveness
         self._max_reply = max_payload - REPLY_HEADROOM

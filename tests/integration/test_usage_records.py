@@ -54,6 +54,8 @@ def executions_in(req: Requester) -> int:
 
 async def run_to_end(req: Requester, node: SimCompute, nc: Client, measured: float) -> str:
     job_id = await submit(nc, spec(cpu=2.0, engine="docker"))
+    # Either requester may have taken the submit: the leader's view may lag a moment.
+    await wait_for(lambda: req.jobs is not None and req.jobs.get(job_id), what="the job")
     placed = await execution(req, job_id, lambda e: e.state is ES.ACCEPTED, "accepted")
     await node.update(placed.exec_id, job_id, ES.RUNNING)
     await node.update(
