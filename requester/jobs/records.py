@@ -34,7 +34,7 @@ from requester.jobs.executions import ACTIVE, node_stopped
 from requester.jobs.fenced import Change, Deposed, JobError
 from requester.kvview import KvView
 from requester.store import Store
-from requester.usage.records import newly_ended
+from requester.usage.records import usage_records
 
 log = logging.getLogger("hive.requester.jobs")
 # The scheduler and the execution-update consumer both write job records; give their
@@ -429,13 +429,14 @@ class JobStore:
             event = JobEvent(job_id=after.job_id, old=before.state, new=after.state)
             await self._publish_event(event.model_copy(update={"reason": after.reason}))
         was_active = {e.exec_id for e in before.executions if e.state in ACTIVE}
-        if self.usage is not None and was_active:
-            self.usage(newly_ended(after, was_active))
-        cancelled = [
-            e
-            for e in after.executions
-            if e.exec_id in was_active and e.state is ExecState.CANCELLED and not node_stopped(e)
-        ]
+        ended = (
+            [e for e in after.executions if e.exec_id in was_active and e.state not in ACTIVE]
+            if was_active
+            else []
+        )
+        if ended and self.usage is not None:
+            self.usage(usage_records(after, ended))
+        cancelled = [e for e in ended if e.state is ExecState.CANCELLED and not node_stopped(e)]
         if cancelled:
             self._on_cancel(cancelled, after.reason or f"job {after.state.lower()}")
 

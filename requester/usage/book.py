@@ -80,7 +80,7 @@ def _row(user: str, node: str, t: Totals) -> UsageRow:
 
 
 class UsageBook:
-    def __init__(self, retention: float, now: float | None = None) -> None:
+    def __init__(self, retention: float) -> None:
         self.retention = retention
         self._hours: dict[int, dict[Key, Totals]] = {}  # hour (epoch // 3600) -> totals
         self._all: dict[Key, Totals] = {}  # over every hour kept

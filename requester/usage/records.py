@@ -65,16 +65,9 @@ def usage_record(job: Job, execution: Execution) -> UsageRecord | None:
     )
 
 
-def newly_ended(after: Job, was_active: set[str]) -> list[UsageRecord]:
-    """Records of the executions `after` ended: of `was_active` (active before), the
-    ones ended now."""
-    records = []
-    for execution in after.executions:
-        if execution.exec_id in was_active and execution.state not in ACTIVE:
-            record = usage_record(after, execution)
-            if record is not None:
-                records.append(record)
-    return records
+def usage_records(job: Job, ended: list[Execution]) -> list[UsageRecord]:
+    """Records of `ended`, executions of `job` that a write has just ended."""
+    return [r for e in ended if (r := usage_record(job, e)) is not None]
 
 
 def ended_since(

@@ -112,11 +112,11 @@ async def test_a_record_published_twice_is_stored_once(pair: list[Requester], nc
     job_id = await run_to_end(leader, node, nc, measured=1.0)
     await wait_for(lambda: all(executions_in(r) == 1 for r in pair), what="both books")
     assert leader.usage is not None and leader.jobs is not None
-    from requester.usage.records import newly_ended
+    from requester.usage.records import usage_records
 
     job = leader.jobs.get(job_id)
     assert job is not None
-    again = newly_ended(job, {e.exec_id for e in job.executions})
+    again = usage_records(job, job.executions)
     for req in pair:  # both requesters publish it again, as after a failover
         assert req.usage is not None
         req.usage.publisher.send(again)

@@ -20,7 +20,7 @@ from requester.jobs import placement
 from requester.jobs.executions import STOPPED_BY_NODE
 from requester.jobs.ledger import Ledger, Room
 from requester.usage.book import UsageBook
-from requester.usage.records import fault_of, newly_ended, usage_record
+from requester.usage.records import fault_of, usage_record, usage_records
 from tests.unit.test_placement import cluster, job
 
 ES = ExecState
@@ -112,7 +112,7 @@ def test_whose_fault_an_end_is() -> None:
     assert fault_of(execution(ES.COMPLETED, exit_code=0)) is Fault.NONE
 
 
-def test_a_record_is_made_once_for_each_execution_a_write_ended() -> None:
+def test_a_record_says_who_used_what_for_how_long() -> None:
     spec = JobSpec(image="busybox", resources=ResourceRequest(cpu=0.5, memory="1GiB"))
     job = Job(job_id=new_job_id(), spec=spec, owner="alice")
     start = NOW - timedelta(seconds=8)
@@ -121,9 +121,8 @@ def test_a_record_is_made_once_for_each_execution_a_write_ended() -> None:
     declined = Execution(exec_id=new_exec_id(), job_id=job.job_id, node_id="n2",
                          state=ES.REJECTED, ended_at=NOW)  # fmt: skip
     job = job.model_copy(update={"executions": [done, declined]})
-    (made,) = newly_ended(job, {done.exec_id, declined.exec_id})
+    (made,) = usage_records(job, [done, declined])  # a declined offer never ran: none
     assert (made.user, made.wall_seconds, made.cpu, made.memory) == ("alice", 8.0, 0.5, GIB)
-    assert newly_ended(job, set()) == []  # ended before this write: recorded then
     never_ran = done.model_copy(update={"state": ES.LOST, "started_at": None})
     assert usage_record(job, never_ran).wall_seconds == 0.0  # type: ignore[union-attr]
 
