@@ -29,7 +29,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from hivectl.core.config import NodeAgentConfig
-from hivectl.core.jobs import Engine, ExecState, JobSpec
+from hivectl.core.jobs import Engine, ExecState, JobSpec, Measured
 from hivectl.core.subjects import Subjects
 from nodeagent.capacity import Held, Ledger
 from nodeagent.executors import (
@@ -271,7 +271,9 @@ class Executions:
             error,
             extra=exec_fields(self.node_id, job.job_id, job.exec_id),
         )
-        await self._report(job.exec_id, job.job_id, state, outcome.exit_code, error, notice)
+        await self._report(
+            job.exec_id, job.job_id, state, outcome.exit_code, error, notice, outcome.measured
+        )
 
     async def _report(
         self,
@@ -281,9 +283,12 @@ class Executions:
         exit_code: int | None,
         error: str,
         notice: str = "",
+        measured: Measured | None = None,
     ) -> None:
         """Publish an execution's final update; only then is its ledger entry dropped."""
-        if await self.publisher.update(exec_id, job_id, state, exit_code, error, notice):
+        if await self.publisher.update(
+            exec_id, job_id, state, exit_code, error, notice, measured=measured
+        ):
             self.ledger.release(exec_id)
 
     def _forget(self, exec_id: str) -> None:

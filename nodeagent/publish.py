@@ -30,6 +30,7 @@ from hivectl.core.jobs import (
     LOG_STREAM_HEADER,
     ExecState,
     ExecUpdate,
+    Measured,
 )
 from hivectl.core.subjects import Subjects
 
@@ -72,6 +73,8 @@ class Publisher:
         exit_code: int | None,
         error: str,
         notice: str = "",
+        *,
+        measured: Measured | None = None,
     ) -> bool:
         message = ExecUpdate(
             node_id=self.node_id,
@@ -82,6 +85,7 @@ class Publisher:
             exit_code=exit_code,
             error=error[:1024],
             notice=notice[:1024],
+            measured=measured,
         )
         subject = self.subjects.node_exec(self.node_id)
         headers = {"Nats-Msg-Id": f"{exec_id}-{state}"}

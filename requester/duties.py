@@ -26,6 +26,7 @@ from hivectl.core.config import RequesterConfig
 from hivectl.core.jobs import JOB_ID_PATTERN, Job, JobState
 from hivectl.core.models import Health, NodeEvent
 from hivectl.core.subjects import Subjects
+from requester.jobs import placement
 from requester.jobs.consumer import ExecConsumer
 from requester.jobs.fenced import FencedJobs
 from requester.jobs.reconcile import Reconciler
@@ -37,6 +38,7 @@ from requester.nodes.liveness import Liveness
 from requester.nodes.prune import Pruner
 from requester.nodes.registry import Registry
 from requester.store import Store
+from requester.usage.service import Usage
 
 log = logging.getLogger("hive.requester")
 EXPIRE_EVERY = 60.0  # seconds between looks for finished jobs past their retention
@@ -73,6 +75,7 @@ class LeaderDuties:
         self._next_expiry = 0.0
         self.placement_seconds = placement_histogram()  # across every term as leader
         self.pruner: Pruner | None = None  # deletes long-UNKNOWN nodes (node_prune_after)
+        self.usage: Usage | None = None  # the usage book (reliability) and its publisher
 
     @property
     def active(self) -> bool:
@@ -92,6 +95,8 @@ class LeaderDuties:
             self.link,
             interval=cfg.scheduler_interval,
             offer_timeout=cfg.offer_timeout,
+            scores=self.usage.book.scores if self.usage else placement.NO_SCORES,
+            tiers=self.usage.book.tiers if self.usage else placement.NO_TIERS,
         )
         scheduler.placement_seconds = self.placement_seconds
         self.exec_consumer = ExecConsumer(
@@ -111,6 +116,8 @@ class LeaderDuties:
         scheduler.start()
         stream = self.subjects.exec_stream
         await js.retried(stream, lambda: consumer.start(js), deadline=js.setup_deadline)
+        if self.usage is not None:
+            self.usage.republish_recent(self.jobs)
         # Nodes that went silent before we led, or while no requester ran, lose their
         # work once every node has had `disconnected_after` to be heard by us.
         self._silent_check = max(time.monotonic(), self.started_at + cfg.disconnected_after)

@@ -47,6 +47,7 @@ from requester.ownnats import OwnNats
 from requester.presence import Presence, own_record, requester_info
 from requester.routing import ACTOR, ApiRouter
 from requester.store import Store, open_store
+from requester.usage.service import Usage
 from requester.users import Users
 
 log = logging.getLogger("hive.requester")
@@ -87,6 +88,7 @@ class Requester:
         self.presence: Presence | None = None  # the cluster's requesters, for node list
         self.users: Users | None = None
         self.gate: UserGate | None = None  # who is asking: users, or the operator
+        self.usage: Usage | None = None  # usage accounting and the nodes' reliability
         self.own_nats = OwnNats(config, self.subjects, on_crash=self.stopping.set)
 
     @property
@@ -161,6 +163,7 @@ class Requester:
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.tokens = Tokens(self.subjects.tokens_bucket, self.events.token, limits)
         await self.tokens.start(js)
+        self.usage = Usage(self.subjects, js, resolve_node=self.registry.resolve, limits=limits)
         own = self.credentials_dir / "user.toml" if self.embedded else None
         self.users, self.gate = await wiring.users(
             js, self.subjects, self.identity, cfg, own, self.events.user
@@ -177,7 +180,8 @@ class Requester:
 
     @property
     def routers(self) -> list[ApiRouter]:  # every API noun this requester serves
-        found = (self.node_api, self.job_api, self.event_api, self.users)
+        usage = self.usage.api if self.usage is not None else None
+        found = (self.node_api, self.job_api, self.event_api, self.users, usage)
         return [r for r in found if r is not None]
 
     @property
@@ -216,7 +220,7 @@ class Requester:
             after=cfg.node_prune_after,
             limits=limits,
         )
-        assert self.tokens is not None
+        assert self.tokens is not None and self.usage is not None
         self.node_api = wiring.node_api(
             self.registry,
             self.liveness,
@@ -228,6 +232,8 @@ class Requester:
             on_delete=self._forget_node,
             on_event=self._node_event,
             limits=limits,
+            reliability=self.usage.reliability,
+            scores=self.usage.book.scores,
         )
 
     async def _start_jobs(self, js: Store) -> None:
@@ -241,6 +247,9 @@ class Requester:
         self.duties = duties = LeaderDuties(cfg, *parts, started_at=self._started_at)
         duties.pruner = self.pruner
         self.jobs.watchers.append(duties.job_seen)
+        assert self.usage is not None
+        await self.usage.start(js, self.jobs)
+        duties.usage = self.usage
         await self.jobs.start(js)
         self.jobs.follow()  # until this requester leads (duties.start)
         limits = codec.Limits(max_bytes=cfg.max_payload)
@@ -307,6 +316,8 @@ class Requester:
             await self.own_nats.recover()
             if self.duties is not None:
                 await self.duties.tick()
+            if self.usage is not None:
+                self.usage.tick()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
 
@@ -328,7 +339,8 @@ class Requester:
             await self.presence.close()
         if self.duties is not None:
             await self.duties.stop()
-        for part in (self.jobs, self.link, self.tokens, self.users, self.registry):
+        # Usage first: its publisher stores what the last writes ended.
+        for part in (self.usage, self.jobs, self.link, self.tokens, self.users, self.registry):
             if part is not None:
                 await part.close()
         if self.nc is not None and not self.nc.is_closed:

@@ -4,7 +4,7 @@ handlers (each API router on `api` and on `uapi`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -14,6 +14,7 @@ from hivectl.core import codec
 from hivectl.core.api import NodeView
 from hivectl.core.auth import Identity
 from hivectl.core.config import RequesterConfig
+from hivectl.core.reliability import Reliability
 from hivectl.core.subjects import Subjects
 from hivectl.core.users import Role
 from requester.eventlist import EventApi
@@ -32,6 +33,7 @@ from requester.nodes.tokens import Tokens
 from requester.routing import ApiRouter
 from requester.store import Store
 from requester.users import Users, UserSink
+from requester.usage.api import UsageApi
 
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
 NODE_PENDING_MSGS = 1_000_000
@@ -50,6 +52,8 @@ def node_api(
     on_delete: Callable[[str], None],
     on_event: EventSink,
     limits: codec.Limits,
+    reliability: Callable[[str], Reliability] | None = None,
+    scores: Mapping[str, float] | None = None,
 ) -> NodeApi:
     """`hive.api.node.*`: list, get, approve, reject, delete, and the verbs of label,
     token, prune and cordon/drain, each served from its own module."""
@@ -60,6 +64,8 @@ def node_api(
         max_payload=max_payload,
         on_delete=on_delete,
         limits=limits,
+        reliability=reliability,
+        scores=scores,
     )
     labels = LabelApi(registry, requester_id=requester_id, on_event=on_event, limits=limits)
     ops = NodeOps(registry, requester_id=requester_id, limits=limits)

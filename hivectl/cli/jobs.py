@@ -40,6 +40,7 @@ from hivectl.cli.jobspec import (
     GpuOption,
     ImageArgument,
     MemoryOption,
+    MinReliabilityOption,
     NameOption,
     NetworkOption,
     OutputsOption,
@@ -83,6 +84,7 @@ SPEC_FLAG_NAMES = {"image", "engine", "name", "target", "cpu", "memory", "disk",
     "timeout",
     "queue_timeout",
     "retries",
+    "min_reliability",
     "network",
 }
 JobIdOption = Annotated[
@@ -125,6 +127,7 @@ def submit(
     timeout: TimeoutOption = None,
     queue_timeout: QueueTimeoutOption = None,
     retries: RetriesOption = None,
+    min_reliability: MinReliabilityOption = None,
     network: NetworkOption = None,
     outputs: OutputsOption = None,
     wait: Annotated[
@@ -174,6 +177,7 @@ def submit(
     hivectl job submit --engine process -- uname -a
     hivectl job submit --cpu 500m --memory 512MiB -e MODE=fast -l zone=eu-1 python:3 -- python -V
     hivectl job submit --target all --engine process -- df -h
+    hivectl job submit --min-reliability 0.95 --engine process -- ./long-simulation
     hivectl job submit -f job.yaml --count 3 --id-only
     hivectl job submit -f jobs.yaml --no-wait -o json
     ```

@@ -52,6 +52,7 @@ class SpecFlags:
     timeout: str | None = None
     queue_timeout: str | None = None
     retries: int | None = None
+    min_reliability: float | None = None
     network: Network | None = None
     outputs: list[str] = field(default_factory=list)
 
@@ -76,6 +77,7 @@ def flag_fields(flags: SpecFlags, engine: Engine) -> dict[str, Any]:
         "timeout": flags.timeout,
         "queue_timeout": flags.queue_timeout,
         "retries": flags.retries,
+        "min_reliability": flags.min_reliability,
         "network": flags.network.value if flags.network else None,
         "outputs": flags.outputs or None,
     }
@@ -216,6 +218,18 @@ QueueTimeoutOption = Annotated[
 ]
 RetriesOption = Annotated[
     int | None, _opt("--retries", metavar="N", help="New attempts after a failure (0).")
+]
+MinReliabilityOption = Annotated[
+    float | None,
+    typer.Option(
+        "--min-reliability",
+        metavar="SCORE",
+        min=0.0,
+        max=1.0,
+        show_default=False,
+        help="Run only on nodes whose reliability (node describe) is at least this, 0 to 1 "
+        "(default 0: any; a new node scores 0.9).",
+    ),
 ]
 NetworkOption = Annotated[
     Network | None,

@@ -44,6 +44,7 @@ NOUNS = {
     "devstack": "hivectl.cli.devstack",
     "config": "hivectl.cli.config",
     "events": "hivectl.cli.events",
+    "usage": "hivectl.cli.usage",
     "user": "hivectl.cli.users",
 }
 

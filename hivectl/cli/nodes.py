@@ -68,7 +68,7 @@ app = noun_app(
 # the one row without resources, listed first) and DISK wait for `-o wide`. LABELS come
 # last, as kubectl's --show-labels has them, so a long label list widens its own row only.
 COLUMNS = ["ID", "APPROVAL", "STATUS", "CPU", "MEMORY", "GPU", "LABELS"]
-WIDE_COLUMNS = ["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU"]
+WIDE_COLUMNS = ["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU", "RELIAB"]
 # REASON (why PENDING or REJECTED: free text) comes last of all, after the labels.
 WIDE_COLUMNS += ["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS", "REASON"]
 
@@ -170,6 +170,7 @@ def node_row(node: NodeView, wide: bool, now: datetime) -> list[str]:
         node.approval.value,
         status_cell(node),
         *(cpu, memory, disk, gpu),
+        f"{node.reliability.score:.2f}" if node.reliability else NONE,
         node.info.version if node.info else NONE,
         node.info.arch if node.info else NONE,
         age(node.last_heartbeat, now),
@@ -264,6 +265,7 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ("Version", [node_info.version if node_info else NONE]),
         ("Executors", executor_lines(node_info)),
         ("Max executions", [execution_limit(node)]),
+        *([("Reliability", [reliability_text(node)])] if node.type is NodeType.COMPUTE else []),
     ]
     lines = _field_lines(fields)
     lines += ["Resources:", *_indent(resource_table(node))]
@@ -278,6 +280,15 @@ def describe_lines(node: NodeView, now: datetime) -> list[str]:
         ]
     )
     return lines
+
+
+def reliability_text(node: NodeView) -> str:
+    """`0.82 (2 completed, 0 failed by the node, 1 lost)`: the score placement uses."""
+    record = node.reliability
+    if record is None:
+        return NONE
+    counts = f"{record.completed} completed, {record.node_failed} failed by the node"
+    return f"{record.score:.2f} ({counts}, {record.lost} lost)"
 
 
 def own_label_lines(node: NodeView) -> list[str]:

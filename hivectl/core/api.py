@@ -32,6 +32,7 @@ from hivectl.core.models import (
     ShortText,
     register_messages,
 )
+from hivectl.core.reliability import Reliability
 
 # The header on every API request that names the operator who sends it (`actor` in
 # hivectl.toml, HIVE_ACTOR, else <os user>@<hostname>). What the client claims: the NATS
@@ -72,6 +73,9 @@ class NodeView(Model):
     cordoned: Annotated[bool, Strict()] = False
     cordon_reason: Reason = ""
     drain: Drain | None = None
+    # Its record of work that ended there (node get; node list when the requester knows
+    # one): placement prefers higher scores and keeps jobs off nodes below their minimum.
+    reliability: Reliability | None = None
 
     @property
     def draining(self) -> bool:

@@ -36,6 +36,7 @@ from hivectl.core.models import (
     Message,
     Model,
     NodeId,
+    NonNegFloat,
     NonNegInt,
     Reason,
     ShortText,
@@ -101,6 +102,13 @@ EXEC_TERMINAL = frozenset(
 )
 
 
+class Measured(Model):
+    """What a node measured of one execution; None where its executor cannot tell."""
+
+    cpu_seconds: NonNegFloat | None = None  # user + system time of the job's processes
+    peak_memory: NonNegInt | None = None  # bytes: the largest resident set seen
+
+
 class Execution(Model):
     exec_id: ExecId
     job_id: JobId
@@ -115,6 +123,7 @@ class Execution(Model):
     ended_at: datetime | None = None
     notice: Reason = ""  # what a node's limit cut (its log, its outputs)
     epoch: NonNegInt = 0  # as Job.epoch, for this execution's own record
+    measured: Measured | None = None  # what its node measured of it, once it ended
 
 
 class Job(Model):
@@ -215,6 +224,8 @@ class ExecUpdate(Message):
     exit_code: int | None = None
     error: Reason = ""
     notice: Reason = ""  # what a node's limit cut (its log, its outputs)
+    # On the final update: what the node measured of the execution (older nodes: none).
+    measured: Measured | None = None
 
 
 # -- hivectl <-> requester ---------------------------------------------------------------

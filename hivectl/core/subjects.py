@@ -69,6 +69,11 @@ class Subjects:
     def logs(self, job_id: str, exec_id: str) -> str:
         return f"{self.prefix}.logs.{job_id}.{exec_id}"
 
+    def usage(self, node_id: str = "*") -> str:
+        """`hive.usage.<node>`: one record per ended execution, into HIVE_USAGE. Only
+        requesters publish here (a node's role may not): a node cannot write its own."""
+        return f"{self.prefix}.usage.{node_id}"
+
     def node_events(self, node_id: str = "*") -> str:
         return f"{self.prefix}.events.node.{node_id}"
 
@@ -168,6 +173,10 @@ class Subjects:
     @property
     def logs_stream(self) -> str:
         return f"{self._ident.upper()}_LOGS"
+
+    @property
+    def usage_stream(self) -> str:
+        return f"{self._ident.upper()}_USAGE"
 
     @property
     def events_stream(self) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from hivectl.core.jobs import ExecState, JobSpec
+from hivectl.core.jobs import ExecState, JobSpec, Measured
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 
@@ -53,6 +53,7 @@ class Outcome:
     cancelled: bool = False
     results: Path | None = None  # a tar.gz of the spec's outputs, when it asked for any
     notice: str = ""  # what a node limit cut (outputs), for the user
+    measured: Measured | None = None  # what the executor measured of the run
 
 
 class Executor(Protocol):

@@ -9,7 +9,8 @@ finds its containers again.
 The docker SDK blocks, so short calls go through `asyncio.to_thread`. The two calls
 that last as long as the job (the attached output stream, then `wait`) run in one
 dedicated thread per container instead: in the default pool they would starve every
-other `to_thread` user once a handful of jobs ran.
+other `to_thread` user once a handful of jobs ran; so does the stats stream from which
+the final update's CPU time comes (dockerstats.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from hivectl.core.config import DockerExecutorSettings
 from hivectl.core.jobs import ExecState, JobSpec
 from hivectl.core.subjects import CONTAINER_LABEL_EXEC, CONTAINER_LABEL_JOB, CONTAINER_LABEL_NODE
 from nodeagent.executors import ChunkReader, ExecutorError, JobRun, Outcome, TarBuilder, watch
+from nodeagent.executors.dockerstats import StatsSampler
 
 log = logging.getLogger("hive.nodeagent")
 
@@ -171,6 +173,8 @@ class DockerExecutor:
         except _DOCKER_ERRORS as exc:
             raise ExecutorError(f"cannot start the container: {_short(exc)}") from None
         await job.state(ExecState.RUNNING)
+        sampler = StatsSampler(client, container.id, f"hive-stats-{job.exec_id}")
+        sampler.start()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
         threading.Thread(
@@ -179,7 +183,11 @@ class DockerExecutor:
             name=f"hive-docker-{job.exec_id}",
             daemon=True,
         ).start()
-        return await watch(done, job, lambda: asyncio.to_thread(_kill, container), ran_for=ran_for)
+        outcome = await watch(
+            done, job, lambda: asyncio.to_thread(_kill, container), ran_for=ran_for
+        )
+        outcome.measured = sampler.finish()
+        return outcome
 
 
 def _ran_for(started_at: str) -> float:

@@ -9,7 +9,8 @@ whose operator trusts every job submitter. What it does give:
 - a fresh work dir `<work_dir>/<exec_id>`, its cwd and HOME, removed once outputs
   are collected; a spec workdir is taken relative to it and may not escape it;
 - an environment with nothing of the agent's: PATH, HOME, LANG, and the spec's env;
-- rlimits: RLIMIT_AS from the memory request, RLIMIT_NOFILE 1024, no core dumps.
+- rlimits: RLIMIT_AS from the memory request, RLIMIT_NOFILE 1024, no core dumps;
+- its CPU time and peak memory, from the kernel's account when it is reaped (child.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import psutil
 
 from hivectl.core.jobs import ExecState, JobSpec
 from nodeagent.executors import ExecutorError, JobRun, Outcome, TarBuilder, watch
+from nodeagent.executors.child import Child, spawn
 
 log = logging.getLogger("hive.nodeagent")
 
@@ -89,7 +91,7 @@ class ProcessExecutor:
         finally:
             await asyncio.to_thread(shutil.rmtree, root, True)
 
-    async def _spawn(self, job: JobRun, root: Path, cwd: Path) -> asyncio.subprocess.Process:
+    async def _spawn(self, job: JobRun, root: Path, cwd: Path) -> Child:
         env = {"PATH": PATH, "HOME": str(root), "LANG": "C.UTF-8", **job.spec.env}
         # Ours last, so a spec cannot set them; with HOME they also let a restarted
         # agent that lost its ledger find the job's processes (see kill_orphans).
@@ -100,21 +102,11 @@ class ProcessExecutor:
         if why is not None:
             raise ExecutorError(f"cannot start {job.spec.command[0]!r}: {why}")
         try:
-            return await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=cwd,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                preexec_fn=preexec,
-            )
+            return await spawn(argv, cwd=cwd, env=env, preexec=preexec)
         except OSError as exc:  # not found, not executable, rlimit refused
             raise ExecutorError(f"cannot start {job.spec.command[0]!r}: {exc.strerror}") from None
 
-    async def _supervise(self, job: JobRun, proc: asyncio.subprocess.Process) -> Outcome:
-        assert proc.stdout is not None and proc.stderr is not None
+    async def _supervise(self, job: JobRun, proc: Child) -> Outcome:
         readers = [
             asyncio.create_task(_pump(proc.stdout, "stdout", job)),
             asyncio.create_task(_pump(proc.stderr, "stderr", job)),
@@ -127,6 +119,8 @@ class ProcessExecutor:
             _, pending = await asyncio.wait(readers, timeout=READ_DRAIN)
             for task in pending:
                 task.cancel()
+            proc.close()
+        outcome.measured = proc.measured()
         if outcome.exit_code is not None and outcome.exit_code < 0:
             outcome.exit_code = 128 - outcome.exit_code  # killed by a signal, as a shell says
         return outcome
@@ -194,12 +188,12 @@ async def _pump(stream: asyncio.StreamReader, name: str, job: JobRun) -> None:
         await job.log(name, chunk)
 
 
-async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _terminate(proc: Child, grace: float) -> None:
     """SIGTERM to the process group, SIGKILL after `grace` if the leader lives on."""
     if grace > 0:
         _killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+            await asyncio.wait_for(proc.wait(), grace)
     _killpg(proc.pid, signal.SIGKILL)
 
 

@@ -23,6 +23,7 @@ from hivectl.core.jobs import (
     Job,
     JobState,
     JobType,
+    Measured,
 )
 from hivectl.core.models import utcnow
 
@@ -49,6 +50,7 @@ def advance(
     exit_code: int | None = None,
     error: str = "",
     notice: str = "",
+    measured: Measured | None = None,
 ) -> Execution | None:
     """`execution` moved to `state`; None unless that is a move forward (states never regress)."""
     if execution.state not in ACTIVE:
@@ -60,6 +62,8 @@ def advance(
         update["started_at"] = at
     if state not in ACTIVE:
         update.update(ended_at=at, exit_code=exit_code, error=error[:1024], notice=notice)
+        if measured is not None:
+            update["measured"] = measured
     return execution.model_copy(update=update)
 
 
@@ -205,7 +209,9 @@ def apply_updates(job: Job, updates: list[tuple[ExecUpdate, datetime]]) -> Job |
         state, error = update.state, update.error
         if state is ES.CANCELLED:  # nobody asked: the node stopped it as it shut down
             error = f"{STOPPED_BY_NODE}{error or 'no reason given'}"
-        moved = advance(executions[i], state, at, update.exit_code, error, update.notice)
+        moved = advance(
+            executions[i], state, at, update.exit_code, error, update.notice, update.measured
+        )
         if moved is not None:
             executions[i], moved_any = moved, True
     if not moved_any:  # applied before, maybe by a change whose job write failed

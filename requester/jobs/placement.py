@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from hivectl.core import labels as node_labels
 from hivectl.core.jobs import Job
 from hivectl.core.models import Approval, Health, NodeRecord, Resources
+from hivectl.core.reliability import NEW_NODE_SCORE, RELIABLE_TIER
 from hivectl.core.selectors import parse_selector
 from requester.jobs.executions import EVERY_NODE, tally
 from requester.jobs.ledger import Ledger, Room
 from requester.nodes.liveness import Liveness
 
 APPROVED, HEALTHY = Approval.APPROVED, Health.HEALTHY
+NO_SCORES: Mapping[str, float] = {}
+NO_TIERS: Mapping[str, int] = {}
 
 
 @dataclass(slots=True)
@@ -31,6 +34,7 @@ class Candidate:
     allocatable: Resources
     active: int = 0  # executions this requester has on the node now
     limit: int = 0  # the node's max_executions (0: none)
+    tier: int = RELIABLE_TIER  # its reliability score in tenths, rounded down
 
     def has_room(self, want: Room) -> bool:
         """One more execution of `want` fits: resources, and the node's limit."""
@@ -53,11 +57,17 @@ def candidates(
     liveness: Liveness,
     ledger: Ledger,
     labels: Callable[[NodeRecord], Mapping[str, str]] = merged_labels,
+    scores: Mapping[str, float] = NO_SCORES,
+    tiers: Mapping[str, int] = NO_TIERS,
 ) -> tuple[list[Candidate], str]:
     """Nodes the job fits on now; when there are none, a sentence saying why.
 
     Constraints match `labels(record)`: the merged labels (Hive's, the node's own, the
-    operator's), which the registry keeps built (`Registry.labels`)."""
+    operator's), which the registry keeps built (`Registry.labels`). `scores` are the
+    nodes' reliability (a node without one scores NEW_NODE_SCORE): a job's
+    `min_reliability` keeps it off the nodes below. `tiers` are the reliability tiers
+    of the nodes ranked below a new node's (few, in a healthy cluster): ranking puts
+    them after the others."""
     spec = job.spec
     approved = [r for r in records if r.approval is Approval.APPROVED]
     # A cordoned node (drained, or taken out of service) gets no new executions.
@@ -66,10 +76,16 @@ def candidates(
     able = [r for r in healthy if spec.engine.value in r.info.executors]
     selector = parse_selector(spec.selector)
     matching = [r for r in able if selector.matches(labels(r))] if selector else able
+
+    def score(node_id: str) -> float:
+        return scores.get(node_id, NEW_NODE_SCORE)
+
+    floor = spec.min_reliability
+    reliable = [r for r in matching if score(r.node_id) >= floor] if floor > 0 else matching
     active, report = ledger.active, liveness.resources
     # A node at its max_executions (as this requester counts what runs there) gets no
     # offer until one ends: it would only decline it.
-    not_full = [r for r in matching if not _at_limit(r, active[r.node_id])]
+    not_full = [r for r in reliable if not _at_limit(r, active[r.node_id])]
     want = Room.of(spec.resources)
     free = [(r, ledger.free(r.node_id, r.info.allocatable, report(r.node_id))) for r in not_full]
     fitting = [
@@ -77,10 +93,13 @@ def candidates(
         for r, f in free
         if f.fits(want)
     ]
+    if tiers:  # one lookup per node only while some node has lost or failed work
+        for c in fitting:
+            c.tier = tiers.get(c.node_id, RELIABLE_TIER)
     if fitting:
         return fitting, ""
-    stages = Stages(records, approved, schedulable, healthy, able, matching, not_full)
-    return [], stages.why_none(job, liveness, [f for _, f in free])
+    stages = Stages(records, approved, schedulable, healthy, able, matching, reliable, not_full)
+    return [], stages.why_none(job, liveness, [f for _, f in free], score)
 
 
 def _at_limit(record: NodeRecord, active: int) -> bool:
@@ -98,9 +117,12 @@ class Stages:
     healthy: list[NodeRecord]
     able: list[NodeRecord]
     matching: list[NodeRecord]
+    reliable: list[NodeRecord]  # scoring at least the job's min_reliability
     not_full: list[NodeRecord]  # not at their max_executions
 
-    def why_none(self, job: Job, liveness: Liveness, free: list[Room]) -> str:
+    def why_none(
+        self, job: Job, liveness: Liveness, free: list[Room], score: Callable[[str], float]
+    ) -> str:
         """Why no node fits, from the filter that removed the last nodes, with the
         nodes earlier filters removed counted by cause (`; also 1 PENDING, ...`)."""
         spec, engine = job.spec, job.spec.engine.value
@@ -134,12 +156,22 @@ class Stages:
             return _also(f"no {which}node matches {spec.selector}", earlier)
         earlier[f"not matching {spec.selector}"] = len(self.able) - len(self.matching)
         which = "eligible " if +earlier else ""
+        floor = spec.min_reliability
+        if not self.reliable:
+            best = max(score(r.node_id) for r in self.matching)
+            return _also(
+                f"no {which}node has reliability {floor:g} or more (best: {best:.2f}; "
+                "see hivectl node describe)",
+                earlier,
+            )
+        earlier[f"below reliability {floor:g}"] = len(self.matching) - len(self.reliable)
+        which = "eligible " if +earlier else ""
         if not self.not_full:
-            full = len(self.matching)
+            full = len(self.reliable)
             if full == 1:
                 return _also(f"the only {which}node is at its max_executions", earlier)
             return _also(f"{full} {which}nodes, all at their max_executions", earlier)
-        earlier["at their max_executions"] = len(self.matching) - len(self.not_full)
+        earlier["at their max_executions"] = len(self.reliable) - len(self.not_full)
         which = "eligible " if +earlier else ""
         return _also(shortfall(Room.of(spec.resources), free, which), earlier)
 
@@ -197,12 +229,12 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
     want = Room.of(job.spec.resources)
     counted = tally(job)
     used, avoid = Counter(counted.live), counted.avoid
-    # A heap of (executions of this job already there, failed there before, -score,
-    # executions there in all, id): each pick pops the best node and pushes it back with
-    # its new key while the job still fits, so a pick costs log(n) instead of re-scoring
-    # every node. The count of all executions breaks ties of score, so jobs that ask for
-    # nothing (every score equal) spread over the cluster instead of piling onto the
-    # nodes whose ids sort first.
+    # A heap of (executions of this job already there, failed there before, -reliability
+    # tier, -score, executions there in all, id): each pick pops the best node and pushes
+    # it back with its new key while the job still fits, so a pick costs log(n) instead
+    # of re-scoring every node. The count of all executions breaks ties of score, so
+    # jobs that ask for nothing (every score equal) spread over the cluster instead of
+    # piling onto the nodes whose ids sort first.
     heap = [_key(c, used, avoid) for c in fitting]
     heapq.heapify(heap)
     chosen: list[str] = []
@@ -219,5 +251,5 @@ def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candid
 
 def _key(
     c: Candidate, used: Counter[str], avoid: set[str]
-) -> tuple[int, bool, float, int, str, Candidate]:
-    return (used[c.node_id], c.node_id in avoid, -c.score(), c.active, c.node_id, c)
+) -> tuple[int, bool, int, float, int, str, Candidate]:
+    return (used[c.node_id], c.node_id in avoid, -c.tier, -c.score(), c.active, c.node_id, c)

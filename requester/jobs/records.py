@@ -28,11 +28,13 @@ from hivectl.core import codec
 from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobEvent
 from hivectl.core.models import utcnow
 from hivectl.core.subjects import Subjects
+from hivectl.core.usage import UsageRecord
 from requester.events import stamped
 from requester.jobs.executions import ACTIVE, node_stopped
 from requester.jobs.fenced import Change, Deposed, JobError
 from requester.kvview import KvView
 from requester.store import Store
+from requester.usage.records import usage_records
 
 log = logging.getLogger("hive.requester.jobs")
 # The scheduler and the execution-update consumer both write job records; give their
@@ -98,6 +100,8 @@ class JobStore:
         # Told of every job record taken in (our writes and other requesters'): the
         # leader places a job another requester stored at once.
         self.watchers: list[Callable[[Job], None]] = []
+        # Told of the usage record of every execution a write of ours ended.
+        self.usage: Callable[[list[UsageRecord]], None] | None = None
 
     async def start(self, js: Store) -> None:
         """Open (or create) the buckets and load every job before serving."""
@@ -148,6 +152,10 @@ class JobStore:
             for record in self.records()
             if record.state not in JOB_TERMINAL and (job := self.get(record.job_id)) is not None
         ]
+
+    def executions(self) -> list[Execution]:
+        """Every execution kept (not on a hot path: a new leader's one look)."""
+        return self._execs.values()
 
     def execution_states(self) -> Counter[ExecState]:
         """Every execution kept, by state (a metrics scrape: not on a hot path)."""
@@ -421,11 +429,14 @@ class JobStore:
             event = JobEvent(job_id=after.job_id, old=before.state, new=after.state)
             await self._publish_event(event.model_copy(update={"reason": after.reason}))
         was_active = {e.exec_id for e in before.executions if e.state in ACTIVE}
-        cancelled = [
-            e
-            for e in after.executions
-            if e.exec_id in was_active and e.state is ExecState.CANCELLED and not node_stopped(e)
-        ]
+        ended = (
+            [e for e in after.executions if e.exec_id in was_active and e.state not in ACTIVE]
+            if was_active
+            else []
+        )
+        if ended and self.usage is not None:
+            self.usage(usage_records(after, ended))
+        cancelled = [e for e in ended if e.state is ExecState.CANCELLED and not node_stopped(e)]
         if cancelled:
             self._on_cancel(cancelled, after.reason or f"job {after.state.lower()}")
 

@@ -20,6 +20,7 @@ import functools
 import itertools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -77,6 +78,8 @@ class Scheduler:
         interval: float,
         offer_timeout: float,
         parallel: int = PARALLEL,
+        scores: Mapping[str, float] = placement.NO_SCORES,
+        tiers: Mapping[str, int] = placement.NO_TIERS,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -85,6 +88,8 @@ class Scheduler:
         self._interval = interval
         self._offer_timeout = offer_timeout
         self._parallel = max(1, parallel)
+        self._scores = scores  # nodes' reliability, kept current by the usage feed
+        self._tiers = tiers  # and the ranking tiers of those below a new node's
         self._wanted: dict[str, None] = {}  # ordered set: first kicked, first placed
         self._node_changes: list[tuple[str, bool]] = []  # (node, lost?)
         self._gone: list[tuple[str, dict[str, str]]] = []  # (node, {exec: job}) it lacks
@@ -256,7 +261,13 @@ class Scheduler:
                 self._waiting.pop(job_id, None)
                 return
             fitting, why = placement.candidates(
-                job, self._registry.snapshot(), self._liveness, ledger, self._registry.labels
+                job,
+                self._registry.snapshot(),
+                self._liveness,
+                ledger,
+                self._registry.labels,
+                self._scores,
+                self._tiers,
             )
             fitting = [c for c in fitting if c.node_id not in attempt.tried]
             chosen = placement.plan(job, need, nodes, fitting)

@@ -31,6 +31,7 @@ from hivectl.core.models import (
     NodeType,
     OkReply,
 )
+from hivectl.core.reliability import Reliability
 from hivectl.core.selectors import Selector, SelectorError, parse_selector
 from requester.nodes import pages
 from requester.nodes.liveness import Liveness
@@ -52,8 +53,16 @@ class NodeApi(ApiRouter):
         max_payload: int,
         on_delete: Callable[[str], None],
         limits: codec.Limits,
+        reliability: Callable[[str], Reliability] | None = None,
+        scores: Mapping[str, float] | None = None,
     ) -> None:
         self._registry = registry
+        self._reliability = reliability
+        self._reliab_parts = (
+            None
+            if reliability is None
+            else pages.ReliabilityParts(reliability, {} if scores is None else scores)
+        )
         self._liveness = liveness
         self._max_reply = max_payload - REPLY_HEADROOM
         self._on_delete = on_delete
@@ -101,7 +110,9 @@ class NodeApi(ApiRouter):
                 continue
             if _wanted(request, selector, record.approval, health, registry.labels(record)):
                 resources, heard = liveness.resources(node_id), liveness.last_heard(node_id)
-                yield node_id, self._pages.view(record, health, resources, heard)
+                parts = self._reliab_parts
+                reliab = None if parts is None else parts.part(node_id)
+                yield node_id, self._pages.view(record, health, resources, heard, reliab)
 
     def _page(self, views: Iterator[tuple[str, bytes]], limit: int) -> bytes:
         """Up to `limit` views, as many as fit in one message; `next` says where to go on.
@@ -126,7 +137,10 @@ class NodeApi(ApiRouter):
             if request.id == me.node_id:
                 return NodeGetReply(node=me)
         record = self._record(request.id)
-        return NodeGetReply(node=self.view(record))
+        view = self.view(record)
+        if self._reliability is not None:
+            view.reliability = self._reliability(record.node_id)
+        return NodeGetReply(node=view)
 
     async def approve_node(self, data: bytes) -> Message:
         request = codec.decode(data, NodeApproveRequest, self._limits)

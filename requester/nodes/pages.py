@@ -20,9 +20,10 @@ import msgpack
 from hivectl.core import codec
 from hivectl.core.api import NodeListReply, NodeView
 from hivectl.core.models import PROTOCOL_VERSION, Health, NodeRecord, NodeResources, NodeType
+from hivectl.core.reliability import Reliability
 
 # A view's live fields, packed per page; the others come from the stored record.
-_LIVE_FIELDS = 3  # health, resources, last_heartbeat
+_LIVE_FIELDS = 4  # health, resources, last_heartbeat, reliability
 _NIL = codec.pack(None)
 # One packer, not one per value (msgpack.packb makes one each call). The event loop
 # is the only thread that lists nodes, so sharing it is safe.
@@ -49,6 +50,7 @@ def _pairs(data: dict[str, Any]) -> bytes:
 _KEY_HEALTH = codec.pack("health")
 _KEY_RESOURCES = codec.pack("resources")
 _KEY_HEARD = codec.pack("last_heartbeat")
+_KEY_RELIABILITY = codec.pack("reliability")
 _HEALTH = {health: codec.pack(health.value) for health in Health}
 
 
@@ -68,8 +70,10 @@ class NodePages:
         health: Health,
         resources: NodeResources | None,
         last_heard: float | None,
+        reliability: bytes | None = None,
     ) -> bytes:
-        """One node's view as a msgpack map: decoded, the same NodeView that `view()` makes."""
+        """One node's view as a msgpack map: decoded, the same NodeView that `view()`
+        makes; `reliability` packed (see `packed_reliability`)."""
         heard = _NIL if last_heard is None else _pack(_iso(last_heard))
         return b"".join(
             (
@@ -80,6 +84,8 @@ class NodePages:
                 self._resources_part(record.node_id, resources),
                 _KEY_HEARD,
                 heard,
+                _KEY_RELIABILITY,
+                _NIL if reliability is None else reliability,
             )
         )
 
@@ -114,6 +120,30 @@ class NodePages:
         part = codec.pack_model(resources)
         self._resources[node_id] = (resources, part)
         return part
+
+
+class ReliabilityParts:
+    """Packed Reliability views, made once per node and score: most nodes share the
+    new node's (no record), and a score changes only when work ends on its node."""
+
+    def __init__(
+        self, reliability: Callable[[str], Reliability], scores: Mapping[str, float]
+    ) -> None:
+        self._reliability = reliability
+        self._scores = scores  # the usage book's, kept current as work ends
+        self._packed: dict[str, tuple[float, bytes]] = {}
+        self._new = codec.pack_model(Reliability())
+
+    def part(self, node_id: str) -> bytes:
+        score = self._scores.get(node_id)
+        if score is None:
+            return self._new
+        cached = self._packed.get(node_id)
+        if cached is not None and cached[0] == score:
+            return cached[1]
+        packed = codec.pack_model(self._reliability(node_id))
+        self._packed[node_id] = (score, packed)
+        return packed
 
 
 def page(views: list[bytes], next_id: str) -> bytes:

@@ -322,6 +322,26 @@ async def test_process_job_completes_with_logs(manager_factory: Any, jobs: Jobs)
     assert manager.ledger.available == FULL
 
 
+async def test_a_process_jobs_final_update_says_what_it_used(
+    manager_factory: Any, jobs: Jobs
+) -> None:
+    """A job that keeps a core busy for about a second (in a child it waits for, as a
+    shell script's commands are) reports about a second of CPU; one that sleeps, none."""
+    await manager_factory()
+    busy = (
+        "python3 -c 'import time; t = time.process_time()\nwhile time.process_time() - t < 1: pass'"
+    )
+    offer, _ = await jobs.offer(process("sh", "-c", busy))
+    sleeper, _ = await jobs.offer(process("sleep", "1"))
+    used = (await jobs.final(offer.exec_id))[-1]
+    idle = (await jobs.final(sleeper.exec_id))[-1]
+    assert used.state == "COMPLETED" and used.measured is not None
+    assert used.measured.cpu_seconds is not None and 0.95 <= used.measured.cpu_seconds < 1.5
+    assert used.measured.peak_memory and used.measured.peak_memory > 1 << 20
+    assert idle.measured is not None and idle.measured.cpu_seconds is not None
+    assert idle.measured.cpu_seconds < 0.2
+
+
 async def test_process_env_is_cleaned(
     manager_factory: Any, jobs: Jobs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -501,6 +521,26 @@ async def test_docker_job_output_and_exit_code(
     assert logs[-1] == ("eof:3", b"")
     assert _hive_containers(docker_client) == []
     assert docker_manager.ledger.available == FULL
+
+
+@pytest.mark.docker
+async def test_a_docker_jobs_final_update_says_what_cpu_it_used(
+    docker_manager: Executions, jobs: Jobs, busybox_image: str
+) -> None:
+    """A container that keeps its one core busy for 3 s reports CPU time up to that (the
+    engine's stats are sampled about every second: a lower bound, and a loaded machine
+    gives it less than the core); a sleeper, next to none."""
+    script = "yes > /dev/null & sleep 3; kill $!"
+    offer, _ = await jobs.offer(
+        docker_spec(busybox_image, "sh", "-c", script, resources={"cpu": 1})
+    )
+    sleeper, _ = await jobs.offer(docker_spec(busybox_image, "sleep", "2"))
+    used = (await jobs.final(offer.exec_id, timeout=30))[-1]
+    idle = (await jobs.final(sleeper.exec_id, timeout=30))[-1]
+    assert used.state == "COMPLETED" and used.measured is not None, used
+    assert used.measured.cpu_seconds is not None and 0.3 <= used.measured.cpu_seconds <= 3.5
+    assert idle.measured is not None and idle.measured.cpu_seconds is not None
+    assert idle.measured.cpu_seconds < 0.3
 
 
 @pytest.mark.docker

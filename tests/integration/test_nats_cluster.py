@@ -46,6 +46,7 @@ HIVE_STREAMS = {
     S.exec_stream,
     S.logs_stream,
     S.events_stream,
+    S.usage_stream,
     S.object_stream(S.results_store),
 }
 

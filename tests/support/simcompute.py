@@ -17,7 +17,15 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from hivectl.core import auth, codec
-from hivectl.core.jobs import Cancel, ExecState, ExecUpdate, Offer, OfferReply, Withdraw
+from hivectl.core.jobs import (
+    Cancel,
+    ExecState,
+    ExecUpdate,
+    Measured,
+    Offer,
+    OfferReply,
+    Withdraw,
+)
 from hivectl.core.models import ErrorReply, Message, OkReply
 from hivectl.core.subjects import Subjects
 from tests.support.simnode import SimNode
@@ -135,6 +143,7 @@ class SimCompute(SimNode):
         exit_code: int | None = None,
         error: str = "",
         seq: int | None = None,
+        measured: Measured | None = None,
     ) -> None:
         """Report an execution state into HIVE_EXEC, as the node agent does."""
         if seq is None:
@@ -148,6 +157,7 @@ class SimCompute(SimNode):
             state=state,
             exit_code=exit_code,
             error=error,
+            measured=measured,
         )
         await self.nc.jetstream().publish(
             self.subjects.node_exec(self.node_id),

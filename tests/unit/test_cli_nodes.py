@@ -267,7 +267,7 @@ def test_list_wide_adds_type_disk_version_arch_and_heartbeat_age(
     assert result.exit_code == 0, result.stderr
     rows = table(result.stdout)
     assert rows[0] == [
-        *["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU"],
+        *["ID", "TYPE", "APPROVAL", "STATUS", "CPU", "MEMORY", "DISK", "GPU", "RELIAB"],
         *["VERSION", "ARCH", "LAST HEARTBEAT", "LABELS", "REASON"],
     ]
     assert rows[1][:2] == ["zz-requester", "Requester"]

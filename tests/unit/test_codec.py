@@ -66,6 +66,7 @@ from hivectl.core.jobs import (
     JobStopRequest,
     JobSubmitReply,
     JobSubmitRequest,
+    Measured,
     Offer,
     OfferReply,
     ResourceRequest,
@@ -103,6 +104,14 @@ from hivectl.core.tokens import (
     TokenListReply,
     TokenListRequest,
     TokenRevokeRequest,
+)
+from hivectl.core.usage import (
+    Fault,
+    UsageBy,
+    UsageRecord,
+    UsageReportReply,
+    UsageReportRequest,
+    UsageRow,
 )
 from hivectl.core.users import (
     Role,
@@ -339,6 +348,7 @@ SAMPLES: dict[str, Message] = {
         state=ExecState.FAILED,
         exit_code=137,
         error="killed after its 30s timeout",
+        measured=Measured(cpu_seconds=29.71, peak_memory=3 * 2**30),
     ),
     "job_submit": JobSubmitRequest(spec=_spec()),
     "job_submit_reply": JobSubmitReply(job_id=JOB_ID),
@@ -401,6 +411,35 @@ SAMPLES: dict[str, Message] = {
         reason="left the team",
         at=T0,
         actor="root@console",
+    "usage_record": UsageRecord(
+        exec_id=EXEC_ID,
+        job_id=JOB_ID,
+        node_id="gpu-worker-07",
+        user="alice",
+        state=ExecState.FAILED,
+        fault=Fault.NODE,
+        started_at=T0,
+        ended_at=T0 + timedelta(seconds=30),
+        wall_seconds=30.0,
+        cpu=2.0,
+        memory=4 * 2**30,
+        gpu=1,
+        measured=Measured(cpu_seconds=29.71),
+    ),
+    "usage_report": UsageReportRequest(user="alice", node="gpu", since=T0, by=UsageBy.NODE),
+    "usage_report_reply": UsageReportReply(
+        rows=[
+            UsageRow(
+                node="gpu-worker-07",
+                executions=3,
+                completed=2,
+                lost=1,
+                wall_seconds=90.0,
+                cpu_seconds=180.0,
+            )
+        ],
+        since=T0,
+        until=T0 + timedelta(hours=2),
     ),
 }
 

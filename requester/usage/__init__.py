@@ -1,0 +1,1 @@
+"""Usage accounting: records of ended executions, their totals, the nodes' reliability."""
