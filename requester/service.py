@@ -29,6 +29,7 @@ from requester.events import Events
 from requester.identity import cluster_identity
 from requester.jobs.api import JobApi
 from requester.jobs.consumer import ExecConsumer
+from requester.jobs.fairshare import FairShare
 from requester.jobs.records import JobStore
 from requester.jobs.scheduler import Scheduler
 from requester.jobs.streams import ensure_job_streams
@@ -43,6 +44,7 @@ from requester.nodes.registry import Registry
 from requester.nodes.tokens import Tokens
 from requester.ownnats import OwnNats
 from requester.presence import Presence, own_record, requester_info
+from requester.quotas import QuotaApi, QuotaBook
 from requester.routing import ACTOR
 from requester.store import Store, open_store
 
@@ -70,6 +72,8 @@ class Requester:
         self.events: Events | None = None
         self.registry: Registry | None = None
         self.tokens: Tokens | None = None
+        self.quotas = QuotaBook(self.subjects.quotas_bucket)
+        self.quota_api: QuotaApi | None = None
         self.pruner: Pruner | None = None
         self.membership: Membership | None = None
         self.node_api: NodeApi | None = None
@@ -156,9 +160,11 @@ class Requester:
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.tokens = Tokens(self.subjects.tokens_bucket, self.events.token, limits)
         await self.tokens.start(js)
+        await self.quotas.start(js)
+        self.quota_api = QuotaApi(self.quotas, limits=limits)
         self._build_handlers()
         await self._start_jobs(js)
-        for api in (self.node_api, self.job_api):
+        for api in (self.node_api, self.job_api, self.quota_api):
             if api is not None:
                 api.store_trouble = self.own_nats.trouble
         await self._subscribe()
@@ -225,15 +231,23 @@ class Requester:
         await ensure_job_streams(js, self.subjects)
         self.link = NodeLink(self.nc, self.subjects, self.registry, cfg.offer_timeout)
         self.jobs = JobStore(self.nc, self.subjects, on_cancel=self.link.cancel)
+        self.jobs.owners.share = FairShare(cfg.scheduler.fair_share_half_life)
         parts = (self.nc, self.subjects, self.registry, self.liveness, self.jobs, self.link)
         self.duties = duties = LeaderDuties(cfg, *parts, started_at=self._started_at)
         duties.pruner = self.pruner
+        duties.quotas = self.quotas.effective
         self.jobs.watchers.append(duties.job_seen)
         await self.jobs.start(js)
         self.jobs.follow()  # until this requester leads (duties.start)
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.job_api = JobApi(
-            self.jobs, kick=self._created, max_payload=self._max_payload(), limits=limits
+            self.jobs,
+            kick=self._created,
+            max_payload=self._max_payload(),
+            limits=limits,
+            quotas=self.quotas.effective,
+            queue=lambda: self.duties.queued() if self.duties is not None else None,
+            forward=wiring.leader_asker(self.nc, self.subjects, cfg.store_deadline),
         )
 
     async def _lead_when_elected(self, js: Store) -> None:
@@ -274,7 +288,7 @@ class Requester:
     async def _subscribe(self) -> None:
         assert self.nc is not None and self.membership is not None and self.node_api is not None
         subs = await wiring.subscribe(
-            self.nc, self.subjects, self.membership, self.node_api, self.job_api
+            self.nc, self.subjects, self.membership, self.node_api, self.job_api, self.quota_api
         )
         self._subs.extend(subs)
 
@@ -317,7 +331,7 @@ class Requester:
             await self.presence.close()
         if self.duties is not None:
             await self.duties.stop()
-        for part in (self.jobs, self.link, self.tokens, self.registry):
+        for part in (self.jobs, self.link, self.tokens, self.quotas, self.registry):
             if part is not None:
                 await part.close()
         if self.nc is not None and not self.nc.is_closed:

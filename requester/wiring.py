@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from hivectl.core import codec
 from hivectl.core.api import NodeView
 from hivectl.core.subjects import Subjects
-from requester.jobs.api import JobApi
+from requester.jobs.api import Forward, JobApi
+from requester.jobs.fenced import JobError
 from requester.nodes.api import NodeApi
 from requester.nodes.labels import LabelApi
 from requester.nodes.liveness import Liveness
@@ -20,6 +23,7 @@ from requester.nodes.nodeops import NodeOps
 from requester.nodes.prune import Pruner
 from requester.nodes.registry import EventSink, Registry
 from requester.nodes.tokens import Tokens
+from requester.quotas import QuotaApi
 
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
 NODE_PENDING_MSGS = 1_000_000
@@ -56,8 +60,28 @@ def node_api(
     return api
 
 
+def leader_asker(nc: Client, s: Subjects, timeout: float) -> Forward:
+    """A request only the leader answers (its queue), sent on by one that does not lead."""
+
+    async def ask(data: bytes) -> bytes:
+        try:
+            msg = await nc.request(s.leader_queue, data, timeout=timeout)
+        except NatsTimeoutError:
+            raise JobError(
+                "no_leader", "no requester leads the cluster at the moment; try again"
+            ) from None
+        return msg.data
+
+    return ask
+
+
 async def subscribe(
-    nc: Client, s: Subjects, m: Membership, nodes: NodeApi, jobs: JobApi | None
+    nc: Client,
+    s: Subjects,
+    m: Membership,
+    nodes: NodeApi,
+    jobs: JobApi | None,
+    quotas: QuotaApi | None = None,
 ) -> list[Subscription]:
     """Requests go to one requester of the group; every requester hears publishes."""
     queue = s.requester_queue
@@ -81,5 +105,16 @@ async def subscribe(
     ]
     if jobs is not None:
         subs.append(await nc.subscribe(s.api("job", "*"), queue=queue, cb=jobs.on_request))
+        job_api = jobs
+
+        async def leader_queue(msg: Msg) -> None:
+            reply = await job_api.on_leader_queue(msg.data)
+            if reply is not None and msg.reply:
+                await msg.respond(reply)
+
+        # Every requester hears it; the leader alone answers.
+        subs.append(await nc.subscribe(s.leader_queue, cb=leader_queue))
+    if quotas is not None:
+        subs.append(await nc.subscribe(s.api("quota", "*"), queue=queue, cb=quotas.on_request))
     await nc.flush()
     return subs

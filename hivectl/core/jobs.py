@@ -137,6 +137,9 @@ class Job(Model):
     # The nodes its executions ran on (not refused), in replies that carry no executions
     # (`job list`); never stored.
     nodes: Annotated[list[NodeId], Field(max_length=1024)] = Field(default_factory=list)
+    # Its place in the queue of waiting work (1: placed next), in `job list --queued`
+    # replies; 0 elsewhere, never stored.
+    position: NonNegInt = 0
 
     def tally(self) -> dict[ExecState, int]:
         """Executions by state: `counts` when the reply carried it, else counted here."""
@@ -237,8 +240,12 @@ class JobSubmitReply(Message):
 
 
 class JobListRequest(Message):
+    """A page of jobs, newest first; with `queued`, the jobs waiting to be placed, in
+    the order the leader's scheduler places them (each with its `position`)."""
+
     kind: ClassVar[str] = "job_list"
     state: JobState | None = None
+    queued: Annotated[bool, Strict()] = False
     after: ShortText = ""
     limit: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1000
 

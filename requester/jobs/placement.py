@@ -164,7 +164,7 @@ def shortfall(want: Room, free: list[Room], which: str = "") -> str:
         needed = getattr(want, name)
         largest = max(getattr(f, name) for f in free)
         if needed > largest + (1e-9 if name == "cpu" else 0):
-            asked, most = _amount(needed, unit), _amount(largest, unit)
+            asked, most = amount(needed, unit), amount(largest, unit)
             if len(free) == 1:
                 return f"the only {which}node has {most} free, not {asked}"
             return f"{len(free)} {which}nodes, none with {asked} free (most free: {most})"
@@ -178,7 +178,7 @@ def _size(value: float) -> str:
     return f"{int(value)}B"
 
 
-def _amount(value: float, unit: str) -> str:
+def amount(value: float, unit: str) -> str:
     if unit in ("memory", "disk"):
         return f"{_size(value)} {unit}"
     return f"{value:g} {unit}" + ("" if value == 1 else "s")

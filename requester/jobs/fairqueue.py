@@ -1,0 +1,111 @@
+"""The order in which the scheduler looks at waiting work: priority, fair share, FIFO.
+
+Highest priority first; within a priority, the owner whose recent usage is least (its
+rank, from FairShare, asked afresh at every pick, so owners take turns as their usage
+grows); within an owner, the job submitted first. Jobs sit in one heap per (priority,
+owner), so a pick costs the number of priorities in use plus the owners at the top one
+(a few), and a log of the owner's jobs — never a pass over every waiting job.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from hivectl.core.jobs import Job
+
+Rank = Callable[[str], tuple[float, float]]  # owner -> its fair-share key (less goes first)
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """What decides a job's turn: its priority, its owner, and its submit order."""
+
+    priority: int
+    owner: str
+    order: tuple[float, str]  # (created, job id): first come, first served
+
+    @classmethod
+    def of(cls, job: Job) -> Place:
+        return cls(job.spec.priority, job.owner, (job.created_at.timestamp(), job.job_id))
+
+
+def sort_key(place: Place, rank: Rank) -> tuple[int, tuple[float, float], tuple[float, str]]:
+    """The queue's order as one key, for listing every waiting job at once."""
+    return (-place.priority, rank(place.owner), place.order)
+
+
+class FairQueue:
+    def __init__(self, rank: Rank) -> None:
+        self._rank = rank
+        self._where: dict[str, Place] = {}
+        # priority -> owner -> heap of (order, job id); stale entries (discarded, or
+        # pushed again) are dropped when they reach the top.
+        self._levels: dict[int, dict[str, list[tuple[tuple[float, str], str]]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._where))
+
+    def push(self, job_id: str, place: Place) -> None:
+        if self._where.get(job_id) == place:
+            return
+        self._where[job_id] = place
+        owners = self._levels.setdefault(place.priority, {})
+        heapq.heappush(owners.setdefault(place.owner, []), (place.order, job_id))
+
+    def discard(self, job_id: str) -> None:
+        self._where.pop(job_id, None)
+
+    def pop(self, skip: Callable[[str], bool] | None = None) -> str | None:
+        """The next job in order that `skip` does not pass over (taken out); None when
+        there is none. Those passed over stay queued where they were."""
+        passed: list[tuple[str, Place]] = []
+        try:
+            while (taken := self._take()) is not None:
+                if skip is None or not skip(taken[0]):
+                    return taken[0]
+                passed.append(taken)
+            return None
+        finally:
+            for job_id, place in passed:
+                self.push(job_id, place)
+
+    def _take(self) -> tuple[str, Place] | None:
+        while self._levels:
+            top = max(self._levels)
+            owners = self._levels[top]
+            best: tuple[tuple[float, float], str] | None = None
+            for owner in list(owners):
+                if not self._clean(top, owner, owners[owner]):
+                    del owners[owner]
+                    continue
+                key = (self._rank(owner), owner)
+                if best is None or key < best:
+                    best = key
+            if best is None:
+                del self._levels[top]
+                continue
+            _, job_id = heapq.heappop(owners[best[1]])
+            return job_id, self._where.pop(job_id)
+        return None
+
+    def _clean(self, priority: int, owner: str, heap: list[tuple[tuple[float, str], str]]) -> bool:
+        """Drop stale entries from the heap's top; False when nothing live is left."""
+        while heap:
+            order, job_id = heap[0]
+            place = self._where.get(job_id)
+            if place is not None and (place.priority, place.owner, place.order) == (
+                priority,
+                owner,
+                order,
+            ):
+                return True
+            heapq.heappop(heap)
+        return False

@@ -1,0 +1,81 @@
+"""Whose turn it is: the scheduler's queues of work, each in the fair queue's order.
+
+- wanted: jobs to look at now (kicked, found by the tick, or let back in);
+- waiting: jobs that found no room, let back in when executions end;
+- held: per owner, jobs its running quota holds, let back in when its executions end.
+
+A job may sit in wanted and in one of the others at once: wanted says "look again",
+the others say why it last could not start.
+
+Backfill rule: plain best-effort backfill. A job that does not fit never blocks the
+queue: the scheduler goes on to the next one, so a small job that fits runs beside a
+big one that waits for room. When executions end, the best waiting jobs look again,
+as many as ended plus `spare` more, so the room reaches the small jobs behind a big one
+that still does not fit. What remains: a big job can wait as long as smaller work keeps
+taking the room it would need, until its queue timeout fails it; higher priority does
+not reserve room for it. Raise its priority or give the small work a quota to bound
+that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hivectl.core.jobs import Job
+from requester.jobs.fairqueue import FairQueue, Place, Rank
+
+
+class Turns:
+    def __init__(self, rank: Rank, spare: int) -> None:
+        self._rank = rank
+        self._spare = spare
+        self.wanted = FairQueue(rank)
+        self.waiting = FairQueue(rank)
+        self.held: dict[str, FairQueue] = {}
+
+    def want(self, job: Job) -> None:
+        self.wanted.push(job.job_id, Place.of(job))
+
+    def next(self, busy: Callable[[str], bool]) -> str | None:
+        """The next wanted job that `busy` does not pass over, taken out."""
+        return self.wanted.pop(busy)
+
+    def no_room(self, job: Job) -> None:
+        self.waiting.push(job.job_id, Place.of(job))
+
+    def over_quota(self, job: Job) -> None:
+        self.waiting.discard(job.job_id)
+        self.held.setdefault(job.owner, FairQueue(self._rank)).push(job.job_id, Place.of(job))
+
+    def settled(self, job_id: str, owner: str | None) -> None:
+        """Placed in full, finished or gone: it waits for nothing."""
+        self.waiting.discard(job_id)
+        held = None if owner is None else self.held.get(owner)
+        if owner is not None and held is not None:
+            held.discard(job_id)
+            if not held:
+                del self.held[owner]
+
+    def room_freed(self, executions: int, busy: Callable[[str], bool]) -> list[str]:
+        """Executions ended: the jobs that found no room to look at again, best first."""
+        back: list[str] = []
+        skip = busy  # those looked at already, or being placed, keep their place
+        for _ in range(executions + self._spare):
+            job_id = self.waiting.pop(lambda j: j in self.wanted or skip(j))
+            if job_id is None:
+                break
+            back.append(job_id)
+        return back
+
+    def quota_freed(self, owner: str, executions: int) -> list[str]:
+        """The owner's executions ended: as many of its held jobs to look at again."""
+        held = self.held.get(owner)
+        back: list[str] = []
+        while held is not None and len(back) < executions:
+            job_id = held.pop()
+            if job_id is None:
+                break
+            back.append(job_id)
+        if held is not None and not held:
+            del self.held[owner]
+        return back
