@@ -43,6 +43,7 @@ from hivectl.cli.jobspec import (
     NameOption,
     NetworkOption,
     OutputsOption,
+    PriorityOption,
     QueueTimeoutOption,
     RetriesOption,
     SpecFlags,
@@ -53,11 +54,14 @@ from hivectl.cli.jobspec import (
 from hivectl.cli.jobview import (
     COLUMNS,
     EXEC_COLUMNS,
+    QUEUE_COLUMNS,
+    QUEUE_WIDE_COLUMNS,
     WIDE_COLUMNS,
     cut_short,
     describe_lines,
     exec_row,
     job_row,
+    queue_row,
     shown_executions,
 )
 from hivectl.cli.output import OutputFormat, counted, print_data, write_lines
@@ -83,6 +87,7 @@ SPEC_FLAG_NAMES = {"image", "engine", "name", "target", "cpu", "memory", "disk",
     "timeout",
     "queue_timeout",
     "retries",
+    "priority",
     "network",
 }
 JobIdOption = Annotated[
@@ -125,6 +130,7 @@ def submit(
     timeout: TimeoutOption = None,
     queue_timeout: QueueTimeoutOption = None,
     retries: RetriesOption = None,
+    priority: PriorityOption = None,
     network: NetworkOption = None,
     outputs: OutputsOption = None,
     wait: Annotated[
@@ -174,6 +180,7 @@ def submit(
     hivectl job submit --engine process -- uname -a
     hivectl job submit --cpu 500m --memory 512MiB -e MODE=fast -l zone=eu-1 python:3 -- python -V
     hivectl job submit --target all --engine process -- df -h
+    hivectl job submit --priority 80 --cpu 4 python:3 -- python train.py
     hivectl job submit -f job.yaml --count 3 --id-only
     hivectl job submit -f jobs.yaml --no-wait -o json
     ```
@@ -221,20 +228,41 @@ def list_jobs(
             show_default=False,
         ),
     ] = None,
+    queued: Annotated[
+        bool,
+        typer.Option(
+            "--queued",
+            help="Only the jobs waiting to be placed, in the order they will be, with "
+            "their position and why they wait.",
+        ),
+    ] = False,
 ) -> None:
-    """List jobs, newest first.
+    """List jobs, newest first; with `--queued`, the waiting ones in queue order.
 
     EXECUTIONS counts the job's executions by state, e.g. `1/1 COMPLETED`.
+
+    The queue: higher priority first; within a priority, the owner whose recent
+    usage (decayed over `[scheduler] fair_share_half_life`) is least; then first
+    submitted. A job that does not fit never holds up the ones behind it (backfill).
+    REASON says why each waits: its owner's quota, no node with room, or its turn.
 
     **Examples**
 
     ```
     hivectl job list
     hivectl job list --filter-state running -o wide
+    hivectl job list --queued
     hivectl job list -o json | jq -r '.[].job_id'
     ```
     """
     fmt = output_format(ctx, output)
+    if queued:
+        if filter_state is not None:
+            fail("--queued lists the waiting jobs; it takes no --filter-state", EXIT_USAGE)
+        waiting = run_api(ctx, lambda api: api.client.list(queued=True), status="Listing queue")
+        listing = Listing("waiting jobs", QUEUE_COLUMNS, QUEUE_WIDE_COLUMNS, queue_row)
+        listing.show(waiting, fmt, no_headers=no_headers)
+        return
     jobs = run_api(ctx, lambda api: api.client.list(filter_state), status="Listing jobs")
     jobs.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
     Listing("jobs", COLUMNS, WIDE_COLUMNS, job_row).show(jobs, fmt, no_headers=no_headers)

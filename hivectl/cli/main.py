@@ -44,6 +44,8 @@ NOUNS = {
     "devstack": "hivectl.cli.devstack",
     "config": "hivectl.cli.config",
     "events": "hivectl.cli.events",
+    # `user quota` for now; the users noun (add, list, remove) joins it here.
+    "user": "hivectl.cli.quotas",
 }
 
 # Root options that take a value: the word after them is not the noun.

@@ -261,10 +261,11 @@ class AsyncClient:
         request = JobGetRequest(id=check_prefix(job_id))
         return (await self.call("job", "get", request, JobGetReply)).job
 
-    async def list(self, state: JobState | str | None = None) -> Jobs:
+    async def list(self, state: JobState | str | None = None, *, queued: bool = False) -> Jobs:
         """Every job (in `state`, if given), newest first, from every page; each with
-        its executions counted (`Job.tally()`) rather than listed."""
-        query = JobListRequest(state=JobState(state) if state is not None else None)
+        its executions counted (`Job.tally()`) rather than listed. With `queued`, the
+        jobs waiting to be placed, in the order they will be (`Job.position`)."""
+        query = JobListRequest(state=JobState(state) if state is not None else None, queued=queued)
         subject = self.subjects.api("job", "list")
 
         async def page(after: str) -> bytes:
