@@ -279,3 +279,44 @@ async def _submit_many(req: Requester, owner: str, count: int) -> list[str]:
             return await submit_as(req, owner, spec(cpu=1.0))
 
     return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+# -- two requesters ----------------------------------------------------------------------
+async def test_the_queue_and_usage_are_the_leaders_and_outlive_it(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path
+) -> None:
+    """A requester that does not lead answers `job list --queued` with the leader's
+    queue; when the leader goes, the next one rebuilds each owner's usage from the
+    execution records, so fair share does not start from nothing."""
+    first = RunningRequester(config(nats_server.url, tmp_path / "r1", name="req-1"))
+    leader = await first.__aenter__()
+    try:
+        async with RunningRequester(
+            config(nats_server.url, tmp_path / "r2", name="req-2")
+        ) as other:
+            assert leader.leadership is not None and leader.leadership.is_leader
+            await compute(leader, nc, "one-cpu", cpu=1.0)
+            busy = await submit_as(leader, "alice", spec(cpu=1.0))
+            await wait_for(lambda: accepted(leader, busy), what="alice's job placed")
+            waiting = await submit_as(other, "bob", spec(cpu=1.0))
+            await wait_for(lambda: leader.jobs and leader.jobs.get(waiting), what="job seen")
+            await state(leader, waiting, JobState.QUEUED)
+            assert other.job_api is not None
+            data = await other.job_api.list_jobs(codec.encode(JobListRequest(queued=True)))
+            assert isinstance(data, bytes)  # the leader's reply, passed on
+            [listed] = codec.decode(data, JobListReply).jobs
+            assert (listed.job_id, listed.position, listed.owner) == (waiting, 1, "bob")
+            # A submit to either requester checks bob's waiting jobs against his quota.
+            assert other.jobs is not None and other.jobs.owners.waiting("bob") == 1
+            used = leader.jobs.owners.share.usage("alice")  # type: ignore[union-attr]
+            assert used > 0
+            await first.__aexit__(None, None, None)
+            await wait_for(
+                lambda: other.duties is not None and other.duties.active, what="req-2 leads"
+            )
+            share = other.jobs.owners.share  # type: ignore[union-attr]
+            assert share is not None and share.usage("alice") >= used
+            assert share.held("alice").cpu == 1.0  # alice's execution still holds its CPU
+    finally:
+        if leader.status != "closed":
+            await first.__aexit__(None, None, None)
