@@ -39,10 +39,13 @@ def sort_key(place: Place, rank: Rank) -> tuple[int, tuple[float, float], tuple[
 class FairQueue:
     def __init__(self, rank: Rank) -> None:
         self._rank = rank
-        self._where: dict[str, Place] = {}
-        # priority -> owner -> heap of (order, job id); stale entries (discarded, or
-        # pushed again) are dropped when they reach the top.
+        self._where: dict[str, Place] = {}  # the jobs queued now
+        # priority -> owner -> heap of (order, job id), at most one entry per job (a
+        # job's place never changes): a discarded job's entry stays until it reaches the
+        # top (then dropped) or the job is pushed again (then it counts again), so a job
+        # that leaves and comes back every tick does not grow the heap.
         self._levels: dict[int, dict[str, list[tuple[tuple[float, str], str]]]] = {}
+        self._entered: set[str] = set()  # jobs with an entry in a heap
 
     def __len__(self) -> int:
         return len(self._where)
@@ -54,9 +57,12 @@ class FairQueue:
         return iter(list(self._where))
 
     def push(self, job_id: str, place: Place) -> None:
-        if self._where.get(job_id) == place:
+        if job_id in self._where:
             return
         self._where[job_id] = place
+        if job_id in self._entered:  # its entry is still in its heap
+            return
+        self._entered.add(job_id)
         owners = self._levels.setdefault(place.priority, {})
         heapq.heappush(owners.setdefault(place.owner, []), (place.order, job_id))
 
@@ -83,7 +89,7 @@ class FairQueue:
             owners = self._levels[top]
             best: tuple[tuple[float, float], str] | None = None
             for owner in list(owners):
-                if not self._clean(top, owner, owners[owner]):
+                if not self._clean(owners[owner]):
                     del owners[owner]
                     continue
                 key = (self._rank(owner), owner)
@@ -93,19 +99,15 @@ class FairQueue:
                 del self._levels[top]
                 continue
             _, job_id = heapq.heappop(owners[best[1]])
+            self._entered.discard(job_id)
             return job_id, self._where.pop(job_id)
         return None
 
-    def _clean(self, priority: int, owner: str, heap: list[tuple[tuple[float, str], str]]) -> bool:
+    def _clean(self, heap: list[tuple[tuple[float, str], str]]) -> bool:
         """Drop stale entries from the heap's top; False when nothing live is left."""
         while heap:
-            order, job_id = heap[0]
-            place = self._where.get(job_id)
-            if place is not None and (place.priority, place.owner, place.order) == (
-                priority,
-                owner,
-                order,
-            ):
+            if heap[0][1] in self._where:
                 return True
-            heapq.heappop(heap)
+            _, job_id = heapq.heappop(heap)
+            self._entered.discard(job_id)
         return False

@@ -4,8 +4,8 @@
 - waiting: jobs that found no room, let back in when executions end;
 - held: per owner, jobs its running quota holds, let back in when its executions end.
 
-A job may sit in wanted and in one of the others at once: wanted says "look again",
-the others say why it last could not start.
+A job is in one of them at most: wanted again, it leaves the others (it is looked at
+anyway), so letting waiting jobs back in never has to pass over ones already wanted.
 
 Backfill rule: plain best-effort backfill. A job that does not fit never blocks the
 queue: the scheduler goes on to the next one, so a small job that fits runs beside a
@@ -34,6 +34,7 @@ class Turns:
         self.held: dict[str, FairQueue] = {}
 
     def want(self, job: Job) -> None:
+        self.settled(job.job_id, job.owner)
         self.wanted.push(job.job_id, Place.of(job))
 
     def next(self, busy: Callable[[str], bool]) -> str | None:
@@ -48,7 +49,8 @@ class Turns:
         self.held.setdefault(job.owner, FairQueue(self._rank)).push(job.job_id, Place.of(job))
 
     def settled(self, job_id: str, owner: str | None) -> None:
-        """Placed in full, finished or gone: it waits for nothing."""
+        """Placed in full, finished, gone, or to be looked at again: it waits for
+        nothing now."""
         self.waiting.discard(job_id)
         held = None if owner is None else self.held.get(owner)
         if owner is not None and held is not None:
@@ -59,9 +61,8 @@ class Turns:
     def room_freed(self, executions: int, busy: Callable[[str], bool]) -> list[str]:
         """Executions ended: the jobs that found no room to look at again, best first."""
         back: list[str] = []
-        skip = busy  # those looked at already, or being placed, keep their place
         for _ in range(executions + self._spare):
-            job_id = self.waiting.pop(lambda j: j in self.wanted or skip(j))
+            job_id = self.waiting.pop(busy)  # one being placed keeps its place
             if job_id is None:
                 break
             back.append(job_id)

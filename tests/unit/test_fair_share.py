@@ -162,3 +162,20 @@ def test_quota_requests_refuse_bad_names_and_amounts() -> None:
             QuotaSetRequest(**fields)
     assert QuotaSetRequest(user="a", cpu="500m").cpu == 0.5
     assert math.isclose(QuotaSetRequest(default=True, cpu=2048).cpu or 0, 2048)
+
+
+def test_a_job_that_leaves_and_comes_back_every_tick_does_not_grow_the_queue() -> None:
+    """Waiting jobs are wanted again at every tick (and leave the waiting queue): its
+    memory stays one entry per job, not one per tick."""
+    queue = FairQueue(lambda owner: (0.0, 0.0))
+    jobs = [_job("alice", created=n, n=n) for n in range(10)]
+    for _ in range(100):
+        for job in jobs:
+            queue.push(job.job_id, Place.of(job))
+        for job in jobs:
+            queue.discard(job.job_id)
+    for job in jobs:
+        queue.push(job.job_id, Place.of(job))
+    entries = sum(len(heap) for owners in queue._levels.values() for heap in owners.values())
+    assert entries == len(jobs)
+    assert [queue.pop() for _ in jobs] == [job.job_id for job in jobs]
