@@ -128,6 +128,10 @@ class Job(Model):
     # The user who submitted it (set by the requester from the verified request, never
     # by the client); jobs stored before users existed belong to the built-in admin.
     owner: ShortText = ADMIN_USER
+    # When it last began to wait for a node, if later than its creation and its last
+    # execution's end: its owner's quota held it until then (the queue timeout counts
+    # only time spent waiting for a node).
+    waiting_from: datetime | None = None
     # The epoch of the leading requester that last decided for this job: an older
     # leader (paused, cut off) may not write it again.
     epoch: NonNegInt = 0

@@ -138,11 +138,13 @@ def missing(job: Job) -> tuple[int, frozenset[str] | None]:
 
 def waiting_since(job: Job) -> datetime:
     """Since when the job has wanted a node: its queue timeout counts from its last
-    progress (an execution that ended, however it ended, short of a node's refusal)."""
+    progress (an execution that ended, however it ended, short of a node's refusal), or
+    from the end of a quota hold."""
     ended = [
         e.ended_at for e in job.executions if e.ended_at is not None and e.state is not ES.REJECTED
     ]
-    return max([job.created_at, *ended])
+    held = [job.waiting_from] if job.waiting_from is not None else []
+    return max([job.created_at, *ended, *held])
 
 
 def failure_reason(execution: Execution) -> str:

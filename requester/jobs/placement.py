@@ -171,6 +171,14 @@ def shortfall(want: Room, free: list[Room], which: str = "") -> str:
     return f"{len(free)} {which}nodes, none with all the requested resources free at once"
 
 
+def declined(answers: list[str]) -> str:
+    """Why a job found no node though some fitted: what the nodes that declined said."""
+    if not answers:
+        return "no node fits"
+    shown = "; ".join(answers[:5]) + ("; ..." if len(answers) > 5 else "")
+    return f"every fitting node declined ({shown})"
+
+
 def _size(value: float) -> str:
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if value >= scale:

@@ -19,6 +19,7 @@ from requester.jobs.ledger import NOTHING, Room
 from requester.jobs.placement import amount
 
 UNLIMITED = sys.maxsize
+QUOTA_REASON = "quota: "  # how the reason of every quota hold begins
 _RUNNING = (("cpu", "CPU"), ("memory", "memory"), ("gpu", "GPU"))
 
 
@@ -74,10 +75,10 @@ def _why(owner: str, unit: str, used: float, limit: float, asked: float) -> str:
     quota, what it asks against what the quota allows."""
     if asked > limit + 1e-9:
         return (
-            f"quota: one execution asks {amount(asked, unit)}, more than {owner}'s quota of "
+            f"{QUOTA_REASON}one execution asks {amount(asked, unit)}, more than {owner}'s quota of "
             f"{amount(limit, unit)}"
         )
-    return f"quota: {owner} uses {_number(used, unit)} of {amount(limit, unit)}"
+    return f"{QUOTA_REASON}{owner} uses {_number(used, unit)} of {amount(limit, unit)}"
 
 
 def _number(value: float, unit: str) -> str:

@@ -49,7 +49,7 @@ from requester.jobs.fenced import Deposed, FencedJobs
 from requester.jobs.ledger import Ledger, Room
 from requester.jobs.nodechanges import NodeChanges
 from requester.jobs.offers import Offers
-from requester.jobs.quotagate import QuotaGate
+from requester.jobs.quotagate import QUOTA_REASON, QuotaGate
 from requester.jobs.turns import Turns
 from requester.nodes.link import LATENCY_BUCKETS, NodeLink
 from requester.nodes.liveness import Liveness
@@ -283,7 +283,7 @@ class Scheduler:
                 if len(self._busy) > 1:  # others hold capacity that a decline may free
                     self._starved.add(job_id)
                 self._turns.no_room(job)
-                await self._wait(job_id, why or _declined(attempt))
+                await self._wait(job_id, why or placement.declined(attempt.declined))
                 return
             attempt.tried.update(chosen)
             for node_id in chosen:  # held before the first await: no other decision sees it
@@ -356,34 +356,37 @@ class Scheduler:
         self._progress.set()
 
     async def _wait(self, job_id: str, why: str) -> None:
-        """Nothing placeable now: the job waits (QUEUED), or fails once its queue time is up."""
+        """Nothing placeable now: the job waits (QUEUED), or fails once its queue time is up.
+
+        The queue timeout is how long a job may wait for a node: time its owner's quota
+        holds it does not count (it waits for its owner's own work), and the clock
+        starts again when a hold ends."""
         now = utcnow()
+        held = why.startswith(QUOTA_REASON)
 
         def queue(job: Job) -> Job | None:
             if job.state in JOB_TERMINAL or missing(job)[0] == 0:
                 return None
             limit = job.spec.queue_timeout
+            update: dict[str, object] = {"reason": why}
+            was_held = job.reason.startswith(QUOTA_REASON)
+            if was_held and not held:
+                update["waiting_from"] = now
             # A batch bigger than the room there is waits while its executions run:
             # only a job with nothing running has waited in vain.
             running = any(e.state in ACTIVE for e in job.executions)
-            if not running and now - waiting_since(job) >= timedelta(seconds=limit):
+            waited = now - waiting_since(job) >= timedelta(seconds=limit)
+            if not running and not held and not was_held and waited:
                 return finish(job, JobState.FAILED, f"queue timeout ({limit:g}s): {why}")
             running = any(
                 e.state in (ExecState.RUNNING, ExecState.COMPLETED) for e in job.executions
             )
-            state = JobState.RUNNING if running else JobState.QUEUED
-            if (job.state, job.reason) == (state, why):
+            update["state"] = JobState.RUNNING if running else JobState.QUEUED
+            if (job.state, job.reason) == (update["state"], why):
                 return None
-            return job.model_copy(update={"state": state, "reason": why})
+            return job.model_copy(update=update)
 
         await self._store.change(job_id, queue)
-
-
-def _declined(attempt: Pass) -> str:
-    if not attempt.declined:
-        return "no node fits"
-    shown = "; ".join(attempt.declined[:5]) + ("; ..." if len(attempt.declined) > 5 else "")
-    return f"every fitting node declined ({shown})"
 
 
 def placement_histogram() -> Histogram:

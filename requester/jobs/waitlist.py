@@ -17,10 +17,9 @@ from requester.jobs.fairqueue import Place, sort_key
 from requester.jobs.fairshare import FairShare
 from requester.jobs.fenced import FencedJobs
 from requester.jobs.ledger import Room
-from requester.jobs.quotagate import QuotaGate
+from requester.jobs.quotagate import QUOTA_REASON, QuotaGate
 
 TURN = "waiting for its turn"
-QUOTA = "quota: "  # how the reasons of quota holds begin
 
 
 def queued(store: FencedJobs, share: FairShare, gate: QuotaGate) -> list[Job]:
@@ -38,7 +37,7 @@ def queued(store: FencedJobs, share: FairShare, gate: QuotaGate) -> list[Job]:
     listed = []
     for position, job in enumerate(waiting, 1):
         _, over = gate.allows(job, Room.of(job.spec.resources))
-        stale = job.reason.startswith(QUOTA)  # its quota held it; it no longer does
+        stale = job.reason.startswith(QUOTA_REASON)  # its quota held it; it no longer does
         reason = over or (TURN if stale else job.reason) or TURN
         update = {"position": position, "reason": reason, "executions": [], "counts": job.tally()}
         listed.append(job.model_copy(update=update))

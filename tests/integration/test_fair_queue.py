@@ -96,13 +96,17 @@ async def test_a_user_at_its_cpu_quota_waits_queued_and_runs_when_its_jobs_end(
     first = [await submit_as(requester, "alice", spec(cpu=4.0)) for _ in range(2)]
     for job_id in first:
         await wait_for(lambda j=job_id: accepted(requester, j), what="alice's first jobs placed")
-    third = await submit_as(requester, "alice", spec(cpu=4.0))
+    third = await submit_as(requester, "alice", spec(cpu=4.0, queue_timeout=0.5))
     held = await state(requester, third, JobState.QUEUED)
     assert held.reason == "quota: alice uses 8 of 8 CPUs"
     # The node has room: another user's work is not held by alice's quota.
     bob = await submit_as(requester, "bob", spec(cpu=4.0))
     await wait_for(lambda: accepted(requester, bob), what="bob's job placed")
     assert not accepted(requester, third)
+    # Its queue timeout passes (and the scheduler looks at it every 0.1s): time its
+    # owner's quota holds it is not time waiting for a node, so it does not fail.
+    await asyncio.sleep(1.0)
+    assert job_of(requester, third).state is JobState.QUEUED
     [waiting] = await queue(nc)
     assert (waiting.job_id, waiting.position, waiting.owner) == (third, 1, "alice")
     assert waiting.reason == "quota: alice uses 8 of 8 CPUs"
