@@ -42,6 +42,7 @@ HIVE_STREAMS = {
     S.kv_stream(S.cluster_bucket),
     S.kv_stream(S.leases_bucket),
     S.kv_stream(S.tokens_bucket),
+    S.kv_stream(S.quotas_bucket),
     S.exec_stream,
     S.logs_stream,
     S.events_stream,
