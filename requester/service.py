@@ -73,7 +73,7 @@ class Requester:
         self.registry: Registry | None = None
         self.tokens: Tokens | None = None
         self.quotas = QuotaBook(self.subjects.quotas_bucket)
-        self.quota_api: QuotaApi | None = None
+        self.quota_api = QuotaApi(self.quotas, limits=codec.Limits(max_bytes=config.max_payload))
         self.pruner: Pruner | None = None
         self.membership: Membership | None = None
         self.node_api: NodeApi | None = None
@@ -161,7 +161,6 @@ class Requester:
         self.tokens = Tokens(self.subjects.tokens_bucket, self.events.token, limits)
         await self.tokens.start(js)
         await self.quotas.start(js)
-        self.quota_api = QuotaApi(self.quotas, limits=limits)
         self._build_handlers()
         await self._start_jobs(js)
         for api in (self.node_api, self.job_api, self.quota_api):
@@ -246,7 +245,7 @@ class Requester:
             max_payload=self._max_payload(),
             limits=limits,
             quotas=self.quotas.effective,
-            queue=lambda: self.duties.queued() if self.duties is not None else None,
+            queue=lambda: self.duties.queued() if self.duties else None,
             forward=wiring.leader_asker(self.nc, self.subjects, cfg.store_deadline),
         )
 
