@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 from hivectl.core.jobs import Job
 from hivectl.core.quotas import Quota
+from requester.jobs.executions import QUOTA_REASON
 from requester.jobs.fairshare import FairShare
 from requester.jobs.ledger import NOTHING, Room
 from requester.jobs.placement import amount
 
 UNLIMITED = sys.maxsize
-QUOTA_REASON = "quota: "  # how the reason of every quota hold begins
 _RUNNING = (("cpu", "CPU"), ("memory", "memory"), ("gpu", "GPU"))
 
 

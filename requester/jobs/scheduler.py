@@ -16,40 +16,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from prometheus_client import Histogram
 
 from hivectl.core.jobs import (
     JOB_TERMINAL,
-    ExecState,
     Execution,
     Job,
-    JobState,
     new_exec_id,
 )
 from hivectl.core.models import utcnow
 from hivectl.core.quotas import Quota
 from requester.jobs import placement, waitlist
 from requester.jobs.executions import (
-    ACTIVE,
     failures,
-    finish,
     missing,
     resettle,
-    waiting_since,
+    wait,
 )
 from requester.jobs.fairshare import DEFAULT_HALF_LIFE, FairShare
 from requester.jobs.fenced import Deposed, FencedJobs
 from requester.jobs.ledger import Ledger, Room
 from requester.jobs.nodechanges import NodeChanges
 from requester.jobs.offers import Offers
-from requester.jobs.quotagate import QUOTA_REASON, QuotaGate
+from requester.jobs.quotagate import QuotaGate
 from requester.jobs.turns import Turns
 from requester.nodes.link import LATENCY_BUCKETS, NodeLink
 from requester.nodes.liveness import Liveness
@@ -356,37 +352,9 @@ class Scheduler:
         self._progress.set()
 
     async def _wait(self, job_id: str, why: str) -> None:
-        """Nothing placeable now: the job waits (QUEUED), or fails once its queue time is up.
-
-        The queue timeout is how long a job may wait for a node: time its owner's quota
-        holds it does not count (it waits for its owner's own work), and the clock
-        starts again when a hold ends."""
-        now = utcnow()
-        held = why.startswith(QUOTA_REASON)
-
-        def queue(job: Job) -> Job | None:
-            if job.state in JOB_TERMINAL or missing(job)[0] == 0:
-                return None
-            limit = job.spec.queue_timeout
-            update: dict[str, object] = {"reason": why}
-            was_held = job.reason.startswith(QUOTA_REASON)
-            if was_held and not held:
-                update["waiting_from"] = now
-            # A batch bigger than the room there is waits while its executions run:
-            # only a job with nothing running has waited in vain.
-            running = any(e.state in ACTIVE for e in job.executions)
-            waited = now - waiting_since(job) >= timedelta(seconds=limit)
-            if not running and not held and not was_held and waited:
-                return finish(job, JobState.FAILED, f"queue timeout ({limit:g}s): {why}")
-            running = any(
-                e.state in (ExecState.RUNNING, ExecState.COMPLETED) for e in job.executions
-            )
-            update["state"] = JobState.RUNNING if running else JobState.QUEUED
-            if (job.state, job.reason) == (update["state"], why):
-                return None
-            return job.model_copy(update=update)
-
-        await self._store.change(job_id, queue)
+        """Nothing placeable now: the job waits (QUEUED), or fails once its queue time
+        is up (see executions.wait)."""
+        await self._store.change(job_id, functools.partial(wait, why=why, now=utcnow()))
 
 
 def placement_histogram() -> Histogram:

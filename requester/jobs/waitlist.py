@@ -12,12 +12,12 @@ sort of the waiting jobs, nothing on the path of a placement.
 from __future__ import annotations
 
 from hivectl.core.jobs import Job
-from requester.jobs.executions import missing
+from requester.jobs.executions import QUOTA_REASON, missing
 from requester.jobs.fairqueue import Place, sort_key
 from requester.jobs.fairshare import FairShare
 from requester.jobs.fenced import FencedJobs
 from requester.jobs.ledger import Room
-from requester.jobs.quotagate import QUOTA_REASON, QuotaGate
+from requester.jobs.quotagate import QuotaGate
 
 TURN = "waiting for its turn"
 
