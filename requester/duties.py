@@ -96,6 +96,7 @@ class LeaderDuties:
             offer_timeout=cfg.offer_timeout,
             share=self.jobs.owners.share,
             quotas=self.quotas,
+            reserve_after=cfg.scheduler.backfill_reserve_after,
         )
         scheduler.placement_seconds = self.placement_seconds
         self.exec_consumer = ExecConsumer(

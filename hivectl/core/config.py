@@ -111,6 +111,10 @@ class SchedulerSettings(Section):
     # The fair queue ranks owners by their recent usage (CPU-equivalent seconds of
     # their executions): usage this long ago counts half, twice as long ago a quarter.
     fair_share_half_life: Duration = Field(default=3600.0, gt=0)
+    # A job that has waited this long for room gets a node held for it, which no other
+    # job may use until it fits (small jobs otherwise backfill around it for good);
+    # 0: never (plain best-effort backfill).
+    backfill_reserve_after: Duration = 60.0
 
 
 class HiveSettings(BaseSettings):

@@ -46,6 +46,7 @@ from requester.jobs.ledger import Ledger, Room
 from requester.jobs.nodechanges import NodeChanges
 from requester.jobs.offers import Offers
 from requester.jobs.quotagate import QuotaGate
+from requester.jobs.reserve import Reservations
 from requester.jobs.turns import Turns
 from requester.nodes.link import LATENCY_BUCKETS, NodeLink
 from requester.nodes.liveness import Liveness
@@ -79,6 +80,7 @@ class Scheduler:
         parallel: int = PARALLEL,
         share: FairShare | None = None,
         quotas: Callable[[str], Quota] | None = None,
+        reserve_after: float = 0.0,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -92,6 +94,7 @@ class Scheduler:
         # Jobs to look at, in the fair queue's order (priority, fair share, FIFO).
         self._turns = Turns(self.share.rank, spare=self._parallel)
         self._nodes = NodeChanges(store, link, want=self._want)
+        self.reservations = Reservations(reserve_after)
         self._offers = Offers(store, link, offer_timeout)
         self._busy: set[str] = set()  # jobs being placed now
         self._starved: set[str] = set()  # found no node while capacity was held in flight
@@ -136,6 +139,8 @@ class Scheduler:
                 ledger.release_exec(exec_id)
         for job_id in self._turns.room_freed(len(exec_ids), self._busy.__contains__):
             self._want(job_id)
+        if (held := self.reservations.held) is not None:  # its node may have room now
+            self._want(held.job_id)
         if self._turns.held:
             owners = Counter(
                 record.owner
@@ -188,6 +193,8 @@ class Scheduler:
     async def _tick(self) -> None:
         """Every unfinished job that lacks executions is looked at again."""
         await self._offers.tick()
+        if (held := self.reservations.held) is not None:
+            self.reservations.check(self._store.get(held.job_id))
         for job in self._store.unfinished():
             if resettle(job) is not None:  # a change cut short left the record behind
                 try:
@@ -268,18 +275,23 @@ class Scheduler:
             allowed, over = self.gate.allows(job, want)
             if not allowed:  # waits for its owner's earlier work, not for a node
                 self._turns.over_quota(job)
+                self.reservations.release(job_id)
                 await self._wait(job_id, over)
                 return
             fitting, why = placement.candidates(
                 job, self._registry.snapshot(), self._liveness, ledger, self._registry.labels
             )
-            fitting = [c for c in fitting if c.node_id not in attempt.tried]
+            kept = self.reservations.kept_from(job)
+            fitting = [c for c in fitting if c.node_id not in attempt.tried and c.node_id != kept]
+            if not fitting and not why and kept is not None:
+                why = self.reservations.why_kept(kept)
             chosen = placement.plan(job, need, nodes, fitting)[:allowed]
             if not chosen:
                 if len(self._busy) > 1:  # others hold capacity that a decline may free
                     self._starved.add(job_id)
                 self._turns.no_room(job)
-                await self._wait(job_id, why or placement.declined(attempt.declined))
+                why = why or placement.declined(attempt.declined)
+                await self._wait(job_id, why + self._hold_for(job, ledger))
                 return
             attempt.tried.update(chosen)
             for node_id in chosen:  # held before the first await: no other decision sees it
@@ -287,6 +299,22 @@ class Scheduler:
             self.gate.charge(job.owner, want, len(chosen))
             await self._offer(job, chosen, attempt, ledger, want)
         self._turns.settled(job_id, job.owner if job is not None else None)
+        self.reservations.release(job_id)
+
+    def _hold_for(self, job: Job, ledger: Ledger) -> str:
+        """A node held for the job, if it is due one (see reserve.py): said in its reason."""
+        if not self.reservations.due(job, utcnow()):
+            return ""
+        snapshot, labels = self._registry.snapshot(), self._registry.labels
+        held = self.reservations.held
+        node_id = placement.reservable(
+            job, snapshot, self._liveness, ledger, labels, keep=held.node_id if held else None
+        )
+        if node_id is None:
+            self.reservations.release(job.job_id)
+            return ""
+        self.reservations.hold(job.job_id, node_id)
+        return f"; node {node_id} is held for it"
 
     async def _offer(
         self, job: Job, chosen: list[str], attempt: Pass, ledger: Ledger, want: Room

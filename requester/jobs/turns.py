@@ -7,14 +7,13 @@
 A job is in one of them at most: wanted again, it leaves the others (it is looked at
 anyway), so letting waiting jobs back in never has to pass over ones already wanted.
 
-Backfill rule: plain best-effort backfill. A job that does not fit never blocks the
-queue: the scheduler goes on to the next one, so a small job that fits runs beside a
-big one that waits for room. When executions end, the best waiting jobs look again,
-as many as ended plus `spare` more, so the room reaches the small jobs behind a big one
-that still does not fit. What remains: a big job can wait as long as smaller work keeps
-taking the room it would need, until its queue timeout fails it; higher priority does
-not reserve room for it. Raise its priority or give the small work a quota to bound
-that.
+Backfill rule: a job that does not fit never blocks the queue: the scheduler goes on
+to the next one, so a small job that fits runs beside a big one that waits for room.
+When executions end, the best waiting jobs look again, as many as ended plus `spare`
+more, so the room reaches the small jobs behind a big one that still does not fit. So
+that smaller work cannot keep a big job out for good, a job that has waited for room
+longer than `backfill_reserve_after` gets a node held for it (reserve.py), which says
+what starvation risk remains.
 """
 
 from __future__ import annotations

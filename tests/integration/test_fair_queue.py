@@ -19,6 +19,7 @@ from nats.aio.client import Client
 
 from hivectl.core import codec
 from hivectl.core.bus import RemoteError, request
+from hivectl.core.config import SchedulerSettings
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.jobs import (
     ExecState,
@@ -206,6 +207,34 @@ async def test_a_small_job_backfills_beside_a_big_one_waiting_for_room(
     # 1 CPU free before the small job was placed, 0 after (the reason follows the room).
     assert waiting.reason.startswith("the only node has "), waiting.reason
     assert waiting.reason.endswith(" free, not 4 CPUs"), waiting.reason
+
+
+async def test_a_big_job_that_waited_too_long_gets_a_node_held_until_it_fits(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path
+) -> None:
+    """Past `backfill_reserve_after`, small work no longer backfills around the big
+    job: its node is held (drains) until the big job fits, then the hold ends."""
+    hold = SchedulerSettings(backfill_reserve_after=0.5)
+    async with RunningRequester(config(nats_server.url, tmp_path / "r", scheduler=hold)) as req:
+        node = await compute(req, nc, "four-cpu", cpu=4.0)
+        running = await submit_as(req, "alice", spec(cpu=3.0))
+        await wait_for(lambda: accepted(req, running), what="3 of 4 CPUs taken")
+        big = await submit_as(req, "alice", spec(cpu=4.0))
+        await wait_for(
+            lambda: job_of(req, big).reason.endswith("; node four-cpu is held for it"),
+            what="the node held for the big job",
+        )
+        small = await submit_as(req, "bob", spec(cpu=1.0))
+        waiting = await state(req, small, JobState.QUEUED)
+        assert (
+            waiting.reason
+            == f"node four-cpu is held for job {big}, which waited over 0.5s for room"
+        )
+        await finish(req, node, running)  # the node drains: the big job fits
+        await wait_for(lambda: accepted(req, big), what="the big job placed")
+        assert req.scheduler is not None and req.scheduler.reservations.held is None
+        await finish(req, node, big)
+        await wait_for(lambda: accepted(req, small), what="the small job placed after it")
 
 
 # -- fairness at scale ---------------------------------------------------------------------
