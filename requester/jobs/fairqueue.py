@@ -5,6 +5,12 @@ rank, from FairShare, asked afresh at every pick, so owners take turns as their 
 grows); within an owner, the job submitted first. Jobs sit in one heap per (priority,
 owner), so a pick costs the number of priorities in use plus the owners at the top one
 (a few), and a log of the owner's jobs — never a pass over every waiting job.
+
+`queued` lists every waiting job in that order for `job list --queued`, each with its
+position and why it waits: the owner's quota when that holds it now, else what the
+scheduler last wrote (no node fits, and why), else that it waits its turn. The leader
+builds it on request (it alone keeps the owners' usage): a sort of the waiting jobs,
+nothing on the path of a placement.
 """
 
 from __future__ import annotations
@@ -14,6 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from hivectl.core.jobs import Job
+from requester.jobs.executions import QUOTA_REASON, missing
+from requester.jobs.fairshare import FairShare
+from requester.jobs.fenced import FencedJobs
+from requester.jobs.ledger import Room
+from requester.jobs.quotagate import QuotaGate
 
 Rank = Callable[[str], tuple[float, float]]  # owner -> its fair-share key (less goes first)
 
@@ -111,3 +122,28 @@ class FairQueue:
             _, job_id = heapq.heappop(heap)
             self._entered.discard(job_id)
         return False
+
+
+TURN = "waiting for its turn"
+
+
+def queued(store: FencedJobs, share: FairShare, gate: QuotaGate) -> list[Job]:
+    """The waiting jobs, first to be placed first, each with `position` and `reason`
+    set (and its executions as counts, as `job list` shows them)."""
+    ranks: dict[str, tuple[float, float]] = {}
+
+    def rank(owner: str) -> tuple[float, float]:
+        if owner not in ranks:
+            ranks[owner] = share.rank(owner)
+        return ranks[owner]
+
+    waiting = [job for job in store.unfinished() if missing(job)[0]]
+    waiting.sort(key=lambda job: sort_key(Place.of(job), rank))
+    listed = []
+    for position, job in enumerate(waiting, 1):
+        _, over = gate.allows(job, Room.of(job.spec.resources))
+        stale = job.reason.startswith(QUOTA_REASON)  # its quota held it; it no longer does
+        reason = over or (TURN if stale else job.reason) or TURN
+        update = {"position": position, "reason": reason, "executions": [], "counts": job.tally()}
+        listed.append(job.model_copy(update=update))
+    return listed

@@ -30,8 +30,8 @@ from hivectl.core.models import utcnow
 from hivectl.core.subjects import Subjects
 from requester.events import stamped
 from requester.jobs.executions import ACTIVE, node_stopped
+from requester.jobs.fairshare import Owners
 from requester.jobs.fenced import Change, Deposed, JobError
-from requester.jobs.owners import Owners
 from requester.kvview import KvView
 from requester.store import Store
 

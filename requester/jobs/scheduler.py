@@ -33,7 +33,7 @@ from hivectl.core.jobs import (
 )
 from hivectl.core.models import utcnow
 from hivectl.core.quotas import Quota
-from requester.jobs import placement, waitlist
+from requester.jobs import fairqueue, placement
 from requester.jobs.executions import (
     failures,
     missing,
@@ -161,8 +161,8 @@ class Scheduler:
         self._progress.set()
 
     def queued(self) -> list[Job]:
-        """The jobs waiting to be placed, in the order they will be (see waitlist.py)."""
-        return waitlist.queued(self._store, self.share, self.gate)
+        """The jobs waiting to be placed, in the order they will be (see fairqueue.py)."""
+        return fairqueue.queued(self._store, self.share, self.gate)
 
     # -- the worker -----------------------------------------------------------------
     def start(self) -> None:
