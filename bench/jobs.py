@@ -10,6 +10,10 @@ the requester's job API shows every execution ACCEPTED (target >= 2,000/s). Base
 the same run: raw NATS request/reply to a trivial responder (sequential RTT, and the
 rate with 64 in flight), with an offer-sized payload.
 
+Part fair (`--part fair`, see bench/_fairpart.py): the placement workload with quotas,
+priorities and fair share in play, against the same workload without them, rounds
+interleaved in one run on the same simulated nodes. Target: >= 2,000 executions/s.
+
 Part latency (`--part latency`): nats-server, the requester (auto-approve) and two real
 node agents with the process executor; 200 process jobs running `true`, submitted one
 after another on one connection. Figure: submit-to-running, from sending the submit
@@ -25,6 +29,7 @@ passes, 1 otherwise.
 
     .venv/bin/python bench/jobs.py                                   # everything (~2 min)
     .venv/bin/python bench/jobs.py --part placement --nodes 200 --jobs 10 --count 50
+    .venv/bin/python bench/jobs.py --part fair --rounds 2
     .venv/bin/python bench/jobs.py --part latency --latency-jobs 50
 """
 
@@ -34,15 +39,18 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _fairpart
 import _jobsim
 import _sim
 from _sim import PREFIX, CpuMeter, Worker, log, summary
 
+SpecOf = Callable[[int], dict[str, Any]]  # job index -> spec fields
 PLACEMENT_TARGET = 2_000  # executions placed per second by one requester
 LOST_RACES = "hive_job_writes_lost_races_total"
 LATENCY_P50_S = 0.050
@@ -76,6 +84,7 @@ async def submit_and_confirm(
     count: int,
     in_flight: int,
     limit: float,
+    spec_of: SpecOf | None = None,
 ) -> dict[str, Any]:
     from hivectl.core import bus
     from hivectl.core.jobs import (
@@ -89,15 +98,24 @@ async def submit_and_confirm(
 
     nc, _ = await _sim._connect(url, "bench-submit")
     subject = f"{PREFIX}.api.job.submit"
-    request = JobSubmitRequest(
-        spec=JobSpec(name="bench", engine="docker", image="bench/sim", count=count)
-    )
+    requests = [
+        JobSubmitRequest(
+            spec=JobSpec(
+                name="bench",
+                engine="docker",
+                image="bench/sim",
+                count=count,
+                **(spec_of(i) if spec_of else {}),
+            )
+        )
+        for i in range(jobs)
+    ]
     sem = asyncio.Semaphore(in_flight)
     ids: list[str] = []
     latencies: list[float] = []
     errors: list[str] = []
 
-    async def one() -> None:
+    async def one(request: JobSubmitRequest) -> None:
         async with sem:
             t = time.monotonic()
             try:
@@ -109,7 +127,7 @@ async def submit_and_confirm(
             ids.append(reply.job_id)
 
     t_first = time.monotonic()
-    await asyncio.gather(*(one() for _ in range(jobs)))
+    await asyncio.gather(*(one(request) for request in requests))
     t_submitted = time.monotonic()
     log(f"  {len(ids)} jobs submitted in {t_submitted - t_first:.2f}s; waiting for the offers")
     sim = await asyncio.to_thread(responder.result, limit + 60)
@@ -229,9 +247,14 @@ def two_requesters(
 
 
 def placement_round(
-    stack: _jobsim.JobStack, args: argparse.Namespace, keys: Any, label: str
+    stack: _jobsim.JobStack,
+    args: argparse.Namespace,
+    keys: Any,
+    label: str,
+    spec_of: SpecOf | None = None,
 ) -> dict[str, Any]:
-    """One round of the workload: submit, wait for every execution ACCEPTED."""
+    """One round of the workload: submit, wait for every execution ACCEPTED. `spec_of(i)`
+    gives fields of job i's spec beyond the bench's own (resources, priority)."""
     total = args.jobs * args.count
     responder = Worker(
         _jobsim.answer_offers, stack.url, keys, total, args.limit, 5.0, name="simcompute"
@@ -247,7 +270,7 @@ def placement_round(
         log(f"{label}: {args.jobs} jobs x count {args.count} = {total:,} executions")
         run = asyncio.run(
             submit_and_confirm(
-                stack.url, responder, args.jobs, args.count, args.in_flight, args.limit
+                stack.url, responder, args.jobs, args.count, args.in_flight, args.limit, spec_of
             )
         )
         usage = {name: meter.read() for name, meter in meters.items()}
@@ -570,7 +593,7 @@ def part_latency(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["all", "placement", "latency"], default="all")
+    parser.add_argument("--part", choices=["all", "placement", "fair", "latency"], default="all")
     parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes (placement)")
     parser.add_argument("--jobs", type=int, default=40, help="jobs submitted (placement)")
     parser.add_argument("--count", type=int, default=100, help="executions per job (placement)")
@@ -589,7 +612,11 @@ def main() -> int:
     if args.nodes < 1 or args.jobs < 1 or not 1 <= args.count <= 1000 or args.latency_jobs < 1:
         parser.error("need nodes >= 1, jobs >= 1, 1 <= count <= 1000, latency-jobs >= 1")
 
-    every = {"placement": lambda: part_placement(args), "latency": lambda: part_latency(args)}
+    every = {
+        "placement": lambda: part_placement(args),
+        "fair": lambda: _fairpart.part_fair(args, placement_round, wait_nodes),
+        "latency": lambda: part_latency(args),
+    }
     wanted = list(every) if args.part == "all" else [args.part]
     return _sim.run_parts("jobs", {part: every[part] for part in wanted})
 

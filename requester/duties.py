@@ -25,13 +25,14 @@ from hivectl.core import codec
 from hivectl.core.config import RequesterConfig
 from hivectl.core.jobs import JOB_ID_PATTERN, Job, JobState
 from hivectl.core.models import Health, NodeEvent
+from hivectl.core.quotas import Quota
 from hivectl.core.subjects import Subjects
 from requester.jobs import placement
 from requester.jobs.consumer import ExecConsumer
 from requester.jobs.fenced import FencedJobs
 from requester.jobs.reconcile import Reconciler
 from requester.jobs.records import JobStore
-from requester.jobs.scheduler import Scheduler, placement_histogram
+from requester.jobs.scheduler import NO_QUOTA, Scheduler, placement_histogram
 from requester.nodes.drain import Drainer
 from requester.nodes.link import NodeLink
 from requester.nodes.liveness import Liveness
@@ -76,6 +77,7 @@ class LeaderDuties:
         self.placement_seconds = placement_histogram()  # across every term as leader
         self.pruner: Pruner | None = None  # deletes long-UNKNOWN nodes (node_prune_after)
         self.usage: Usage | None = None  # the usage book (reliability) and its publisher
+        self.quotas: Callable[[str], Quota] = lambda owner: NO_QUOTA  # the requester's book
 
     @property
     def active(self) -> bool:
@@ -97,6 +99,9 @@ class LeaderDuties:
             offer_timeout=cfg.offer_timeout,
             scores=self.usage.book.scores if self.usage else placement.NO_SCORES,
             tiers=self.usage.book.tiers if self.usage else placement.NO_TIERS,
+            share=self.jobs.owners.share,
+            quotas=self.quotas,
+            reserve_after=cfg.scheduler.backfill_reserve_after,
         )
         scheduler.placement_seconds = self.placement_seconds
         self.exec_consumer = ExecConsumer(
@@ -133,6 +138,10 @@ class LeaderDuties:
                 await part.close()
         self.scheduler = self.exec_consumer = self.reconciler = self.drainer = None
         self.jobs.follow()
+
+    def queued(self) -> list[Job] | None:
+        """The jobs waiting to be placed, in order; None unless this requester leads."""
+        return None if self.scheduler is None else self.scheduler.queued()
 
     # -- inputs from the rest of the requester ------------------------------------------
     def kick(self, job_id: str) -> None:

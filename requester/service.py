@@ -31,6 +31,7 @@ from requester.gate import UserGate
 from requester.identity import cluster_identity
 from requester.jobs.api import JobApi
 from requester.jobs.consumer import ExecConsumer
+from requester.jobs.fairshare import FairShare
 from requester.jobs.records import JobStore
 from requester.jobs.scheduler import Scheduler
 from requester.jobs.streams import ensure_job_streams
@@ -45,6 +46,7 @@ from requester.nodes.registry import Registry
 from requester.nodes.tokens import Tokens
 from requester.ownnats import OwnNats
 from requester.presence import Presence, own_record, requester_info
+from requester.quotas import QuotaApi, QuotaBook
 from requester.routing import ACTOR, ApiRouter
 from requester.store import Store, open_store
 from requester.usage.service import Usage
@@ -74,6 +76,8 @@ class Requester:
         self.events: Events | None = None
         self.registry: Registry | None = None
         self.tokens: Tokens | None = None
+        self.quotas = QuotaBook(self.subjects.quotas_bucket)
+        self.quota_api = QuotaApi(self.quotas, limits=codec.Limits(max_bytes=config.max_payload))
         self.pruner: Pruner | None = None
         self.membership: Membership | None = None
         self.node_api: NodeApi | None = None
@@ -168,6 +172,7 @@ class Requester:
         self.users, self.gate = await wiring.users(
             js, self.subjects, self.identity, cfg, own, self.events.user
         )
+        await self.quotas.start(js)
         self._build_handlers()
         await self._start_jobs(js)
         for api in self.routers:
@@ -181,7 +186,7 @@ class Requester:
     @property
     def routers(self) -> list[ApiRouter]:  # every API noun this requester serves
         usage = self.usage.api if self.usage is not None else None
-        found = (self.node_api, self.job_api, self.event_api, self.users, usage)
+        found = (self.node_api, self.job_api, self.event_api, self.users, usage, self.quota_api)
         return [r for r in found if r is not None]
 
     @property
@@ -243,9 +248,11 @@ class Requester:
         await ensure_job_streams(js, self.subjects)
         self.link = NodeLink(self.nc, self.subjects, self.registry, cfg.offer_timeout)
         self.jobs = JobStore(self.nc, self.subjects, on_cancel=self.link.cancel)
+        self.jobs.owners.share = FairShare(cfg.scheduler.fair_share_half_life)
         parts = (self.nc, self.subjects, self.registry, self.liveness, self.jobs, self.link)
         self.duties = duties = LeaderDuties(cfg, *parts, started_at=self._started_at)
         duties.pruner = self.pruner
+        duties.quotas = self.quotas.effective
         self.jobs.watchers.append(duties.job_seen)
         assert self.usage is not None
         await self.usage.start(js, self.jobs)
@@ -256,6 +263,9 @@ class Requester:
         self.job_api, self.event_api = wiring.job_api(
             self.jobs, js, self.subjects, kick=self._created,
             max_payload=self._max_payload(), limits=limits,
+            quotas=self.quotas.effective,
+            queue=lambda: self.duties.queued() if self.duties else None,
+            forward=wiring.leader_asker(self.nc, self.subjects, cfg.store_deadline),
         )  # fmt: skip
 
     async def _lead_when_elected(self, js: Store) -> None:
@@ -295,7 +305,9 @@ class Requester:
 
     async def _subscribe(self) -> None:
         assert self.nc is not None and self.membership is not None
-        subs = await wiring.subscribe(self.nc, self.subjects, self.membership, self.routers)
+        subs = await wiring.subscribe(
+            self.nc, self.subjects, self.membership, self.routers, self.job_api
+        )
         self._subs.extend(subs)
 
     async def serve(self) -> None:
@@ -340,7 +352,8 @@ class Requester:
         if self.duties is not None:
             await self.duties.stop()
         # Usage first: its publisher stores what the last writes ended.
-        for part in (self.usage, self.jobs, self.link, self.tokens, self.users, self.registry):
+        parts = (self.usage, self.jobs, self.link, self.tokens, self.users, self.quotas)
+        for part in (*parts, self.registry):
             if part is not None:
                 await part.close()
         if self.nc is not None and not self.nc.is_closed:

@@ -8,18 +8,23 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from hivectl.core import codec
 from hivectl.core.api import NodeView
 from hivectl.core.auth import Identity
 from hivectl.core.config import RequesterConfig
+from hivectl.core.jobs import Job
+from hivectl.core.quotas import Quota
 from hivectl.core.reliability import Reliability
 from hivectl.core.subjects import Subjects
 from hivectl.core.users import Role
 from requester.eventlist import EventApi
 from requester.gate import UserGate
-from requester.jobs.api import JobApi
+from requester.jobs.api import Forward, JobApi
+from requester.jobs.fenced import JobError
 from requester.jobs.outputs import JobOutputs
 from requester.jobs.records import JobStore
 from requester.nodes.api import NodeApi
@@ -33,7 +38,6 @@ from requester.nodes.tokens import Tokens
 from requester.routing import ApiRouter
 from requester.store import Store
 from requester.users import Users, UserSink
-from requester.usage.api import UsageApi
 
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
 NODE_PENDING_MSGS = 1_000_000
@@ -78,11 +82,15 @@ def node_api(
 
 def job_api(
     jobs: JobStore, js: Store, subjects: Subjects, *, kick: Callable[[str], None],
-    max_payload: int, limits: codec.Limits,
+    max_payload: int, limits: codec.Limits, quotas: Callable[[str], Quota],
+    queue: Callable[[], list[Job] | None], forward: Forward,
 ) -> tuple[JobApi, EventApi]:  # fmt: skip
     """`hive.api.job.*`: submit, list, get, executions, stop, and logs and result; and
     `hive.api.event.list`, the events for those who cannot read their stream."""
-    api = JobApi(jobs, kick=kick, max_payload=max_payload, limits=limits)
+    api = JobApi(
+        jobs, kick=kick, max_payload=max_payload, limits=limits,
+        quotas=quotas, queue=queue, forward=forward,
+    )  # fmt: skip
     outputs = JobOutputs(jobs, js, subjects, max_payload=max_payload, limits=limits)
     api.handlers.update(outputs.handlers())
     api.roles.update(outputs.roles())
@@ -113,8 +121,27 @@ async def users(
     return api, UserGate(subjects, identity, api.get)
 
 
+def leader_asker(nc: Client, s: Subjects, timeout: float) -> Forward:
+    """A request only the leader answers (its queue), sent on by one that does not lead."""
+
+    async def ask(data: bytes) -> bytes:
+        try:
+            msg = await nc.request(s.leader_queue, data, timeout=timeout)
+        except NatsTimeoutError:
+            raise JobError(
+                "no_leader", "no requester leads the cluster at the moment; try again"
+            ) from None
+        return msg.data
+
+    return ask
+
+
 async def subscribe(
-    nc: Client, s: Subjects, m: Membership, routers: list[ApiRouter]
+    nc: Client,
+    s: Subjects,
+    m: Membership,
+    routers: list[ApiRouter],
+    jobs: JobApi | None,
 ) -> list[Subscription]:
     """Requests go to one requester of the group; every requester hears publishes."""
     queue = s.requester_queue
@@ -138,5 +165,15 @@ async def subscribe(
     for router in routers:
         for subject in (s.api(router.noun, "*"), s.uapi(router.noun, "*")):
             subs.append(await nc.subscribe(subject, queue=queue, cb=router.on_request))
+    if jobs is not None:
+        job_api = jobs
+
+        async def leader_queue(msg: Msg) -> None:
+            reply = await job_api.on_leader_queue(msg.data)
+            if reply is not None and msg.reply:
+                await msg.respond(reply)
+
+        # Every requester hears it; the leader alone answers.
+        subs.append(await nc.subscribe(s.leader_queue, cb=leader_queue))
     await nc.flush()
     return subs

@@ -44,6 +44,7 @@ from hivectl.cli.jobspec import (
     NameOption,
     NetworkOption,
     OutputsOption,
+    PriorityOption,
     QueueTimeoutOption,
     RetriesOption,
     SpecFlags,
@@ -54,11 +55,14 @@ from hivectl.cli.jobspec import (
 from hivectl.cli.jobview import (
     COLUMNS,
     EXEC_COLUMNS,
+    QUEUE_COLUMNS,
+    QUEUE_WIDE_COLUMNS,
     WIDE_COLUMNS,
     cut_short,
     describe_lines,
     exec_row,
     job_row,
+    queue_row,
     shown_executions,
 )
 from hivectl.cli.output import OutputFormat, counted, print_data, write_lines
@@ -85,6 +89,7 @@ SPEC_FLAG_NAMES = {"image", "engine", "name", "target", "cpu", "memory", "disk",
     "queue_timeout",
     "retries",
     "min_reliability",
+    "priority",
     "network",
 }
 JobIdOption = Annotated[
@@ -128,6 +133,7 @@ def submit(
     queue_timeout: QueueTimeoutOption = None,
     retries: RetriesOption = None,
     min_reliability: MinReliabilityOption = None,
+    priority: PriorityOption = None,
     network: NetworkOption = None,
     outputs: OutputsOption = None,
     wait: Annotated[
@@ -178,6 +184,7 @@ def submit(
     hivectl job submit --cpu 500m --memory 512MiB -e MODE=fast -l zone=eu-1 python:3 -- python -V
     hivectl job submit --target all --engine process -- df -h
     hivectl job submit --min-reliability 0.95 --engine process -- ./long-simulation
+    hivectl job submit --priority 80 --cpu 4 python:3 -- python train.py
     hivectl job submit -f job.yaml --count 3 --id-only
     hivectl job submit -f jobs.yaml --no-wait -o json
     ```
@@ -229,21 +236,47 @@ def list_jobs(
         bool,
         typer.Option("--all", "-A", help="Every user's jobs, not only yours (not for submitters)."),
     ] = False,
+    queued: Annotated[
+        bool,
+        typer.Option(
+            "--queued",
+            help="Only the jobs waiting to be placed, in the order they will be, with "
+            "their position and why they wait.",
+        ),
+    ] = False,
 ) -> None:
-    """List your jobs (`--all`: everyone's), newest first.
+    """List your jobs (`--all`: everyone's), newest first; with `--queued`, the waiting
+    ones in queue order.
 
     EXECUTIONS counts the job's executions by state, e.g. `1/1 COMPLETED`; OWNER is
     the user who submitted it (`admin` for the operator credential).
+
+    The queue: higher priority first; within a priority, the owner whose recent
+    usage (decayed over `[scheduler] fair_share_half_life`) is least; then first
+    submitted. A job that does not fit never holds up the ones behind it (backfill).
+    REASON says why each waits: its owner's quota, no node with room, or its turn.
 
     **Examples**
 
     ```
     hivectl job list
     hivectl job list --all --filter-state running -o wide
+    hivectl job list --queued
     hivectl job list -o json | jq -r '.[].job_id'
     ```
     """
     fmt = output_format(ctx, output)
+    if queued:
+        if filter_state is not None:
+            fail("--queued lists the waiting jobs; it takes no --filter-state", EXIT_USAGE)
+        waiting = run_api(
+            ctx,
+            lambda api: api.client.list(queued=True, everyone=everyone),
+            status="Listing queue",
+        )
+        listing = Listing("waiting jobs", QUEUE_COLUMNS, QUEUE_WIDE_COLUMNS, queue_row)
+        listing.show(waiting, fmt, no_headers=no_headers)
+        return
     jobs = run_api(
         ctx, lambda api: api.client.list(filter_state, everyone=everyone), status="Listing jobs"
     )

@@ -55,6 +55,7 @@ class SpecFlags:
     min_reliability: float | None = None
     network: Network | None = None
     outputs: list[str] = field(default_factory=list)
+    priority: int | None = None
 
 
 def flag_fields(flags: SpecFlags, engine: Engine) -> dict[str, Any]:
@@ -80,6 +81,7 @@ def flag_fields(flags: SpecFlags, engine: Engine) -> dict[str, Any]:
         "min_reliability": flags.min_reliability,
         "network": flags.network.value if flags.network else None,
         "outputs": flags.outputs or None,
+        "priority": flags.priority,
     }
     resources = {"cpu": flags.cpu, "memory": flags.memory, "disk": flags.disk, "gpu": flags.gpu}
     fields["resources"] = {k: v for k, v in resources.items() if v is not None} or None
@@ -215,6 +217,14 @@ TimeoutOption = Annotated[
 QueueTimeoutOption = Annotated[
     str | None,
     _opt("--queue-timeout", metavar="DURATION", help="How long it may wait for a node (5m)."),
+]
+PriorityOption = Annotated[
+    int | None,
+    _opt(
+        "--priority",
+        metavar="N",
+        help="0-100 (default 50): waiting work of higher priority is placed first.",
+    ),
 ]
 RetriesOption = Annotated[
     int | None, _opt("--retries", metavar="N", help="New attempts after a failure (0).")

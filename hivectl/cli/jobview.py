@@ -10,6 +10,8 @@ from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobSpec
 
 COLUMNS = ["ID", "NAME", "TYPE", "ENGINE", "STATE", "EXECUTIONS", "OWNER", "CREATED"]
 WIDE_COLUMNS = [*COLUMNS, "IMAGE", "COMMAND", "NODES", "REASON"]
+QUEUE_COLUMNS = ["POSITION", "ID", "OWNER", "PRIORITY", "NAME", "STATE", "CREATED", "REASON"]
+QUEUE_WIDE_COLUMNS = [*QUEUE_COLUMNS, "EXECUTIONS", "CPU", "MEMORY", "GPU"]
 EXEC_COLUMNS = ["EXEC", "NODE", "ATTEMPT", "STATE", "EXIT", "STARTED", "ENDED", "ERROR"]
 DESCRIBE_ROWS = 20  # executions a big job's describe lists; `job executions` has them all
 _INTEREST = {ExecState.FAILED: 0, ExecState.LOST: 0, ExecState.RUNNING: 1, ExecState.STARTING: 1}
@@ -78,6 +80,26 @@ def job_row(job: Job, wide: bool, now: datetime) -> list[str]:
     if wide:
         reason = " ".join(job.reason.split()) or NONE  # why it waits, or why it ended
         row += [spec.image or NONE, command_text(spec), job_nodes(job), reason]
+    return row
+
+
+def queue_row(job: Job, wide: bool, now: datetime) -> list[str]:
+    """A waiting job, as `job list --queued` shows it."""
+    spec = job.spec
+    row = [
+        str(job.position),
+        job.job_id,
+        job.owner,
+        str(spec.priority),
+        spec.name or NONE,
+        job.state.value,
+        age(job.created_at, now),
+        " ".join(job.reason.split()) or NONE,
+    ]
+    if wide:
+        asked = spec.resources
+        memory = f"{asked.memory / 2**20:g}MiB" if asked.memory else NONE
+        row += [exec_counts(job), f"{asked.cpu:g}", memory, str(asked.gpu)]
     return row
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from hivectl.cli import quotas
 from hivectl.cli.api import call
 from hivectl.cli.common import (
     EXIT_USAGE,
@@ -151,3 +152,7 @@ def remove(
 
     call(ctx, "user", "remove", make(UserRemoveRequest, name=name, reason=message), OkReply)
     print_ok()
+
+
+# Quotas have their own module (`hivectl user quota`), registered on this noun.
+app.command("quota")(quotas.quota)

@@ -286,11 +286,17 @@ class AsyncClient:
         request = JobGetRequest(id=check_prefix(job_id))
         return (await self.call("job", "get", request, JobGetReply)).job
 
-    async def list(self, state: JobState | str | None = None, *, everyone: bool = False) -> Jobs:
+    async def list(
+        self, state: JobState | str | None = None, *, everyone: bool = False, queued: bool = False
+    ) -> Jobs:
         """Your jobs (`everyone`: every user's) in `state`, if given, newest first, from
-        every page; each with its executions counted (`Job.tally()`), not listed."""
+        every page; each with its executions counted (`Job.tally()`), not listed. With
+        `queued`, the jobs waiting to be placed, in the order they will be
+        (`Job.position`)."""
         query = JobListRequest(
-            state=JobState(state) if state is not None else None, everyone=everyone
+            state=JobState(state) if state is not None else None,
+            everyone=everyone,
+            queued=queued,
         )
         subject = self.subjects.api("job", "list")
 

@@ -107,6 +107,16 @@ class JetStreamSettings(Section):
     replicas: int = Field(default=1, ge=1, le=5)
 
 
+class SchedulerSettings(Section):
+    # The fair queue ranks owners by their recent usage (CPU-equivalent seconds of
+    # their executions): usage this long ago counts half, twice as long ago a quarter.
+    fair_share_half_life: Duration = Field(default=3600.0, gt=0)
+    # A job that has waited this long for room gets a node held for it, which no other
+    # job may use until it fits (small jobs otherwise backfill around it for good);
+    # 0: never (plain best-effort backfill).
+    backfill_reserve_after: Duration = 60.0
+
+
 class HiveSettings(BaseSettings):
     """Common behaviour: HIVE_ env prefix, `__` nesting, unknown keys refused."""
 
@@ -170,6 +180,7 @@ class RequesterConfig(HiveSettings):
     embedded: EmbeddedNatsSettings = Field(default_factory=EmbeddedNatsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     jetstream: JetStreamSettings = Field(default_factory=JetStreamSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     data_dir: Path = Field(default_factory=lambda: _data_dir("requester"))
     name: str = Field(default="requester", pattern=ID_PATTERN)
     cluster_name: str = Field(default="hive", max_length=64)

@@ -137,6 +137,10 @@ class Job(Model):
     # The user who submitted it (set by the requester from the verified request, never
     # by the client); jobs stored before users existed belong to the built-in admin.
     owner: ShortText = ADMIN_USER
+    # When it last began to wait for a node, if later than its creation and its last
+    # execution's end: its owner's quota held it until then (the queue timeout counts
+    # only time spent waiting for a node).
+    waiting_from: datetime | None = None
     # The epoch of the leading requester that last decided for this job: an older
     # leader (paused, cut off) may not write it again.
     epoch: NonNegInt = 0
@@ -146,6 +150,9 @@ class Job(Model):
     # The nodes its executions ran on (not refused), in replies that carry no executions
     # (`job list`); never stored.
     nodes: Annotated[list[NodeId], Field(max_length=1024)] = Field(default_factory=list)
+    # Its place in the queue of waiting work (1: placed next), in `job list --queued`
+    # replies; 0 elsewhere, never stored.
+    position: NonNegInt = 0
 
     def tally(self) -> dict[ExecState, int]:
         """Executions by state: `counts` when the reply carried it, else counted here."""
@@ -248,11 +255,14 @@ class JobSubmitReply(Message):
 
 
 class JobListRequest(Message):
-    """The caller's own jobs; with `everyone`, every user's (not for a submitter)."""
+    """A page of the caller's own jobs (with `everyone`, every user's; not for a
+    submitter), newest first; with `queued`, the jobs waiting to be placed, in the order
+    the leader's scheduler places them (each with its `position`)."""
 
     kind: ClassVar[str] = "job_list"
     state: JobState | None = None
     everyone: Annotated[bool, Strict()] = False
+    queued: Annotated[bool, Strict()] = False
     after: ShortText = ""
     limit: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1000
 

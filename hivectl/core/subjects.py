@@ -18,6 +18,8 @@ CONTAINER_LABEL_NODE, CONTAINER_LABEL_JOB, CONTAINER_LABEL_EXEC = (
 )
 # The key of the cluster bucket that holds the requesters' shared identity seed.
 REQUESTER_SEED_KEY = "requester-seed"
+# The key of the quotas bucket that holds the default quota (no user name starts with _).
+QUOTA_DEFAULT_KEY = "_default"
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,11 @@ class Subjects:
         return f"{self._ident}_leases"
 
     @property
+    def quotas_bucket(self) -> str:
+        """Quotas by user name, and the default for every user under `QUOTA_DEFAULT_KEY`."""
+        return f"{self._ident}_quotas"
+
+    @property
     def results_store(self) -> str:
         return f"{self._ident}_results"
 
@@ -187,6 +194,13 @@ class Subjects:
         """A requester that is not the leader says here that it created a job, so the
         leader places it at once rather than when its watch of the bucket gets there."""
         return f"{self.prefix}.requester.job-created"
+
+    @property
+    def leader_queue(self) -> str:
+        """The leader answers here with its queue of waiting work (`job list --queued`):
+        a requester that does not lead forwards the request, as only the leader's
+        scheduler knows the order it places in."""
+        return f"{self.prefix}.requester.queue"
 
     @property
     def requester_queue(self) -> str:

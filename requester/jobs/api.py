@@ -8,7 +8,7 @@ worth a look first: failed, lost, running), and `executions` pages through the r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from hivectl.core import codec
 from hivectl.core.jobs import (
@@ -28,7 +28,8 @@ from hivectl.core.jobs import (
     JobSubmitRequest,
     new_job_id,
 )
-from hivectl.core.models import Message, OkReply
+from hivectl.core.models import ErrorReply, Message, OkReply
+from hivectl.core.quotas import Quota
 from hivectl.core.users import ADMIN_USER, Role, article
 from requester.jobs.executions import finish
 from requester.jobs.fenced import JobError
@@ -36,6 +37,9 @@ from requester.jobs.records import JobStore
 from requester.routing import REPLY_HEADROOM, ApiRouter, Refusal, current_role, current_user
 
 Kick = Callable[[str], None]
+# The leader's queue of waiting jobs, in order; None on a requester that does not lead.
+Queue = Callable[[], list[Job] | None]
+Forward = Callable[[bytes], Awaitable[bytes]]  # a request to the leader; its reply
 SHOWN = 100  # executions a `get` carries; `executions` pages through the rest
 # What `get` shows first of a big job: what went wrong, then what runs, then the rest.
 _INTEREST = {
@@ -52,12 +56,23 @@ class JobApi(ApiRouter):
     noun = "job"
 
     def __init__(
-        self, store: JobStore, *, kick: Kick, max_payload: int, limits: codec.Limits
+        self,
+        store: JobStore,
+        *,
+        kick: Kick,
+        max_payload: int,
+        limits: codec.Limits,
+        quotas: Callable[[str], Quota] | None = None,
+        queue: Queue | None = None,
+        forward: Forward | None = None,
     ) -> None:
         self._store = store
         self._kick = kick
         self._max_reply = max_payload - REPLY_HEADROOM
         self._limits = limits
+        self._quotas = quotas
+        self._queue = queue
+        self._forward = forward
         super().__init__()
         self.handlers.update(
             submit=self.submit,
@@ -81,6 +96,7 @@ class JobApi(ApiRouter):
         job_id = request.job_id or new_job_id()
         known = self._store.record(job_id)  # a retry usually finds it here, with no write
         if known is None:
+            self._check_queued_quota(current_user())
             known, created = await self._store.create(
                 Job(job_id=job_id, spec=request.spec, owner=current_user())
             )
@@ -94,7 +110,22 @@ class JobApi(ApiRouter):
             )
         return JobSubmitReply(job_id=job_id)
 
-    async def list_jobs(self, data: bytes) -> Message:
+    def _check_queued_quota(self, owner: str) -> None:
+        """A submit over the owner's queued-jobs quota is refused (a retry of one that
+        was stored is not: it finds its job first). Submits in flight at once may each
+        pass the count before any is stored: the quota can be passed by that many."""
+        limit = self._quotas(owner).queued if self._quotas is not None else None
+        if limit is None:
+            return
+        waiting = self._store.owners.waiting(owner)
+        if waiting >= limit:
+            raise JobError(
+                "quota",
+                f"quota: {owner} has {waiting} jobs waiting to start, its quota allows "
+                f"{limit}; wait for some to start, or stop some (hivectl job list --queued)",
+            )
+
+    async def list_jobs(self, data: bytes) -> Message | bytes:
         request = codec.decode(data, JobListRequest, self._limits)
         user, role = current_user(), current_role()
         if request.everyone and not role.reads_all_jobs:
@@ -103,6 +134,9 @@ class JobApi(ApiRouter):
                 f"{user} is {article(role)}: listing everyone's jobs needs the viewer or "
                 "operator role (without --all: your own jobs)",
             )
+        if request.queued:
+            page = await self._queued(data, request)
+            return self._owned(page, None if request.everyone else user)
         records = sorted(
             (
                 j
@@ -119,6 +153,48 @@ class JobApi(ApiRouter):
             mark = _newest_first(after)
             records = [j for j in records if _newest_first(j) > mark]
         return self._page([self._counted(j) for j in records[: request.limit + 1]], request.limit)
+
+    async def _queued(self, data: bytes, request: JobListRequest) -> Message | bytes:
+        """The leader's queue, a page at a time; another requester asks the leader."""
+        jobs = self._queue() if self._queue is not None else None
+        if jobs is not None:
+            return self._queue_page(jobs, request)
+        if self._forward is None:
+            raise JobError("unavailable", "this requester keeps no queue of waiting jobs")
+        return await self._forward(data)
+
+    def _owned(self, page: Message | bytes, owner: str | None) -> Message | bytes:
+        """A queue page with `owner`'s jobs alone (None: everyone's). Positions stay
+        those in the whole queue, and `next` stays, so the client pages on."""
+        if owner is None:
+            return page
+        reply = page if isinstance(page, Message) else codec.decode(page, None, self._limits)
+        if not isinstance(reply, JobListReply):
+            return reply  # an error from the leader, passed on as it came
+        return reply.model_copy(update={"jobs": [j for j in reply.jobs if j.owner == owner]})
+
+    def _queue_page(self, jobs: list[Job], request: JobListRequest) -> JobListReply:
+        if request.after:
+            start = next((i + 1 for i, j in enumerate(jobs) if j.job_id == request.after), -1)
+            if start < 0:
+                raise JobError("not_found", f"job {request.after!r} (queue position) not found")
+            jobs = jobs[start:]
+        return self._page(jobs[: request.limit + 1], request.limit)
+
+    async def on_leader_queue(self, data: bytes) -> bytes | None:
+        """A requester that does not lead asks for the queue: answered by the leader
+        alone (None elsewhere: the others stay silent)."""
+        jobs = self._queue() if self._queue is not None else None
+        if jobs is None:
+            return None
+        reply: Message
+        try:
+            reply = self._queue_page(jobs, codec.decode(data, JobListRequest, self._limits))
+        except JobError as exc:
+            reply = ErrorReply(code=exc.code, reason=exc.reason)
+        except codec.CodecError as exc:
+            reply = exc.reply()
+        return codec.encode(reply)
 
     def _counted(self, record: Job) -> Job:
         """The job as a list shows it: its executions as counts by state."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from hivectl.core.jobs import (
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger("hive.requester.executions")
+QUOTA_REASON = "quota: "  # how the reason of every quota hold begins
 ES = ExecState
 ACTIVE = frozenset({ES.OFFERED, ES.ACCEPTED, ES.STARTING, ES.RUNNING})
 _RANK = {ES.OFFERED: 0, ES.ACCEPTED: 1, ES.STARTING: 2, ES.RUNNING: 3}
@@ -142,11 +143,40 @@ def missing(job: Job) -> tuple[int, frozenset[str] | None]:
 
 def waiting_since(job: Job) -> datetime:
     """Since when the job has wanted a node: its queue timeout counts from its last
-    progress (an execution that ended, however it ended, short of a node's refusal)."""
+    progress (an execution that ended, however it ended, short of a node's refusal), or
+    from the end of a quota hold."""
     ended = [
         e.ended_at for e in job.executions if e.ended_at is not None and e.state is not ES.REJECTED
     ]
-    return max([job.created_at, *ended])
+    held = [job.waiting_from] if job.waiting_from is not None else []
+    return max([job.created_at, *ended, *held])
+
+
+def wait(job: Job, why: str, now: datetime) -> Job | None:
+    """Nothing placeable now (`why`): the job waits (QUEUED, or RUNNING with some of it
+    placed), or fails once its queue time is up; None when that changes nothing.
+
+    The queue timeout is how long a job may wait for a node: time its owner's quota
+    holds it does not count (it waits for its owner's own work), and the clock starts
+    again when a hold ends."""
+    if job.state in JOB_TERMINAL or missing(job)[0] == 0:
+        return None
+    limit = job.spec.queue_timeout
+    held, was_held = why.startswith(QUOTA_REASON), job.reason.startswith(QUOTA_REASON)
+    update: dict[str, object] = {"reason": why}
+    if was_held and not held:
+        update["waiting_from"] = now
+    # A batch bigger than the room there is waits while its executions run: only a job
+    # with nothing running has waited in vain.
+    running = any(e.state in ACTIVE for e in job.executions)
+    waited = now - waiting_since(job) >= timedelta(seconds=limit)
+    if not running and not held and not was_held and waited:
+        return finish(job, JobState.FAILED, f"queue timeout ({limit:g}s): {why}")
+    running = any(e.state in (ES.RUNNING, ES.COMPLETED) for e in job.executions)
+    update["state"] = JobState.RUNNING if running else JobState.QUEUED
+    if (job.state, job.reason) == (update["state"], why):
+        return None
+    return job.model_copy(update=update)
 
 
 def failure_reason(execution: Execution) -> str:

@@ -59,6 +59,9 @@ class FencedJobs:
     def active_on(self, node_id: str) -> dict[str, str]:
         return self.store.active_on(node_id)
 
+    def job_of(self, exec_id: str) -> str | None:
+        return self.store.job_of(exec_id)
+
     def active_nodes(self) -> list[str]:
         return self.store.active_nodes()
 

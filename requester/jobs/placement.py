@@ -196,11 +196,19 @@ def shortfall(want: Room, free: list[Room], which: str = "") -> str:
         needed = getattr(want, name)
         largest = max(getattr(f, name) for f in free)
         if needed > largest + (1e-9 if name == "cpu" else 0):
-            asked, most = _amount(needed, unit), _amount(largest, unit)
+            asked, most = amount(needed, unit), amount(largest, unit)
             if len(free) == 1:
                 return f"the only {which}node has {most} free, not {asked}"
             return f"{len(free)} {which}nodes, none with {asked} free (most free: {most})"
     return f"{len(free)} {which}nodes, none with all the requested resources free at once"
+
+
+def declined(answers: list[str]) -> str:
+    """Why a job found no node though some fitted: what the nodes that declined said."""
+    if not answers:
+        return "no node fits"
+    shown = "; ".join(answers[:5]) + ("; ..." if len(answers) > 5 else "")
+    return f"every fitting node declined ({shown})"
 
 
 def _size(value: float) -> str:
@@ -210,10 +218,42 @@ def _size(value: float) -> str:
     return f"{int(value)}B"
 
 
-def _amount(value: float, unit: str) -> str:
+def amount(value: float, unit: str) -> str:
     if unit in ("memory", "disk"):
         return f"{_size(value)} {unit}"
     return f"{value:g} {unit}" + ("" if value == 1 else "s")
+
+
+def reservable(
+    job: Job,
+    records: list[NodeRecord],
+    liveness: Liveness,
+    ledger: Ledger,
+    labels: Callable[[NodeRecord], Mapping[str, str]] = merged_labels,
+    *,
+    keep: str | None = None,
+) -> str | None:
+    """The node to hold for a job that found no room: one it would fit on if emptied
+    (eligible as `candidates` filters, its allocatable big enough): `keep` (the node held
+    for it already) while it stays eligible, else the one with the most free room now,
+    so it drains soonest; None when there is none."""
+    spec = job.spec
+    want = Room.of(spec.resources)
+    selector = parse_selector(spec.selector)
+    best: tuple[float, str] | None = None
+    for r in records:
+        if r.approval is not APPROVED or r.cordoned or not Room.of(r.info.allocatable).fits(want):
+            continue
+        if liveness.health(r.node_id) is not HEALTHY or spec.engine.value not in r.info.executors:
+            continue
+        if selector and not selector.matches(labels(r)):
+            continue
+        if r.node_id == keep:
+            return keep
+        free = ledger.free(r.node_id, r.info.allocatable, liveness.resources(r.node_id))
+        key = (-Candidate(r.node_id, free, r.info.allocatable).score(), r.node_id)
+        best = key if best is None or key < best else best
+    return None if best is None else best[1]
 
 
 def plan(job: Job, need: int, nodes: frozenset[str] | None, fitting: list[Candidate]) -> list[str]:

@@ -31,6 +31,7 @@ from hivectl.core.subjects import Subjects
 from hivectl.core.usage import UsageRecord
 from requester.events import stamped
 from requester.jobs.executions import ACTIVE, node_stopped
+from requester.jobs.fairshare import Owners
 from requester.jobs.fenced import Change, Deposed, JobError
 from requester.kvview import KvView
 from requester.store import Store
@@ -102,6 +103,7 @@ class JobStore:
         self.watchers: list[Callable[[Job], None]] = []
         # Told of the usage record of every execution a write of ours ended.
         self.usage: Callable[[list[UsageRecord]], None] | None = None
+        self.owners = Owners()  # owners' waiting jobs and, on the leader, their usage
 
     async def start(self, js: Store) -> None:
         """Open (or create) the buckets and load every job before serving."""
@@ -170,17 +172,25 @@ class JobStore:
         return self._view.lost_races + self._execs.lost_races
 
     def follow(self) -> None:
-        """Another requester leads: keep its writes packed until someone reads them
-        (decoding every placement write cost a follower a tenth of a core, on a
-        machine the leader shares). The indexes below serve the leader alone."""
-        self._view.lazy = self._execs.lazy = True
+        """Another requester leads: keep its execution writes packed until someone
+        reads them (decoding every placement write cost a follower a tenth of a core,
+        on a machine the leader shares); the indexes of executions serve the leader
+        alone. Job records (a few writes a job, whatever its count) stay decoded: a
+        submit to any requester checks its owner's count of waiting jobs."""
+        self._execs.lazy = True
 
     def lead(self) -> None:
-        """This requester leads: every record decoded, the indexes rebuilt."""
+        """This requester leads: every record decoded, the indexes (owners' usage
+        among them) rebuilt from every record kept."""
         self._view.lazy = self._execs.lazy = False
         self._active.clear()
         self._active_at.clear()
-        self._execs.decode_all()
+        self.owners.reset_share()
+        self.owners.rebuilding = True
+        try:
+            self._execs.decode_all()
+        finally:
+            self.owners.rebuilding = False
         self._view.decode_all()
 
     def active_on(self, node_id: str) -> dict[str, str]:
@@ -242,6 +252,7 @@ class JobStore:
             self._unsorted.discard(job_id)
 
     def _job_taken_in(self, job_id: str, job: Job | None) -> None:
+        self.owners.job(job_id, job)
         if job is not None:
             for watcher in self.watchers:
                 watcher(job)
@@ -257,6 +268,7 @@ class JobStore:
         if execution is not None and execution.state in ACTIVE:
             self._active.setdefault(execution.node_id, {})[exec_id] = job_id
             self._active_at[exec_id] = execution.node_id
+        self.owners.execution(job_id, exec_id, execution, self._view.get)
 
     # -- writes -----------------------------------------------------------------------
     async def create(self, job: Job) -> tuple[Job, bool]:

@@ -17,38 +17,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from prometheus_client import Histogram
 
 from hivectl.core.jobs import (
     JOB_TERMINAL,
-    ExecState,
     Execution,
     Job,
-    JobState,
     new_exec_id,
 )
 from hivectl.core.models import utcnow
-from requester.jobs import placement
+from hivectl.core.quotas import Quota
+from requester.jobs import fairqueue, placement
 from requester.jobs.executions import (
-    ACTIVE,
     failures,
-    finish,
-    mark_gone,
-    mark_lost,
     missing,
     resettle,
-    waiting_since,
+    wait,
 )
+from requester.jobs.fairshare import DEFAULT_HALF_LIFE, FairShare
 from requester.jobs.fenced import Deposed, FencedJobs
 from requester.jobs.ledger import Ledger, Room
+from requester.jobs.nodechanges import NodeChanges
 from requester.jobs.offers import Offers
+from requester.jobs.quotagate import QuotaGate
+from requester.jobs.reserve import Reservations
+from requester.jobs.turns import Turns
 from requester.nodes.link import LATENCY_BUCKETS, NodeLink
 from requester.nodes.liveness import Liveness
 from requester.nodes.registry import Registry
@@ -57,6 +56,7 @@ log = logging.getLogger("hive.requester.scheduler")
 # Jobs placed at once. Each waits mostly on two KV writes and its offers; a few in
 # flight keep the requester busy deciding while others wait.
 PARALLEL = 8
+NO_QUOTA = Quota()
 
 
 @dataclass(slots=True)
@@ -80,6 +80,9 @@ class Scheduler:
         parallel: int = PARALLEL,
         scores: Mapping[str, float] = placement.NO_SCORES,
         tiers: Mapping[str, int] = placement.NO_TIERS,
+        share: FairShare | None = None,
+        quotas: Callable[[str], Quota] | None = None,
+        reserve_after: float = 0.0,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -90,14 +93,15 @@ class Scheduler:
         self._parallel = max(1, parallel)
         self._scores = scores  # nodes' reliability, kept current by the usage feed
         self._tiers = tiers  # and the ranking tiers of those below a new node's
-        self._wanted: dict[str, None] = {}  # ordered set: first kicked, first placed
-        self._node_changes: list[tuple[str, bool]] = []  # (node, lost?)
-        self._gone: list[tuple[str, dict[str, str]]] = []  # (node, {exec: job}) it lacks
-        self._cancelled_lost: set[str] = set()
+        self.share = share or FairShare(DEFAULT_HALF_LIFE)
+        self.gate = QuotaGate(quotas or (lambda owner: NO_QUOTA), self.share)
+        # Jobs to look at, in the fair queue's order (priority, fair share, FIFO).
+        self._turns = Turns(self.share.rank, spare=self._parallel)
+        self._nodes = NodeChanges(store, link, want=self._want)
+        self.reservations = Reservations(reserve_after)
         self._offers = Offers(store, link, offer_timeout)
         self._busy: set[str] = set()  # jobs being placed now
         self._starved: set[str] = set()  # found no node while capacity was held in flight
-        self._waiting: dict[str, None] = {}  # found no room, in the order they first did
         self._pass_ledger: Ledger | None = None  # the ledger of the pass running now
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()  # a kick, or a placement finished
@@ -108,39 +112,61 @@ class Scheduler:
 
     # -- inputs ---------------------------------------------------------------------
     def kick(self, job_id: str) -> None:
-        self._wanted[job_id] = None
+        self._want(job_id)
         self._wake.set()
         self._progress.set()
 
+    def _want(self, job_id: str, job: Job | None = None) -> None:
+        """The job is looked at, in its turn."""
+        record = job or self._store.record(job_id)
+        if record is not None:  # else gone, or not in memory yet (the tick finds it)
+            self._turns.want(record)
+
     def node_lost(self, node_id: str) -> None:
-        self._node_changes.append((node_id, True))
+        self._nodes.changed(node_id, lost=True)
         self._wake.set()
         self._progress.set()
 
     def node_back(self, node_id: str) -> None:
-        self._node_changes.append((node_id, False))
+        self._nodes.changed(node_id, lost=False)
         self._wake.set()
         self._progress.set()
 
     def ended(self, exec_ids: list[str]) -> None:
-        """These executions ended: their room is free now, for this pass too, and as
-        many jobs that found no room as executions ended look again, first come first
-        (the tick still looks at every one)."""
+        """These executions ended: their room is free now, for this pass too. Jobs that
+        found no room look again (best first; see turns.py for the backfill rule), and
+        as many jobs as an owner's executions ended that its quota held. The tick still
+        looks at every job."""
         ledger = self._pass_ledger
         if ledger is not None:
             for exec_id in exec_ids:
                 ledger.release_exec(exec_id)
-        waiting = (j for j in self._waiting if j not in self._wanted and j not in self._busy)
-        for job_id in list(itertools.islice(waiting, len(exec_ids))):
-            self._wanted[job_id] = None
+        for job_id in self._turns.room_freed(len(exec_ids), self._busy.__contains__):
+            self._want(job_id)
+        if (held := self.reservations.held) is not None:  # its node may have room now
+            self._want(held.job_id)
+        if self._turns.held:
+            owners = Counter(
+                record.owner
+                for exec_id in exec_ids
+                if (owned := self._store.job_of(exec_id)) is not None
+                and (record := self._store.record(owned)) is not None
+            )
+            for owner, count in owners.items():
+                for job_id in self._turns.quota_freed(owner, count):
+                    self._want(job_id)
         self._wake.set()
         self._progress.set()
 
     def executions_gone(self, node_id: str, gone: dict[str, str]) -> None:
         """`node_id` does not hold these executions ({exec id: job id}) any more."""
-        self._gone.append((node_id, gone))
+        self._nodes.gone(node_id, gone)
         self._wake.set()
         self._progress.set()
+
+    def queued(self) -> list[Job]:
+        """The jobs waiting to be placed, in the order they will be (see fairqueue.py)."""
+        return fairqueue.queued(self._store, self.share, self.gate)
 
     # -- the worker -----------------------------------------------------------------
     def start(self) -> None:
@@ -171,6 +197,8 @@ class Scheduler:
     async def _tick(self) -> None:
         """Every unfinished job that lacks executions is looked at again."""
         await self._offers.tick()
+        if (held := self.reservations.held) is not None:
+            self.reservations.check(self._store.get(held.job_id))
         for job in self._store.unfinished():
             if resettle(job) is not None:  # a change cut short left the record behind
                 try:
@@ -180,12 +208,12 @@ class Scheduler:
                 except Exception as exc:  # the store away: the next tick tries again
                     log.warning("job %s not brought level with its executions: %s", job.job_id, exc)
             if job.state not in JOB_TERMINAL and missing(job)[0]:
-                self._wanted.setdefault(job.job_id, None)
+                self._want(job.job_id, job)
 
     async def _drain(self) -> None:
         """Node changes first, then the wanted jobs, `parallel` at a time, one ledger."""
-        await self._node_changes_now()
-        if not self._wanted:
+        await self._nodes.handle()
+        if not self._turns.wanted:
             return
         self._pass_ledger = ledger = self._ledger()
         try:
@@ -206,17 +234,6 @@ class Scheduler:
                     ledger.hold_exec(exec_id, node_id, Room.of(record.spec.resources))
         return ledger
 
-    async def _node_changes_now(self) -> None:
-        while self._gone:
-            node_id, gone = self._gone.pop(0)
-            await self._drop_gone(node_id, gone)
-        while self._node_changes:
-            node_id, lost = self._node_changes.pop(0)
-            try:
-                await (self._lose(node_id) if lost else self._welcome(node_id))
-            except Exception:  # raised into the pass, it would cancel the placements in flight
-                log.exception("handling node %s (%s) failed", node_id, "lost" if lost else "back")
-
     async def _next_job(self) -> str | None:
         """The next wanted job not already being placed, once there is room for it.
 
@@ -228,11 +245,10 @@ class Scheduler:
         """
         loop = asyncio.get_running_loop()
         while True:
-            await self._node_changes_now()
+            await self._nodes.handle()
             if loop.time() < self._next_tick and len(self._busy) < self._parallel:
-                job_id = next((j for j in self._wanted if j not in self._busy), None)
+                job_id = self._turns.next(self._busy.__contains__)
                 if job_id is not None:
-                    del self._wanted[job_id]
                     self._busy.add(job_id)
                     return job_id
             if not self._busy:
@@ -258,7 +274,13 @@ class Scheduler:
         while (job := self._store.get(job_id)) is not None and job.state not in JOB_TERMINAL:
             need, nodes = missing(job)
             if need == 0:
-                self._waiting.pop(job_id, None)
+                break
+            want = Room.of(job.spec.resources)
+            allowed, over = self.gate.allows(job, want)
+            if not allowed:  # waits for its owner's earlier work, not for a node
+                self._turns.over_quota(job)
+                self.reservations.release(job_id)
+                await self._wait(job_id, over)
                 return
             fitting, why = placement.candidates(
                 job,
@@ -269,20 +291,40 @@ class Scheduler:
                 self._scores,
                 self._tiers,
             )
-            fitting = [c for c in fitting if c.node_id not in attempt.tried]
-            chosen = placement.plan(job, need, nodes, fitting)
+            kept = self.reservations.kept_from(job)
+            fitting = [c for c in fitting if c.node_id not in attempt.tried and c.node_id != kept]
+            if not fitting and not why and kept is not None:
+                why = self.reservations.why_kept(kept)
+            chosen = placement.plan(job, need, nodes, fitting)[:allowed]
             if not chosen:
                 if len(self._busy) > 1:  # others hold capacity that a decline may free
                     self._starved.add(job_id)
-                self._waiting.setdefault(job_id, None)
-                await self._wait(job_id, why or _declined(attempt))
+                self._turns.no_room(job)
+                why = why or placement.declined(attempt.declined)
+                await self._wait(job_id, why + self._hold_for(job, ledger))
                 return
             attempt.tried.update(chosen)
-            want = Room.of(job.spec.resources)
             for node_id in chosen:  # held before the first await: no other decision sees it
                 ledger.hold(node_id, want)
+            self.gate.charge(job.owner, want, len(chosen))
             await self._offer(job, chosen, attempt, ledger, want)
-        self._waiting.pop(job_id, None)  # gone, or finished
+        self._turns.settled(job_id, job.owner if job is not None else None)
+        self.reservations.release(job_id)
+
+    def _hold_for(self, job: Job, ledger: Ledger) -> str:
+        """A node held for the job, if it is due one (see reserve.py): said in its reason."""
+        if not self.reservations.due(job, utcnow()):
+            return ""
+        snapshot, labels = self._registry.snapshot(), self._registry.labels
+        held = self.reservations.held
+        node_id = placement.reservable(
+            job, snapshot, self._liveness, ledger, labels, keep=held.node_id if held else None
+        )
+        if node_id is None:
+            self.reservations.release(job.job_id)
+            return ""
+        self.reservations.hold(job.job_id, node_id)
+        return f"; node {node_id} is held for it"
 
     async def _offer(
         self, job: Job, chosen: list[str], attempt: Pass, ledger: Ledger, want: Room
@@ -302,7 +344,11 @@ class Scheduler:
             ledger.holding[execution.exec_id] = (execution.node_id, want)
         release = [e.exec_id for e in new]
         try:
-            if not await self._store_offers(job, new):
+            try:
+                stored = await self._store_offers(job, new)
+            finally:  # stored, they count in what the owner holds; else nothing was
+                self.gate.discharge(job.owner, want, len(new))
+            if not stored:
                 return
             release = []
             answers = await self._offers.send(job, new)
@@ -339,76 +385,14 @@ class Scheduler:
     def _capacity_back(self) -> None:
         """A declined offer's capacity is free again: jobs that found none look again."""
         for job_id in self._starved:
-            self._wanted.setdefault(job_id, None)
+            self._want(job_id)
         self._starved.clear()
         self._progress.set()
 
     async def _wait(self, job_id: str, why: str) -> None:
-        """Nothing placeable now: the job waits (QUEUED), or fails once its queue time is up."""
-        now = utcnow()
-
-        def queue(job: Job) -> Job | None:
-            if job.state in JOB_TERMINAL or missing(job)[0] == 0:
-                return None
-            limit = job.spec.queue_timeout
-            # A batch bigger than the room there is waits while its executions run:
-            # only a job with nothing running has waited in vain.
-            running = any(e.state in ACTIVE for e in job.executions)
-            if not running and now - waiting_since(job) >= timedelta(seconds=limit):
-                return finish(job, JobState.FAILED, f"queue timeout ({limit:g}s): {why}")
-            running = any(
-                e.state in (ExecState.RUNNING, ExecState.COMPLETED) for e in job.executions
-            )
-            state = JobState.RUNNING if running else JobState.QUEUED
-            if (job.state, job.reason) == (state, why):
-                return None
-            return job.model_copy(update={"state": state, "reason": why})
-
-        await self._store.change(job_id, queue)
-
-    # -- lost nodes -------------------------------------------------------------------
-    async def _lose(self, node_id: str) -> None:
-        for job_id in sorted(set(self._store.active_on(node_id).values())):
-            log.warning("node %s lost: job %s loses its executions there", node_id, job_id)
-            after = await self._store.change(job_id, lambda j: mark_lost(j, node_id))
-            if after is not None and missing(after)[0]:
-                self._wanted.setdefault(job_id, None)
-
-    async def _drop_gone(self, node_id: str, gone: dict[str, str]) -> None:
-        by_job: dict[str, set[str]] = {}
-        for exec_id, job_id in gone.items():
-            by_job.setdefault(job_id, set()).add(exec_id)
-        reason = f"node {node_id} does not hold it (the node restarted or lost its state)"
-        for job_id, exec_ids in by_job.items():
-            try:
-                change = functools.partial(mark_gone, exec_ids=frozenset(exec_ids), reason=reason)
-                after = await self._store.change(job_id, change)
-            except Exception:  # one job's trouble must not keep the others from moving
-                log.exception("writing off executions of %s failed", job_id)
-                continue
-            if after is not None and missing(after)[0]:
-                self._wanted.setdefault(job_id, None)
-
-    async def _welcome(self, node_id: str) -> None:
-        """A lost node is back: it must stop what was re-placed elsewhere."""
-        stale = [
-            e
-            for job in self._store.jobs()
-            for e in job.executions
-            if e.node_id == node_id
-            and e.state is ExecState.LOST
-            and e.exec_id not in self._cancelled_lost
-        ]
-        self._cancelled_lost.update(e.exec_id for e in stale)
-        if stale:
-            self._link.cancel(stale, f"node {node_id} was lost; the execution was written off")
-
-
-def _declined(attempt: Pass) -> str:
-    if not attempt.declined:
-        return "no node fits"
-    shown = "; ".join(attempt.declined[:5]) + ("; ..." if len(attempt.declined) > 5 else "")
-    return f"every fitting node declined ({shown})"
+        """Nothing placeable now: the job waits (QUEUED), or fails once its queue time
+        is up (see executions.wait)."""
+        await self._store.change(job_id, functools.partial(wait, why=why, now=utcnow()))
 
 
 def placement_histogram() -> Histogram:

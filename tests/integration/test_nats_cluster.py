@@ -43,6 +43,7 @@ HIVE_STREAMS = {
     S.kv_stream(S.leases_bucket),
     S.kv_stream(S.tokens_bucket),
     S.kv_stream(S.users_bucket),
+    S.kv_stream(S.quotas_bucket),
     S.exec_stream,
     S.logs_stream,
     S.events_stream,

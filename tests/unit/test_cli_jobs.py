@@ -332,6 +332,7 @@ SPEC_DOC = {
     "resources": {"cpu": "250m", "memory": "1Gi"},
     "constraints": ["zone=eu-2"],
     "timeout": "1m",
+    "priority": 20,
 }
 
 
@@ -351,10 +352,11 @@ def test_submit_from_a_file_with_flag_overrides(
     spec_file.write_text(dump(SPEC_DOC))
     result = hivectl(
         requester.url, "job", "submit", "--id-only", "-f", str(spec_file),
-        "--memory", "2GiB", "-e", "B=3", "--count", "2",
+        "--memory", "2GiB", "-e", "B=3", "--count", "2", "--priority", "80",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     spec = requester.submitted()
+    assert spec.priority == 80  # the flag over the file's 20
     assert (spec.name, spec.image, spec.command) == ("from-file", "alpine", SPEC_DOC["command"])
     assert spec.env == {"A": "1", "B": "3"}  # merged key by key
     assert (spec.resources.cpu, spec.resources.memory) == (0.25, 2 * 1024**3)

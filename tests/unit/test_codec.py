@@ -96,6 +96,7 @@ from hivectl.core.models import (
     Resources,
     ResourceUpdate,
 )
+from hivectl.core.quotas import Quota, QuotaGetRequest, QuotaReply, QuotaSetRequest
 from hivectl.core.tokens import (
     TokenCreateReply,
     TokenCreateRequest,
@@ -352,7 +353,15 @@ SAMPLES: dict[str, Message] = {
     ),
     "job_submit": JobSubmitRequest(spec=_spec()),
     "job_submit_reply": JobSubmitReply(job_id=JOB_ID),
-    "job_list": JobListRequest(state=JobState.RUNNING, after=JOB_ID, limit=20),
+    "job_list": JobListRequest(state=JobState.RUNNING, after=JOB_ID, limit=20, queued=True),
+    "quota_set": QuotaSetRequest(user="alice", cpu="8", memory="32GiB", clear=["gpu"]),
+    "quota_get": QuotaGetRequest(default=True),
+    "quota_reply": QuotaReply(
+        user="alice",
+        own=Quota(cpu=8),
+        default=Quota(cpu=16, queued=1000),
+        effective=Quota(cpu=8, queued=1000),
+    ),
     "job_list_reply": JobListReply(jobs=[_job()], next=""),
     "job_get": JobGetRequest(id="j-5f"),
     "job_get_reply": JobGetReply(job=_job()),
@@ -411,6 +420,7 @@ SAMPLES: dict[str, Message] = {
         reason="left the team",
         at=T0,
         actor="root@console",
+    ),
     "usage_record": UsageRecord(
         exec_id=EXEC_ID,
         job_id=JOB_ID,

@@ -244,3 +244,21 @@ def test_full_nodes_are_counted_in_why_a_job_waits() -> None:
     assert (
         why == "the only eligible node has 4 CPUs free, not 8 CPUs; also 2 at their max_executions"
     )
+
+
+def test_a_node_is_held_where_the_big_job_would_fit_and_drains_soonest() -> None:
+    records, liveness = cluster(3, cpu=4.0)
+    small = {**records[2].info.allocatable.model_dump(), "cpu": 2.0}
+    records[2] = records[2].model_copy(
+        update={"info": records[2].info.model_copy(update={"allocatable": Resources(**small)})}
+    )
+    ledger = Ledger()
+    ledger.hold("node-0", Room(cpu=3.0))
+    ledger.hold("node-1", Room(cpu=1.0))  # the most free of those a 4-CPU job fits on
+    big = job(cpu=4.0)
+    assert placement.reservable(big, records, liveness, ledger) == "node-1"
+    # Once held, the hold stays where it is while that node stays eligible.
+    ledger.hold("node-1", Room(cpu=2.5))
+    assert placement.reservable(big, records, liveness, ledger, keep="node-1") == "node-1"
+    assert placement.reservable(big, records, liveness, ledger) == "node-0"
+    assert placement.reservable(job(cpu=8.0), records, liveness, ledger) is None
