@@ -14,8 +14,9 @@ from hivectl.core import codec
 from hivectl.core.models import Message
 from hivectl.core.quotas import LIMITS, Quota, QuotaGetRequest, QuotaReply, QuotaSetRequest
 from hivectl.core.subjects import QUOTA_DEFAULT_KEY
+from hivectl.core.users import Role, article
 from requester.kvview import KvView
-from requester.routing import ApiRouter, Refusal
+from requester.routing import ApiRouter, Refusal, current_role, current_user
 from requester.store import Store
 
 log = logging.getLogger("hive.requester.quotas")
@@ -90,6 +91,8 @@ class QuotaApi(ApiRouter):
         self._limits = limits
         super().__init__()
         self.handlers.update({"set": self.set_quota, "get": self.get_quota})
+        # Anyone may read its own quota (`get_quota` checks whose); only admins set them.
+        self.roles.update(set=Role.ADMIN, get=Role.VIEWER)
 
     async def set_quota(self, data: bytes) -> Message:
         request = codec.decode(data, QuotaSetRequest, self._limits)
@@ -104,6 +107,11 @@ class QuotaApi(ApiRouter):
     async def get_quota(self, data: bytes) -> Message:
         request = codec.decode(data, QuotaGetRequest, self._limits)
         _key(request.user, request.default)
+        caller, role = current_user(), current_role()
+        if request.user not in ("", caller) and not role.allows(Role.OPERATOR):
+            raise Refusal(
+                "forbidden", f"{caller} is {article(role)}: it may read its own quota only"
+            )
         return self._reply(request.user)
 
     def _reply(self, user: str) -> QuotaReply:

@@ -1,8 +1,8 @@
 """`hive.api.usage.report`: totals of the executions that ended in a window, from the
 requester's UsageBook (a report costs the window's hours, not the records behind it).
 
-Who may ask for what is the role table's to say (routing); this verb already narrows a
-report to the caller's own usage when the caller is a submitter (see `_own_only`)."""
+Viewers and above see everyone's usage; a submitter's report is narrowed to its own
+(see `_own_only`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from hivectl.core import codec
 from hivectl.core.models import Message, utcnow
 from hivectl.core.usage import UsageReportReply, UsageReportRequest
-from hivectl.core.users import ADMIN_USER, Role
-from requester.routing import ApiRouter, Refusal, current_user
+from hivectl.core.users import Role
+from requester.routing import ApiRouter, Refusal, current_role, current_user
 from requester.usage.book import UsageBook
 
 MAX_ROWS = 10_000
@@ -28,15 +28,14 @@ class UsageApi(ApiRouter):
         book: UsageBook,
         *,
         resolve_node: Resolve,
-        role_of: Callable[[str], Role | None] | None = None,
         limits: codec.Limits,
     ) -> None:
         super().__init__()
         self._book = book
         self._resolve_node = resolve_node
-        self._role_of = role_of
         self._limits = limits
         self.handlers.update(report=self.report)
+        self.roles.update(report=Role.VIEWER)  # a submitter: its own usage (`_own_only`)
 
     async def report(self, data: bytes) -> Message:
         request = codec.decode(data, UsageReportRequest, self._limits)
@@ -60,11 +59,7 @@ class UsageApi(ApiRouter):
     def _own_only(self, asked: str) -> str:
         """A submitter sees its own usage only: its name, whatever it asked for."""
         caller = current_user()
-        if (
-            self._role_of is None
-            or caller == ADMIN_USER
-            or self._role_of(caller) is not Role.SUBMITTER
-        ):
+        if current_role() is not Role.SUBMITTER:
             return asked
         if asked and asked != caller:
             raise Refusal("forbidden", f"{caller} may see its own usage only, not {asked}'s")

@@ -164,21 +164,19 @@ async def test_a_submitter_sees_its_own_usage_only() -> None:
     from hivectl.core import codec
     from hivectl.core.usage import UsageReportReply, UsageReportRequest
     from hivectl.core.users import Role
-    from requester.routing import USER, Refusal
+    from requester.routing import Caller, Refusal, serving
     from requester.usage.api import UsageApi
 
     book = UsageBook(retention=86400)
     book.add(record("alice"))
     book.add(record("bob"))
     roles = {"alice": Role.SUBMITTER, "vera": Role.VIEWER}
-    api = UsageApi(book, resolve_node=str, role_of=roles.get, limits=codec.Limits())
+    roles["admin"] = Role.ADMIN
+    api = UsageApi(book, resolve_node=str, limits=codec.Limits())
 
     async def users(caller: str, **asked: str) -> list[str]:
-        token = USER.set(caller)
-        try:
+        with serving(Caller(caller, roles[caller], caller)):
             reply = await api.report(codec.encode(UsageReportRequest(**asked)))
-        finally:
-            USER.reset(token)
         assert isinstance(reply, UsageReportReply)
         return [r.user for r in reply.rows]
 
