@@ -28,6 +28,8 @@ ROLES = {
             "result": V},
     "event": {"list": V},
     "user": {"add": A, "list": A, "remove": A},
+    "usage": {"report": V},
+    "quota": {"set": A, "get": V},
 }  # fmt: skip
 
 
