@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -194,6 +195,10 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
         ready_s = asyncio.run(wait_nodes(stack, len(keys), 60))
         log(f"  all {len(keys):,} APPROVED and HEALTHY after {ready_s:.1f}s more")
         ones, twos, races = [], [], {"leader": 0.0, "follower": 0.0}
+        # A first round warms what every later round reuses (the requester's caches,
+        # the store's files, the simulator's connections): measured, it would weigh on
+        # whichever setup ran first.
+        placement_round(stack, args, keys, "warm-up (not counted)")
         # One, two, two, one, ...: each setup gets the same share of early and late
         # rounds, and so of load from elsewhere.
         for i in range(2 * args.rounds):
@@ -224,8 +229,7 @@ def two_requesters(
     which a follower answers from its own view of the bucket)."""
 
     def median(rounds: list[dict[str, Any]], key: str) -> float:
-        values = sorted(r[key] for r in rounds)
-        return values[len(values) // 2]
+        return statistics.median(r[key] for r in rounds)
 
     placed = {n: median(r, "placed_rate") for n, r in (("one", ones), ("two", twos))}
     confirmed = {n: median(r, "rate") for n, r in (("one", ones), ("two", twos))}
