@@ -12,18 +12,23 @@ asking 0.1 CPU and 16 MiB so the quota arithmetic runs on every placement.
   of checking them), and priorities 10, 50 and 90 in turn, so the queue orders by
   priority and by fair share at every pick.
 
-Fair share itself cannot be switched off (it is the scheduler's order); with every job
-at one priority and one owner it orders first come, first served, as before it.
+In fair rounds the jobs are three users' (submitters added before the first round),
+in turn, each submit signed and its reply sealed as hivectl does for a user: the fair
+queue compares owners, the quota gate charges each, the gate checks every signature.
+Plain rounds submit over the operator credential, as the built-in admin.
 
-Until users sign their requests, every job of the bench is the built-in admin's: the
-fair queue compares one owner. Its cost per pick grows with the owners at the top
-priority, not with the jobs (see requester/jobs/fairqueue.py).
+Fair share itself cannot be switched off (it is the scheduler's order); with every job
+at one priority and one owner it orders first come, first served, as before it. Its
+cost per pick grows with the owners at the top priority, not with the jobs (see
+requester/jobs/fairqueue.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +38,7 @@ from _sim import PREFIX, log
 
 PRIORITIES = (10, 50, 90)
 ASK = {"resources": {"cpu": 0.1, "memory": "16MiB"}}
-OWNER = "admin"  # whose jobs the bench's submits are (the operator credential's user)
+USERS = ("alice", "bob", "carol")  # who submits in fair rounds, job by job in turn
 
 Round = Callable[..., dict[str, Any]]  # jobs.placement_round
 Ready = Callable[..., Any]  # jobs.wait_nodes
@@ -47,15 +52,43 @@ def fair(i: int) -> dict[str, Any]:
     return {**ASK, "priority": PRIORITIES[i % len(PRIORITIES)]}
 
 
+async def add_users(url: str) -> list[Any]:
+    """The bench's users, as `hivectl user add` makes them: a key pair here, the public
+    half to the requester; each user's credential (to sign with) comes back."""
+    from hivectl.core import bus
+    from hivectl.core.auth import Identity
+    from hivectl.core.signing import UserCredential
+    from hivectl.core.users import Role, UserAddReply, UserAddRequest
+
+    nc, _ = await _sim._connect(url, "bench-users")
+    found = []
+    try:
+        for name in USERS:
+            identity = Identity.generate()
+            ask = UserAddRequest(
+                name=name, role=Role.SUBMITTER, public_key=identity.public_key, with_nats=False
+            )
+            reply = await bus.request(nc, f"{PREFIX}.api.user.add", ask, UserAddReply, timeout=10)
+            found.append(UserCredential(name, identity, reply.requester_key))
+    finally:
+        await nc.close()
+    return found
+
+
+def in_turn(users: list[Any], i: int) -> Any:
+    """Job i's submitter: the users one after another."""
+    return users[i % len(users)]
+
+
 async def set_quotas(url: str, on: bool) -> None:
-    """Quotas for the bench's user and the default (`on`), or none at all."""
+    """Quotas for the bench's users and the default (`on`), or none at all."""
     from hivectl.core import bus
     from hivectl.core.quotas import LIMITS, QuotaReply, QuotaSetRequest
 
     nc, _ = await _sim._connect(url, "bench-quota")
     subject = f"{PREFIX}.api.quota.set"
     try:
-        for who in ({"user": OWNER}, {"default": True}):
+        for who in (*({"user": name} for name in USERS), {"default": True}):
             if on:
                 limits = {"cpu": 100_000, "memory": "1PiB", "queued": 1_000_000}
                 request = QuotaSetRequest(**who, **limits)
@@ -75,12 +108,16 @@ def part_fair(args: argparse.Namespace, one_round: Round, ready: Ready) -> dict[
         reg = _sim.register(stack.url, args.nodes, procs=1, in_flight=200, report=True)
         keys = reg.pop("keys")
         asyncio.run(ready(stack, len(keys), 60))
+        users = asyncio.run(add_users(stack.url))
         rounds: dict[str, list[dict[str, Any]]] = {"plain": [], "fair": []}
         for i in range(2 * args.rounds):
             setup = "plain" if (i % 4) in (0, 3) else "fair"
             asyncio.run(set_quotas(stack.url, setup == "fair"))
-            shape = fair if setup == "fair" else plain
-            rounds[setup].append(one_round(stack, args, keys, setup, shape))
+            if setup == "fair":
+                turns = functools.partial(in_turn, users)
+                rounds[setup].append(one_round(stack, args, keys, setup, fair, turns))
+            else:
+                rounds[setup].append(one_round(stack, args, keys, setup, plain))
         alive = stack.requester_alive()
     return fair_result(args, total, rounds, alive)
 
@@ -89,8 +126,7 @@ def fair_result(
     args: argparse.Namespace, total: int, rounds: dict[str, list[dict[str, Any]]], alive: bool
 ) -> dict[str, Any]:
     def median(setup: str, key: str) -> float:
-        values = sorted(float(r[key]) for r in rounds[setup])
-        return values[len(values) // 2]
+        return statistics.median(float(r[key]) for r in rounds[setup])
 
     placed = {setup: median(setup, "placed_rate") for setup in rounds}
     for rs in rounds.values():  # the requester's CPU per execution: what load cannot blur
@@ -126,5 +162,5 @@ def fair_result(
             setup: round(median(setup, "cpu_ms"), 3) for setup in rounds
         },
         "processes_last_round": {setup: rs[-1]["usage"] for setup, rs in rounds.items()},
-        "note": "every bench job is owned by the built-in admin until users sign requests",
+        "users": f"fair rounds: {len(USERS)} submitters, signed requests, sealed replies",
     }

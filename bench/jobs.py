@@ -52,6 +52,8 @@ import _sim
 from _sim import PREFIX, CpuMeter, Worker, log, summary
 
 SpecOf = Callable[[int], dict[str, Any]]  # job index -> spec fields
+# job index -> the user (its credential) who submits it, signed; None: the operator
+SignerOf = Callable[[int], Any]
 PLACEMENT_TARGET = 2_000  # executions placed per second by one requester
 LOST_RACES = "hive_job_writes_lost_races_total"
 LATENCY_P50_S = 0.050
@@ -86,8 +88,9 @@ async def submit_and_confirm(
     in_flight: int,
     limit: float,
     spec_of: SpecOf | None = None,
+    signer_of: SignerOf | None = None,
 ) -> dict[str, Any]:
-    from hivectl.core import bus
+    from hivectl.core import bus, codec
     from hivectl.core.jobs import (
         ExecState,
         JobGetReply,
@@ -116,11 +119,19 @@ async def submit_and_confirm(
     latencies: list[float] = []
     errors: list[str] = []
 
-    async def one(request: JobSubmitRequest) -> None:
+    async def submit(i: int, request: JobSubmitRequest) -> JobSubmitReply:
+        signer = signer_of(i) if signer_of else None
+        if signer is None:
+            return await bus.request(nc, subject, request, JobSubmitReply, timeout=30)
+        payload = codec.encode(request)  # a user's submit: signed, its reply sealed
+        data = await bus.ask(nc, subject, payload, 30, headers=signer.sign(subject, payload))
+        return bus.read_reply(subject, signer.open(data), JobSubmitReply)
+
+    async def one(i: int, request: JobSubmitRequest) -> None:
         async with sem:
             t = time.monotonic()
             try:
-                reply = await bus.request(nc, subject, request, JobSubmitReply, timeout=30)
+                reply = await submit(i, request)
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 return
@@ -128,7 +139,7 @@ async def submit_and_confirm(
             ids.append(reply.job_id)
 
     t_first = time.monotonic()
-    await asyncio.gather(*(one(request) for request in requests))
+    await asyncio.gather(*(one(i, request) for i, request in enumerate(requests)))
     t_submitted = time.monotonic()
     log(f"  {len(ids)} jobs submitted in {t_submitted - t_first:.2f}s; waiting for the offers")
     sim = await asyncio.to_thread(responder.result, limit + 60)
@@ -256,9 +267,11 @@ def placement_round(
     keys: Any,
     label: str,
     spec_of: SpecOf | None = None,
+    signer_of: SignerOf | None = None,
 ) -> dict[str, Any]:
     """One round of the workload: submit, wait for every execution ACCEPTED. `spec_of(i)`
-    gives fields of job i's spec beyond the bench's own (resources, priority)."""
+    gives fields of job i's spec beyond the bench's own (resources, priority);
+    `signer_of(i)` the user who submits it (None: the operator credential)."""
     total = args.jobs * args.count
     responder = Worker(
         _jobsim.answer_offers, stack.url, keys, total, args.limit, 5.0, name="simcompute"
@@ -274,7 +287,14 @@ def placement_round(
         log(f"{label}: {args.jobs} jobs x count {args.count} = {total:,} executions")
         run = asyncio.run(
             submit_and_confirm(
-                stack.url, responder, args.jobs, args.count, args.in_flight, args.limit, spec_of
+                stack.url,
+                responder,
+                args.jobs,
+                args.count,
+                args.in_flight,
+                args.limit,
+                spec_of,
+                signer_of,
             )
         )
         usage = {name: meter.read() for name, meter in meters.items()}
@@ -313,7 +333,8 @@ async def clear_jobs(url: str, ids: list[str], timeout: float = 60.0) -> None:
         )
         deadline = time.monotonic() + timeout
         listing = f"{PREFIX}.api.job.list"
-        while (await bus.request(nc, listing, JobListRequest(), JobListReply, timeout=30)).jobs:
+        everyone = JobListRequest(everyone=True)  # the users' jobs as well as the admin's
+        while (await bus.request(nc, listing, everyone, JobListReply, timeout=30)).jobs:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"jobs not expired after {timeout:g}s")
             await asyncio.sleep(0.2)
