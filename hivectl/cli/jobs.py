@@ -8,12 +8,12 @@ checking its command line (an idempotent submit, retried, then the wait) is in
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from hivectl.cli.api import Api, CliError, run_api
+from hivectl.cli import joboutput
+from hivectl.cli.api import Api, run_api
 from hivectl.cli.common import (
     EXIT_USAGE,
     Listing,
@@ -21,13 +21,12 @@ from hivectl.cli.common import (
     OutputOption,
     check_id,
     fail,
-    info,
     make,
     noun_app,
     output_format,
     print_ok,
 )
-from hivectl.cli.jobdata import JobWatch, check_log_stream, download_results
+from hivectl.cli.joboutput import IdArgument, get_job
 from hivectl.cli.jobspec import (
     CommandArgument,
     ConstraintOption,
@@ -58,19 +57,15 @@ from hivectl.cli.jobview import (
     QUEUE_COLUMNS,
     QUEUE_WIDE_COLUMNS,
     WIDE_COLUMNS,
-    cut_short,
     describe_lines,
     exec_row,
     job_row,
     queue_row,
-    shown_executions,
 )
-from hivectl.cli.output import OutputFormat, counted, print_data, write_lines
+from hivectl.cli.output import OutputFormat, print_data, write_lines
 from hivectl.core.jobs import (
-    JOB_TERMINAL,
     ExecState,
     Execution,
-    Job,
     JobState,
     JobStopRequest,
 )
@@ -80,9 +75,6 @@ app = noun_app(
     "executions, logs, stop and results.\n\nIds may be shortened to any unique prefix."
 )
 
-IdArgument = Annotated[
-    str, typer.Argument(metavar="ID", help="Job id, or a unique prefix of one.", show_default=False)
-]
 SPEC_FLAG_NAMES = {"image", "engine", "name", "target", "cpu", "memory", "disk", "gpu"} | {
     "count",
     "timeout",
@@ -287,21 +279,6 @@ def list_jobs(
 # -- describe, stop ------------------------------------------------------------------
 
 
-def get_job(ctx: typer.Context, job_id: str, *, whole: bool = False) -> Job:
-    """The job; with `whole`, with every execution, paged in when the reply left some
-    out (a big job's `get` carries only the first few)."""
-    checked = check_id(job_id, "job")
-
-    async def work(api: Api) -> Job:
-        job = await api.client.get(checked)
-        if not whole or not cut_short(job):
-            return job
-        executions = [e async for e in api.client.executions(job.job_id)]
-        return job.model_copy(update={"executions": executions})
-
-    return run_api(ctx, work)
-
-
 @app.command("describe")
 def describe(ctx: typer.Context, job_id: IdArgument, output: OutputOption = None) -> None:
     """Show one job: its spec, state and reason, and a table of its executions.
@@ -385,96 +362,6 @@ def stop(
     print_ok()
 
 
-# -- logs, results -------------------------------------------------------------------
-
-
-@app.command("logs")
-def logs(
-    ctx: typer.Context,
-    job_id: IdArgument,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep tailing until each execution ends.")
-    ] = False,
-    exec_id: Annotated[
-        str | None,
-        typer.Option(
-            "--exec",
-            metavar="EXEC_ID",
-            help="Only this execution (or a unique prefix).",
-            show_default=False,
-        ),
-    ] = None,
-    show_all: Annotated[
-        bool, typer.Option("--all", help="Also executions that a retry replaced.")
-    ] = False,
-) -> None:
-    """Print a job's output: stdout to stdout, stderr to stderr.
-
-    By default the executions of the latest attempt; `--all` adds those a retry
-    replaced. Without `--follow` it prints what is stored now and returns.
-
-    **Examples**
-
-    ```
-    hivectl job logs j-3f2a
-    hivectl job logs --follow j-3f2a
-    hivectl job logs j-3f2a --exec e-91 2>/dev/null
-    ```
-    """
-    job = get_job(ctx, job_id, whole=True)
-    executions = _pick(job, exec_id, show_all)
-
-    async def work(api: Api) -> None:
-        js = await check_log_stream(api)
-        if follow and job.state not in JOB_TERMINAL and exec_id is None:
-            await JobWatch(job.job_id).follow(api, js, show_all=show_all)
-        else:
-            await JobWatch(job.job_id).replay(api, js, job, executions, live=follow)
-
-    run_api(ctx, work)
-
-
-def _pick(job: Job, exec_id: str | None, show_all: bool) -> list[Execution]:
-    if exec_id is None:
-        return shown_executions(job, show_all)
-    found = [e for e in job.executions if e.exec_id.startswith(exec_id)]
-    if len(found) != 1:
-        what = "no execution" if not found else f"{len(found)} executions"
-        verb = "matches" if len(found) < 2 else "match"
-        fail(f"{what} of {job.job_id} {verb} {exec_id!r}")
-    return found
-
-
-@app.command("results")
-def results(
-    ctx: typer.Context,
-    job_id: IdArgument,
-    dest: Annotated[
-        Path,
-        typer.Option("--dir", "-d", metavar="DIR", help="Where to put them: DIR/<exec_id>/."),
-    ] = Path("."),
-) -> None:
-    """Download a job's results (the paths it named with `--output`) into DIR/<exec_id>/.
-
-    Archives are unpacked with tarfile's `data` filter: nothing is written outside
-    DIR, and members that would be (`../x`, links pointing out) are skipped.
-
-    **Example**
-
-    ```
-    hivectl job results j-3f2a -d ./out
-    ```
-    """
-    job = get_job(ctx, job_id, whole=True)
-    executions = [e for e in job.executions if e.state is not ExecState.REJECTED]
-
-    async def work(api: Api) -> tuple[list[Path], list[str]]:
-        if not executions:
-            raise CliError(f"no results: {job.job_id} has no executions")
-        return await download_results(api, job, executions, dest)
-
-    written, refused = run_api(ctx, work, status="Downloading results")
-    for problem in refused:
-        info(f"Skipped {problem}")
-    write_lines(str(path) for path in written)
-    info(f"Wrote {counted(len(written), 'file')} under {dest}")
+# Reading a job's output has its own module; its verbs are this noun's.
+app.command("logs")(joboutput.logs)
+app.command("results")(joboutput.results)

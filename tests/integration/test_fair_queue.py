@@ -70,7 +70,11 @@ async def set_quota(nc: Client, **fields: Any) -> QuotaReply:
 
 async def queue(nc: Client) -> list[Job]:
     reply = await request(
-        nc, S.api("job", "list"), JobListRequest(queued=True, everyone=True), JobListReply, timeout=5
+        nc,
+        S.api("job", "list"),
+        JobListRequest(queued=True, everyone=True),
+        JobListReply,
+        timeout=5,
     )
     return reply.jobs
 
@@ -335,7 +339,8 @@ async def test_the_queue_and_usage_are_the_leaders_and_outlive_it(
             await wait_for(lambda: leader.jobs and leader.jobs.get(waiting), what="job seen")
             await state(leader, waiting, JobState.QUEUED)
             assert other.job_api is not None
-            data = await other.job_api.list_jobs(codec.encode(JobListRequest(queued=True, everyone=True)))
+            everyone = JobListRequest(queued=True, everyone=True)
+            data = await other.job_api.list_jobs(codec.encode(everyone))
             assert isinstance(data, bytes)  # the leader's reply, passed on
             [listed] = codec.decode(data, JobListReply).jobs
             assert (listed.job_id, listed.position, listed.owner) == (waiting, 1, "bob")
