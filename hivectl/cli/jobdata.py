@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from io import BufferedRandom
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeVar
 
@@ -276,25 +277,13 @@ async def download_results(
     api: Api, job: Job, executions: list[Execution], dest: Path
 ) -> tuple[list[Path], list[str]]:
     """Extract each execution's archive into `dest/<exec_id>/`: (written, refused)."""
-    if api.client.signed:
-        from hivectl.cli.jobfetch import download_results_api
-
-        return await download_results_api(api, job, executions, dest, extract)
-    js = api.nc.jetstream()
-    try:
-        store = await js.object_store(api.subjects.results_store)
-    except NotFoundError:
-        raise CliError(
-            f"there is no results store {api.subjects.results_store} (no job kept outputs yet)"
-        ) from None
+    fetch = await _fetcher(api)
     written: list[Path] = []
     refused: list[str] = []
     found = 0
     for execution in executions:
         with tempfile.TemporaryFile() as archive:
-            try:
-                await store.get(execution.exec_id, writeinto=archive)
-            except ObjectNotFoundError:
+            if not await fetch(api, execution, archive):
                 continue
             found += 1
             archive.seek(0)
@@ -304,6 +293,35 @@ async def download_results(
     if not found:
         raise CliError(f"no results for {job.job_id}: no execution stored an output archive")
     return written, refused
+
+
+# Writes an execution's archive into a file; False when it stored none.
+Fetch = Callable[[Api, Execution, BufferedRandom], Awaitable[bool]]
+
+
+async def _fetcher(api: Api) -> Fetch:
+    """From the object store itself (the operator credential), or, for a user, a piece
+    at a time through the requester, which checks the job is theirs."""
+    if api.client.signed:
+        from hivectl.cli.jobfetch import fetch_result_api
+
+        return fetch_result_api
+    js = api.nc.jetstream()
+    try:
+        store = await js.object_store(api.subjects.results_store)
+    except NotFoundError:
+        raise CliError(
+            f"there is no results store {api.subjects.results_store} (no job kept outputs yet)"
+        ) from None
+
+    async def fetch(api: Api, execution: Execution, archive: BufferedRandom) -> bool:
+        try:
+            await store.get(execution.exec_id, writeinto=archive)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    return fetch
 
 
 def extract(archive: IO[bytes], target: Path, label: str) -> tuple[list[Path], list[str]]:

@@ -11,10 +11,9 @@ import asyncio
 import base64
 import hashlib
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from pathlib import Path
+from io import BufferedRandom
 from typing import IO
 
 from hivectl.cli.api import Api, CliError
@@ -28,11 +27,10 @@ from hivectl.core.joboutput import (
     JobResultRequest,
     decode_data,
 )
-from hivectl.core.jobs import Execution, Job
+from hivectl.core.jobs import Execution
 
 POLL_INTERVAL = 0.2  # how often a following hivectl asks for more output, in seconds
 Live = Callable[[], Awaitable[bool]]
-Extract = Callable[[IO[bytes], Path, str], tuple[list[Path], list[str]]]
 
 
 async def copy_logs_api(
@@ -71,28 +69,13 @@ def write(out: IO[str], data: bytes) -> None:
         buffer.flush()
 
 
-async def download_results_api(
-    api: Api, job: Job, executions: list[Execution], dest: Path, extract: Extract
-) -> tuple[list[Path], list[str]]:
-    """Each execution's archive, fetched in pieces, checked, and extracted into
-    `dest/<exec_id>/`: (written, refused)."""
-    written: list[Path] = []
-    refused: list[str] = []
-    found = 0
-    for execution in executions:
-        with tempfile.TemporaryFile() as archive:
-            try:
-                await fetch_result(api, execution, archive)
-            except NotFound:
-                continue
-            found += 1
-            archive.seek(0)
-            files, skipped = extract(archive, dest / execution.exec_id, execution.exec_id)
-        written += files
-        refused += skipped
-    if not found:
-        raise CliError(f"no results for {job.job_id}: no execution stored an output archive")
-    return written, refused
+async def fetch_result_api(api: Api, execution: Execution, into: BufferedRandom) -> bool:
+    """`fetch_result`, False when the execution stored no archive."""
+    try:
+        await fetch_result(api, execution, into)
+    except NotFound:
+        return False
+    return True
 
 
 async def fetch_result(api: Api, execution: Execution, into: IO[bytes]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from hivectl.core import labels as node_labels
@@ -47,6 +47,9 @@ class Candidate:
         return cpu + memory
 
 
+SAMPLE = 64  # the fewest fitting nodes a batch job's placement ranks (`sample_size`)
+
+
 def merged_labels(record: NodeRecord) -> Mapping[str, str]:
     return node_labels.merge(record.info, record.operator_labels)
 
@@ -59,6 +62,10 @@ def candidates(
     labels: Callable[[NodeRecord], Mapping[str, str]] = merged_labels,
     scores: Mapping[str, float] = NO_SCORES,
     tiers: Mapping[str, int] = NO_TIERS,
+    *,
+    sample: int = 0,
+    start: int = 0,
+    skip: Container[str] = (),
 ) -> tuple[list[Candidate], str]:
     """Nodes the job fits on now; when there are none, a sentence saying why.
 
@@ -67,7 +74,17 @@ def candidates(
     nodes' reliability (a node without one scores NEW_NODE_SCORE): a job's
     `min_reliability` keeps it off the nodes below. `tiers` are the reliability tiers
     of the nodes ranked below a new node's (few, in a healthy cluster): ranking puts
-    them after the others."""
+    them after the others.
+
+    With `sample`, the first `sample` fitting nodes found from `start` round the list
+    (skipping `skip` and the nodes ranked below a new node's), when there are that many:
+    a batch job ranks a sample, not every node (see `sample_size`). Otherwise every node,
+    as without it."""
+    if sample and len(records) > sample:
+        view = _View(liveness, ledger, labels, scores, tiers)
+        found = _sampled(job, records, view, sample, start, skip)
+        if found is not None:
+            return found, ""
     spec = job.spec
     approved = [r for r in records if r.approval is Approval.APPROVED]
     # A cordoned node (drained, or taken out of service) gets no new executions.
@@ -100,6 +117,63 @@ def candidates(
         return fitting, ""
     stages = Stages(records, approved, schedulable, healthy, able, matching, reliable, not_full)
     return [], stages.why_none(job, liveness, [f for _, f in free], score)
+
+
+def sample_size(need: int, nodes: frozenset[str] | None) -> int:
+    """How many fitting nodes a placement looks for before it ranks them (0: all).
+
+    Filtering and ranking every node for every job cost 1.7 ms a job on 1,000 nodes,
+    three quarters of a leader's CPU for jobs of count 1. Like Nomad's limit on the nodes
+    it scores, a batch job ranks a sample: twice what it misses, at least SAMPLE, found
+    from a start that moves on with every job, so jobs spread over the whole cluster.
+    Ops jobs and jobs bound to named nodes look at every node."""
+    if need == EVERY_NODE or nodes is not None:
+        return 0
+    return max(SAMPLE, 2 * need)
+
+
+@dataclass(slots=True)
+class _View:
+    liveness: Liveness
+    ledger: Ledger
+    labels: Callable[[NodeRecord], Mapping[str, str]]
+    scores: Mapping[str, float]
+    tiers: Mapping[str, int]
+
+
+def _sampled(
+    job: Job, records: list[NodeRecord], view: _View, sample: int, start: int, skip: Container[str]
+) -> list[Candidate] | None:
+    """`sample` nodes the job fits on, looking from `start`; None when fewer fit (then
+    every node is ranked, and a job that fits none is told why). Nodes ranked below a
+    new node's are left out: the sample is of the nodes ranking would prefer."""
+    spec = job.spec
+    engine, floor, want = spec.engine.value, spec.min_reliability, Room.of(spec.resources)
+    selector = parse_selector(spec.selector)
+    active, count = view.ledger.active, len(records)
+    found: list[Candidate] = []
+    for i in range(count):
+        r = records[(start + i) % count]
+        node_id = r.node_id
+        if (
+            r.approval is not Approval.APPROVED
+            or r.cordoned
+            or node_id in skip
+            or node_id in view.tiers
+            or engine not in r.info.executors
+            or view.liveness.health(node_id) is not Health.HEALTHY
+            or (selector and not selector.matches(view.labels(r)))
+            or (floor > 0 and view.scores.get(node_id, NEW_NODE_SCORE) < floor)
+            or _at_limit(r, active[node_id])
+        ):
+            continue
+        free = view.ledger.free(node_id, r.info.allocatable, view.liveness.resources(node_id))
+        if free.fits(want):
+            allocatable, limit = r.info.allocatable, r.info.max_executions
+            found.append(Candidate(node_id, free, allocatable, active[node_id], limit))
+            if len(found) == sample:
+                return found
+    return None
 
 
 def _at_limit(record: NodeRecord, active: int) -> bool:

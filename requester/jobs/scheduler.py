@@ -91,6 +91,7 @@ class Scheduler:
         self._interval = interval
         self._offer_timeout = offer_timeout
         self._parallel = max(1, parallel)
+        self._sample_start = 0  # where the next batch job's sample of nodes begins
         self._scores = scores  # nodes' reliability, kept current by the usage feed
         self._tiers = tiers  # and the ranking tiers of those below a new node's
         self.share = share or FairShare(DEFAULT_HALF_LIFE)
@@ -282,6 +283,9 @@ class Scheduler:
                 self.reservations.release(job_id)
                 await self._wait(job_id, over)
                 return
+            kept = self.reservations.kept_from(job)
+            skip = attempt.tried if kept is None else attempt.tried | {kept}
+            sample = placement.sample_size(need, nodes)
             fitting, why = placement.candidates(
                 job,
                 self._registry.snapshot(),
@@ -290,9 +294,12 @@ class Scheduler:
                 self._registry.labels,
                 self._scores,
                 self._tiers,
+                sample=sample,
+                start=self._sample_start,
+                skip=skip,
             )
-            kept = self.reservations.kept_from(job)
-            fitting = [c for c in fitting if c.node_id not in attempt.tried and c.node_id != kept]
+            self._sample_start += sample  # the next job looks further round the cluster
+            fitting = [c for c in fitting if c.node_id not in skip]
             if not fitting and not why and kept is not None:
                 why = self.reservations.why_kept(kept)
             chosen = placement.plan(job, need, nodes, fitting)[:allowed]

@@ -262,3 +262,44 @@ def test_a_node_is_held_where_the_big_job_would_fit_and_drains_soonest() -> None
     assert placement.reservable(big, records, liveness, ledger, keep="node-1") == "node-1"
     assert placement.reservable(big, records, liveness, ledger) == "node-0"
     assert placement.reservable(job(cpu=8.0), records, liveness, ledger) is None
+
+
+def test_a_batch_job_ranks_a_sample_that_moves_round_the_cluster() -> None:
+    records, liveness = cluster(300)
+    ledger = Ledger()
+    sample = placement.sample_size(1, None)
+    assert sample == placement.SAMPLE
+    seen: set[str] = set()
+    for start in range(0, 300, sample):
+        fitting, why = placement.candidates(
+            job(), records, liveness, ledger, sample=sample, start=start
+        )
+        assert (len(fitting), why) == (sample, "")
+        seen.update(c.node_id for c in fitting)
+    assert len(seen) == 300  # successive jobs look at every node in turn
+    # Nodes the pass already tried (or held for another job) are never in the sample.
+    skip = {f"node-{i}" for i in range(10)}
+    fitting, _ = placement.candidates(
+        job(), records, liveness, ledger, sample=sample, start=0, skip=skip
+    )
+    assert len(fitting) == sample and not skip & {c.node_id for c in fitting}
+
+
+def test_a_sample_falls_back_to_every_node_when_few_fit() -> None:
+    records, liveness = cluster(300, cpu=1.0)
+    ledger = Ledger()
+    for record in records[:280]:  # only 20 nodes have room for a whole core
+        ledger.hold(record.node_id, Room.of(ResourceRequest(cpu=0.5)))
+    big = job(cpu=1.0)
+    fitting, why = placement.candidates(big, records, liveness, ledger, sample=64, start=0)
+    assert (len(fitting), why) == (20, "")  # all of them, ranked as without a sample
+    for record in records[280:]:
+        ledger.hold(record.node_id, Room.of(ResourceRequest(cpu=0.5)))
+    fitting, why = placement.candidates(big, records, liveness, ledger, sample=64, start=0)
+    assert not fitting and "300" in why  # none fits: the full pass says why
+
+
+def test_ops_jobs_and_named_nodes_look_at_every_node() -> None:
+    assert placement.sample_size(placement.EVERY_NODE, None) == 0
+    assert placement.sample_size(3, frozenset({"node-1"})) == 0
+    assert placement.sample_size(100, None) == 200  # twice what is missing
