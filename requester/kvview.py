@@ -15,11 +15,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from hivectl.core import codec
+from hivectl.core.subjects import Subjects
 from requester.provision import ensure_bucket
 from requester.routing import Refusal
 from requester.store import Store
@@ -102,8 +104,29 @@ class KvView(Generic[M]):
         self._js = js
         await ensure_bucket(js, self.bucket)
         self._kv = kv = await js.bucket(self.bucket)
+        # The bucket's last revision now: the load is whole once it is in. nats-py's
+        # "no more to come" marker is not enough: it can come before values already
+        # on their way (its consumer_info sees nothing pending while its callback has
+        # not run yet), and a view that stopped there would serve an empty bucket.
+        stream = Subjects.kv_stream(self.bucket)
+        info = await js.retried(self.bucket, lambda: js.stream_info(stream))
+        last = info.state.last_seq
         watcher = await js.retried(self.bucket, kv.watchall, deadline=js.setup_deadline)
-        while (entry := await watcher.updates(timeout=30)) is not None:  # type: ignore[no-untyped-call]
+        newest, marked = 0, False
+        while newest < last:
+            try:
+                entry = await watcher.updates(timeout=30)  # type: ignore[no-untyped-call]
+            except NatsTimeoutError:
+                if not marked:
+                    raise
+                # The last revision went (a limit set on the bucket by hand): what came
+                # is all there is; the watch brings the rest as it changes.
+                log.warning("%s: revision %d never came; serving what loaded", self.bucket, last)
+                break
+            if entry is None:
+                marked = True  # the marker, early: read on to the last revision
+                continue
+            newest = max(newest, entry.revision or 0)
             self._apply(entry)
         self._watch_task = asyncio.create_task(self._follow(watcher), name=f"{self.bucket}-watch")
         log.info("loaded %d %ss from %s", len(self._entries), self._noun, self.bucket)
