@@ -261,6 +261,8 @@ class Scheduler:
         started = time.perf_counter()
         try:
             await self._schedule(job_id, ledger)
+        except Deposed:  # no longer leading (closing, or another took over): not a fault
+            log.debug("job %s left unplaced: this requester no longer leads", job_id)
         except Exception:  # one job's failure must not cancel the others in flight
             log.exception("scheduling job %s failed", job_id, extra={"job_id": job_id})
         finally:
