@@ -88,6 +88,7 @@ class KvView(Generic[M]):
         self._attempts = attempts
         self._entries: dict[str, Entry[M]] = {}
         self._sorted: list[str] | None = None  # sorted keys, until a key comes or goes
+        self._listed: list[M] | None = None  # every value, until one changes (`listed`)
         # key -> (bytes, value) of our own write in flight: the watch often delivers it
         # before the write returns, and then it need not be decoded again.
         self._writing: dict[str, tuple[bytes, M]] = {}
@@ -174,6 +175,7 @@ class KvView(Generic[M]):
     def _set(self, key: str, entry: Entry[M]) -> None:
         if key not in self._entries:
             self._sorted = None
+        self._listed = None
         self._entries[key] = entry
         self._on_key(key)
 
@@ -190,7 +192,7 @@ class KvView(Generic[M]):
 
     def forget(self, key: str) -> None:
         if self._entries.pop(key, None) is not None:
-            self._sorted = None
+            self._sorted = self._listed = None
             self._on_key(key)
         self._on_drop(key)
         self._on_set(key, None)
@@ -203,6 +205,14 @@ class KvView(Generic[M]):
     def values(self) -> list[M]:
         """All values, copied at once (safe to call from another thread)."""
         return [entry.value for entry in list(self._entries.values())]
+
+    def listed(self) -> list[M]:
+        """All values, listed again only after one changed: the scheduler reads every node
+        for every job, and a thousand-entry list a job was a tenth of its placement cost.
+        Shared until then (do not change it), so for the event loop's thread only."""
+        if self._listed is None:
+            self._listed = self.values()
+        return self._listed
 
     def revision(self, key: str) -> int | None:
         """The revision memory holds of `key`; None when it holds none."""
@@ -321,7 +331,7 @@ class KvView(Generic[M]):
             return
         if self._entries.pop(key, None) is not None:
             self._on_key(key)
-        self._sorted = None
+        self._sorted = self._listed = None
         self._apply(entry)
 
     async def _retried(self, call: Callable[[KeyValue], Awaitable[T]]) -> T:

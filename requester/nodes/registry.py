@@ -97,6 +97,11 @@ class Registry:
         """All records, copied at once (safe from another thread)."""
         return self._view.values()
 
+    def listed(self) -> list[NodeRecord]:
+        """All records, listed again only after one changed (the scheduler's, which reads
+        them for every job): shared, so do not change it, and from the event loop only."""
+        return self._view.listed()
+
     def ids(self) -> Iterable[str]:
         return self._view.keys()
 
