@@ -5,6 +5,7 @@ live here."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +28,13 @@ log = logging.getLogger("hive.requester.api")
 
 REPLY_HEADROOM = 4096  # bytes kept free under max_payload for the envelope
 MAX_ACTOR = 128
+# Requests of one noun served at once by a requester. nats-py runs a subscription's
+# callbacks one after another, so served in the callback a submit waited for every
+# request ahead of it (each a KV round trip), and one slow `job list` held up all the
+# submits behind it. Past this many, the subscription waits (and its queue holds the
+# rest): enough to keep the store's round trips overlapped, few enough that a burst of
+# heavy requests (each `job list` of thousands) does not hold heartbeats back for long.
+CONCURRENT = 32
 # A request that names no one (an older client, a hand-made request) is still recorded.
 UNNAMED = "unnamed-operator"
 
@@ -153,18 +161,40 @@ class ApiRouter:
 
     noun = "api"
 
-    def __init__(self) -> None:
+    def __init__(self, concurrent: int = CONCURRENT) -> None:
         self.handlers: dict[str, Handler] = {}
         self.roles: dict[str, Role] = {}
         self.gate: Gate = OperatorGate()
         self.served = 0
         self.errors = 0
         self.store_trouble: Callable[[], str] = no_trouble
+        self._slots = asyncio.Semaphore(concurrent)
+        self._serving: set[asyncio.Task[None]] = set()
 
     def needed(self, verb: str) -> Role:
         return self.roles.get(verb, Role.OPERATOR)
 
     async def on_request(self, msg: Msg) -> None:
+        """The subscription's callback: the request is served in a task of its own."""
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(msg), name=f"{self.noun}-request")
+        self._serving.add(task)
+        task.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._serving.discard(task)
+        self._slots.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.debug("%s api: no reply sent: %s", self.noun, exc)  # the connection went
+
+    async def settle(self, timeout: float) -> int:
+        """Wait up to `timeout` for the requests being served; how many were left."""
+        if self._serving:
+            _, pending = await asyncio.wait(set(self._serving), timeout=timeout)
+            return len(pending)
+        return 0
+
+    async def _handle(self, msg: Msg) -> None:
         try:
             caller = self.gate.identify(msg)
         except Refusal as exc:  # answered in the clear: there is no key to seal it with

@@ -57,6 +57,7 @@ REQUESTER_AUTH_HINT = (
     "give the requester NATS credentials that server accepts "
     "(hive-requester run --credentials PATH, or [nats] credentials_file / user and password)"
 )
+SETTLE_REQUESTS = 5.0  # seconds a closing requester gives the API requests it is serving
 
 
 class Requester:
@@ -351,6 +352,7 @@ class Requester:
             await self.presence.close()
         if self.duties is not None:
             await self.duties.stop()
+        await self._settle_requests()
         # Usage first: its publisher stores what the last writes ended.
         parts = (self.usage, self.jobs, self.link, self.tokens, self.users, self.quotas)
         for part in (*parts, self.registry):
@@ -373,6 +375,12 @@ class Requester:
             time.monotonic() - self._started_at,
             os.getpid(),
         )
+
+    async def _settle_requests(self) -> None:
+        """API requests being served finish before the stores they use close."""
+        left = await asyncio.gather(*(api.settle(SETTLE_REQUESTS) for api in self.routers))
+        if sum(left):
+            log.warning("closing with %d API requests unanswered", sum(left))
 
     def _created(self, job_id: str) -> None:
         """A job this requester created: placed here when it leads, else the leader is

@@ -53,9 +53,10 @@ from requester.nodes.liveness import Liveness
 from requester.nodes.registry import Registry
 
 log = logging.getLogger("hive.requester.scheduler")
-# Jobs placed at once. Each waits mostly on two KV writes and its offers; a few in
-# flight keep the requester busy deciding while others wait.
-PARALLEL = 8
+# Jobs placed at once. Each waits mostly on two KV writes and its offers (three round
+# trips, some milliseconds under load): with 8 in flight a leader on a core of its own
+# placed jobs of count 1 at 600-700/s while idle a third of the time.
+PARALLEL = 32
 NO_QUOTA = Quota()
 
 
@@ -290,7 +291,7 @@ class Scheduler:
             sample = placement.sample_size(need, nodes)
             fitting, why = placement.candidates(
                 job,
-                self._registry.snapshot(),
+                self._registry.listed(),
                 self._liveness,
                 ledger,
                 self._registry.labels,
@@ -324,7 +325,7 @@ class Scheduler:
         """A node held for the job, if it is due one (see reserve.py): said in its reason."""
         if not self.reservations.due(job, utcnow()):
             return ""
-        snapshot, labels = self._registry.snapshot(), self._registry.labels
+        snapshot, labels = self._registry.listed(), self._registry.labels
         held = self.reservations.held
         node_id = placement.reservable(
             job, snapshot, self._liveness, ledger, labels, keep=held.node_id if held else None
