@@ -1,7 +1,8 @@
 #!/bin/bash
 # On the device machine: Hive from carried wheels; a devstack of one process agent;
 # what it detects of the GPU; a job constrained on the GPU label that runs nvidia-smi;
-# then bench/jobs.py placement (one vs two requesters) on this machine's 16 cores.
+# then bench/jobs.py placement (one vs two requesters) on this machine's 16 cores, for
+# jobs of count 100 and of count 1.
 cd "$(dirname "$0")/../.."
 export HOME=/tmp/hivehome PATH=$PWD/.venv/bin:$PATH
 mkdir -p $HOME
@@ -18,7 +19,13 @@ hivectl job submit --engine process -l 'hive.io/gpu-model' -- nvidia-smi --query
 hivectl job submit --engine process -l 'hive.io/gpu-model' -o json --no-wait -- true > /dev/null
 hivectl job list | tail -3
 kill -INT %1; wait %1
-echo "--- placement bench"
-[ -n "$SKIP_BENCH" ] || timeout 420 python bench/jobs.py --part placement --rounds 4 --jobs 80 > $OUT/placement.json 2> $OUT/placement.err
-echo "bench rc=$?"; tail -12 $OUT/placement.err
-python3 -c "import json;t=json.load(open('$OUT/placement.json'))['placement'];tr=t['two_requesters'];print(t['value'],tr['placed_per_s_by_round'],tr['ratio_to_one'])"
+echo "--- placement bench (count 100, then count 1)"
+summary() {
+  python3 -c "import json,sys;t=json.load(open(sys.argv[1]))['placement'];tr=t['two_requesters'];print(sys.argv[1],'two',tr['value'],tr['target'],'by round',tr['placed_per_s_by_round'],'ratio',tr['ratio_to_one'],'races',tr['lost_cas_races_by_requester'])" "$1"
+}
+if [ -z "$SKIP_BENCH" ]; then
+  timeout 240 python bench/jobs.py --part placement --rounds 4 --jobs 80 > $OUT/placement.json 2> $OUT/placement.err
+  echo "bench rc=$?"; tail -4 $OUT/placement.err; summary $OUT/placement.json
+  timeout 180 python bench/jobs.py --part placement --rounds 3 --jobs 3000 --count 1 > $OUT/placement-count1.json 2> $OUT/placement-count1.err
+  echo "bench rc=$?"; tail -4 $OUT/placement-count1.err; summary $OUT/placement-count1.json
+fi
