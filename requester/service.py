@@ -201,45 +201,25 @@ class Requester:
         return self.own_nats.failure
 
     def _build_handlers(self) -> None:
+        """The node side: membership, pruning and the node API (wiring.node_side)."""
         assert self.registry is not None and self.identity is not None
-        assert self.presence is not None
-        cfg = self.config
-        limits = codec.Limits(max_bytes=cfg.max_payload)
-        self.membership = Membership(
+        assert self.presence is not None and self.tokens is not None
+        assert self.usage is not None
+        self.membership, self.pruner, self.node_api = wiring.node_side(
+            self.config,
             self.subjects,
             self.registry,
             self.liveness,
             self.identity,
-            cluster=cfg.cluster_name,
-            requester_id=cfg.name,
-            auto_approve=cfg.auto_approve,
-            limits=limits,
-            lost_after=cfg.disconnected_after,
-            reconcile=self._reconcile,
-            tokens=self.tokens,
-        )
-        self.pruner = Pruner(
-            self.registry,
-            self.liveness,
-            self._remove_node,
-            started_at=self._started_at,
-            after=cfg.node_prune_after,
-            limits=limits,
-        )
-        assert self.tokens is not None and self.usage is not None
-        self.node_api = wiring.node_api(
-            self.registry,
-            self.liveness,
-            requester_id=cfg.name,
+            self.tokens,
+            self.usage,
             requesters=self.presence.views,
-            tokens=self.tokens,
-            pruner=self.pruner,
-            max_payload=self._max_payload(),
-            on_delete=self._forget_node,
+            started_at=self._started_at,
+            reconcile=self._reconcile,
+            remove=self._remove_node,
+            forget=self._forget_node,
             on_event=self._node_event,
-            limits=limits,
-            reliability=self.usage.reliability,
-            scores=self.usage.book.scores,
+            max_payload=self._max_payload(),
         )
 
     async def _start_jobs(self, js: Store) -> None:

@@ -4,7 +4,7 @@ handlers (each API router on `api` and on `uapi`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -37,11 +37,65 @@ from requester.nodes.registry import EventSink, Registry
 from requester.nodes.tokens import Tokens
 from requester.routing import ApiRouter
 from requester.store import Store
+from requester.usage.service import Usage
 from requester.users import Users, UserSink
 
 # Heartbeats arrive in bursts; a deep buffer absorbs them instead of dropping any.
 NODE_PENDING_MSGS = 1_000_000
 NODE_PENDING_BYTES = 512 * 1024 * 1024
+
+
+def node_side(
+    cfg: RequesterConfig,
+    subjects: Subjects,
+    registry: Registry,
+    liveness: Liveness,
+    identity: Identity,
+    tokens: Tokens,
+    usage: Usage,
+    *,
+    requesters: Callable[[], list[NodeView]],
+    started_at: float,
+    reconcile: Callable[[str, list[str]], Awaitable[list[str]]],
+    remove: Callable[[str, str], Awaitable[None]],
+    forget: Callable[[str], None],
+    on_event: EventSink,
+    max_payload: int,
+) -> tuple[Membership, Pruner, NodeApi]:
+    """What serves nodes and their operators: membership (registration, info,
+    heartbeats), pruning of long-UNKNOWN nodes, and the node API."""
+    limits = codec.Limits(max_bytes=cfg.max_payload)
+    membership = Membership(
+        subjects,
+        registry,
+        liveness,
+        identity,
+        cluster=cfg.cluster_name,
+        requester_id=cfg.name,
+        auto_approve=cfg.auto_approve,
+        limits=limits,
+        lost_after=cfg.disconnected_after,
+        reconcile=reconcile,
+        tokens=tokens,
+    )
+    pruner = Pruner(
+        registry, liveness, remove, started_at=started_at, after=cfg.node_prune_after, limits=limits
+    )
+    api = node_api(
+        registry,
+        liveness,
+        requester_id=cfg.name,
+        requesters=requesters,
+        tokens=tokens,
+        pruner=pruner,
+        max_payload=max_payload,
+        on_delete=forget,
+        on_event=on_event,
+        limits=limits,
+        reliability=usage.reliability,
+        scores=usage.book.scores,
+    )
+    return membership, pruner, api
 
 
 def node_api(
