@@ -232,11 +232,14 @@ class KvView(Generic[M]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def resolve(self, prefix: str) -> str:
-        """The one key equal to, or else starting with, `prefix`."""
+    def resolve(self, prefix: str, keep: Callable[[str], bool] | None = None) -> str:
+        """The one key equal to, or else starting with, `prefix`; with `keep`, only the
+        keys it keeps count as starting with it (others are neither shown nor found)."""
         if prefix in self._entries:
             return prefix
-        matches = sorted(key for key in self._entries if key.startswith(prefix))
+        matches = sorted(
+            key for key in self._entries if key.startswith(prefix) and (keep is None or keep(key))
+        )
         if not matches:
             raise self._error("not_found", f"{self._noun} {prefix!r} not found")
         if len(matches) > 1:

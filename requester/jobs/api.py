@@ -215,7 +215,7 @@ class JobApi(ApiRouter):
 
     async def get_job(self, data: bytes) -> Message:
         request = codec.decode(data, JobGetRequest, self._limits)
-        job = self._store.resolve(request.id)
+        job = resolve_for_caller(self._store, request.id)
         check_owner(job)
         if len(job.executions) <= SHOWN:
             return JobGetReply(job=job)
@@ -225,7 +225,7 @@ class JobApi(ApiRouter):
 
     async def executions(self, data: bytes) -> Message:
         request = codec.decode(data, JobExecutionsRequest, self._limits)
-        job = self._store.resolve(request.id)
+        job = resolve_for_caller(self._store, request.id)
         check_owner(job)
         chosen = _filtered(job.executions, request)
         start = 0
@@ -251,7 +251,7 @@ class JobApi(ApiRouter):
 
     async def stop_job(self, data: bytes) -> Message:
         request = codec.decode(data, JobStopRequest, self._limits)
-        job = self._store.resolve(request.id)
+        job = resolve_for_caller(self._store, request.id)
         check_owner(job, change=True)
         user = current_user()
         reason = request.reason or (
@@ -263,6 +263,12 @@ class JobApi(ApiRouter):
             lambda j: None if j.state in JOB_TERMINAL else finish(j, JobState.STOPPED, reason),
         )
         return OkReply(id=job.job_id)
+
+
+def resolve_for_caller(store: JobStore, prefix: str) -> Job:
+    """The job `prefix` names for the caller: a prefix matches only their own jobs unless
+    their role reads everyone's, so an ambiguous prefix never lists others' job ids."""
+    return store.resolve(prefix, None if current_role().reads_all_jobs else current_user())
 
 
 def check_owner(job: Job, *, change: bool = False) -> None:

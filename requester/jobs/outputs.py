@@ -29,7 +29,7 @@ from hivectl.core.jobs import LOG_DROPPED_HEADER, LOG_EOF_HEADER, LOG_STREAM_HEA
 from hivectl.core.models import Message
 from hivectl.core.subjects import Subjects
 from hivectl.core.users import Role
-from requester.jobs.api import check_owner
+from requester.jobs.api import check_owner, resolve_for_caller
 from requester.jobs.fenced import JobError
 from requester.jobs.records import JobStore
 from requester.routing import REPLY_HEADROOM, Handler
@@ -66,7 +66,7 @@ class JobOutputs:
         return {"logs": Role.VIEWER, "result": Role.VIEWER}  # and check_owner
 
     def _job(self, prefix: str, exec_id: str) -> Job:
-        job = self._store.resolve(prefix)
+        job = resolve_for_caller(self._store, prefix)
         check_owner(job)
         if not any(e.exec_id == exec_id for e in job.executions):
             raise JobError("not_found", f"execution {exec_id} of {job.job_id} not found")

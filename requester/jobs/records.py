@@ -214,9 +214,15 @@ class JobStore:
         """One execution as the bucket has it this moment."""
         return await self._execs.reload(exec_key(job_id, exec_id))
 
-    def resolve(self, prefix: str) -> Job:
-        """The one job whose id equals, or else starts with, `prefix`."""
-        job = self.get(self._view.resolve(prefix))
+    def resolve(self, prefix: str, owner: str | None = None) -> Job:
+        """The one job whose id equals, or else starts with, `prefix`; with `owner`, a
+        prefix matches that owner's jobs only (an exact id still finds any job)."""
+
+        def owned(job_id: str) -> bool:
+            record = self.record(job_id)
+            return record is not None and record.owner == owner
+
+        job = self.get(self._view.resolve(prefix, None if owner is None else owned))
         if job is None:  # deleted between the two lookups
             raise JobError("not_found", f"job {prefix!r} not found")
         return job

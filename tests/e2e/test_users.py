@@ -127,6 +127,12 @@ def test_a_submitter_runs_its_own_jobs_and_nobody_else_s(stack: Stack, tmp_path:
         assert stack.refused("alice", "job", verb[0], theirs, *verb[1:]) == (
             f"job {theirs} belongs to bob"
         ), verb
+    # A prefix matches the caller's own jobs only: bob's ids are neither found nor listed.
+    assert stack.refused("alice", "job", "describe", theirs[:-1]) == (
+        f"job {theirs[:-1]!r} not found"
+    )
+    common = stack.run("alice", "job", "describe", "j-", check=False)
+    assert mine in common.stdout + common.stderr and theirs not in common.stdout + common.stderr
     assert stack.refused("alice", "node", "approve", "node-2") == (
         "alice is a submitter: node approve needs the operator role"
     )
