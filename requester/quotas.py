@@ -9,6 +9,7 @@ with the default quota cached until either changes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from hivectl.core import codec
 from hivectl.core.models import Message
@@ -86,9 +87,12 @@ def _applied(current: Quota, request: QuotaSetRequest) -> Quota:
 class QuotaApi(ApiRouter):
     noun = "quota"
 
-    def __init__(self, book: QuotaBook, *, limits: codec.Limits) -> None:
+    def __init__(
+        self, book: QuotaBook, *, limits: codec.Limits, known: Callable[[str], bool] = bool
+    ) -> None:
         self._book = book
         self._limits = limits
+        self._known = known  # whether a user of that name exists
         super().__init__()
         self.handlers.update({"set": self.set_quota, "get": self.get_quota})
         # Anyone may read its own quota (`get_quota` checks whose); only admins set them.
@@ -100,6 +104,7 @@ class QuotaApi(ApiRouter):
         both = {k for k in LIMITS if getattr(request, k) is not None} & set(request.clear)
         if both:
             raise QuotaError("invalid", f"{', '.join(sorted(both))}: both set and cleared")
+        self._check_known(request.user)
         quota = await self._book.change(key, request)
         log.info("quota of %s is now %s", request.user or "every user (default)", _shown(quota))
         return self._reply(request.user)
@@ -112,7 +117,13 @@ class QuotaApi(ApiRouter):
             raise Refusal(
                 "forbidden", f"{caller} is {article(role)}: it may read its own quota only"
             )
+        self._check_known(request.user)
         return self._reply(request.user)
+
+    def _check_known(self, user: str) -> None:
+        """A quota names a user who exists: a typo must not set (or show) another's."""
+        if user and not self._known(user):
+            raise QuotaError("not_found", f"no user {user!r} (hivectl user list shows them)")
 
     def _reply(self, user: str) -> QuotaReply:
         book = self._book

@@ -23,6 +23,7 @@ from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import NodeEvent, build_models
 from hivectl.core.subjects import Subjects
+from hivectl.core.users import ADMIN_USER
 from requester import wiring
 from requester.duties import LeaderDuties
 from requester.eventlist import EventApi
@@ -78,7 +79,9 @@ class Requester:
         self.registry: Registry | None = None
         self.tokens: Tokens | None = None
         self.quotas = QuotaBook(self.subjects.quotas_bucket)
-        self.quota_api = QuotaApi(self.quotas, limits=codec.Limits(max_bytes=config.max_payload))
+        self.quota_api = QuotaApi(
+            self.quotas, limits=codec.Limits(max_bytes=config.max_payload), known=self._user_known
+        )
         self.pruner: Pruner | None = None
         self.membership: Membership | None = None
         self.node_api: NodeApi | None = None
@@ -372,6 +375,9 @@ class Requester:
                 self.nc.publish(self.subjects.job_created, job_id.encode())
             )
             task.add_done_callback(lambda t: t.exception())  # a lost nudge: the tick finds it
+
+    def _user_known(self, name: str) -> bool:
+        return name == ADMIN_USER or (self.users is not None and self.users.get(name) is not None)
 
     async def _reconcile(self, node_id: str, held: list[str]) -> list[str]:
         return [] if self.duties is None else await self.duties.reconcile(node_id, held)

@@ -42,6 +42,7 @@ def test_work_over_a_cpu_quota_waits_with_the_reason_and_runs_after(cluster: Clu
 def test_quota_commands_show_set_clear_and_refuse_bad_input(cluster: Cluster) -> None:
     cluster.start_requester()
     cluster.hivectl("user", "quota", "--default", "--cpu", "16", "--memory", "32GiB")
+    cluster.hivectl("user", "add", "alice", "--output", str(cluster.base / "alice.toml"))
     cluster.hivectl("user", "quota", "alice", "--cpu", "8", "--gpu", "1")
     shown = json.loads(cluster.hivectl("user", "quota", "alice", "-o", "json").stdout)[0]
     assert shown["effective"] == {"cpu": 8.0, "memory": 32 * 2**30, "gpu": 1, "queued": None}
@@ -53,6 +54,7 @@ def test_quota_commands_show_set_clear_and_refuse_bad_input(cluster: Cluster) ->
         (["alice", "--cpu", "lots"], "'lots' is not a CPU amount"),
         (["Alice!", "--cpu", "1"], "user"),
         (["alice", "--clear", "disk"], "invalid --clear 'disk'"),
+        (["alcie", "--cpu", "1"], "no user 'alcie' (hivectl user list shows them)"),
     ):
         refused = cluster.hivectl("user", "quota", *bad, check=False)
         assert refused.returncode != 0 and said in refused.stderr, refused.stderr

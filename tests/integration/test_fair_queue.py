@@ -18,6 +18,7 @@ import pytest
 from nats.aio.client import Client
 
 from hivectl.core import codec
+from hivectl.core.auth import Identity
 from hivectl.core.bus import RemoteError, request
 from hivectl.core.config import SchedulerSettings
 from hivectl.core.embedded import EmbeddedNats
@@ -34,6 +35,7 @@ from hivectl.core.jobs import (
 )
 from hivectl.core.quotas import QuotaReply, QuotaSetRequest
 from hivectl.core.subjects import Subjects
+from hivectl.core.users import Role, UserAddReply, UserAddRequest
 from requester.routing import USER
 from requester.service import Requester
 from tests.integration.test_requester_jobs import compute, config, job_of, spec, state
@@ -60,6 +62,14 @@ async def submit_as(req: Requester, owner: str, job_spec: JobSpec) -> str:
         USER.reset(token)
     assert isinstance(reply, JobSubmitReply)
     return reply.job_id
+
+
+async def add_user(nc: Client, name: str) -> None:
+    """A user of that name (a quota names one who exists)."""
+    add = UserAddRequest(
+        name=name, role=Role.SUBMITTER, public_key=Identity.generate().public_key, with_nats=False
+    )
+    await request(nc, S.api("user", "add"), add, UserAddReply, timeout=5)
 
 
 async def set_quota(nc: Client, **fields: Any) -> QuotaReply:
@@ -96,6 +106,13 @@ async def test_a_user_at_its_cpu_quota_waits_queued_and_runs_when_its_jobs_end(
     requester: Requester, nc: Client
 ) -> None:
     node = await compute(requester, nc, "big", cpu=16.0)
+    with pytest.raises(RemoteError) as unknown:
+        await set_quota(nc, user="alice", cpu=8)
+    assert (unknown.value.code, str(unknown.value)) == (
+        "not_found",
+        "no user 'alice' (hivectl user list shows them)",
+    )
+    await add_user(nc, "alice")
     shown = await set_quota(nc, user="alice", cpu=8)
     assert (shown.own.cpu, shown.effective.cpu) == (8, 8)
     first = [await submit_as(requester, "alice", spec(cpu=4.0)) for _ in range(2)]
