@@ -26,6 +26,7 @@ from hivectl.core.daemon import (
     Status,
     install_signal_handlers,
     sd_notify,
+    settle_memory,
     until_stopped,
     wait_event,
 )
@@ -133,6 +134,7 @@ class NodeAgent:
         key = auth.fingerprint(self.local.identity.public_key)
         extra = {"node_id": self.node_id, "fingerprint": key}
         log.info("node agent %s started (key fingerprint %s)", self.node_id, key, extra=extra)
+        settle_memory()
         # Harmless under Type=simple (systemd ignores it there); right under Type=notify.
         sd_notify(f"READY=1\nSTATUS=node {self.node_id} started")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ from hivectl.core import codec
 from hivectl.core.auth import Identity
 from hivectl.core.bus import connect_daemon
 from hivectl.core.config import RequesterConfig
-from hivectl.core.daemon import Status, sd_notify, until_stopped
+from hivectl.core.daemon import Status, sd_notify, settle_memory, until_stopped
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import NodeEvent, build_models
@@ -129,9 +128,8 @@ class Requester:
         )
         # Only now: NATS is connected, streams and buckets exist, every subscription is
         # live (flushed in _subscribe), so a unit ordered After= this one can use the API.
-        # Everything loaded so far (records, modules) lives as long as the daemon: move it
-        # out of the collector's sight so its passes stay short on a big cluster.
-        gc.freeze()
+        # Everything loaded so far (records, modules) lives as long as the daemon.
+        settle_memory()
         sd_notify(f"READY=1\nSTATUS=serving on {self.nats_url}, {len(self.registry)} nodes known")
 
     async def _start(self) -> None:

@@ -9,6 +9,7 @@ exits at once, whatever the first one left running (a drain, a job's grace perio
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -24,6 +25,21 @@ log = logging.getLogger("hive.daemon")
 FORCED_EXIT = 130  # the status of a second signal's exit (128 + SIGINT, as shells use)
 CANCEL_GRACE = 1.0  # seconds a cancelled start may take to unwind before shutdown goes on
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+# A young collection every 10,000 new objects, a full one after a hundred middle ones.
+# CPython's (700, 10, 10) runs a full collection every hundred young ones while a quarter
+# of the old objects are new since the last; after gc.freeze() the frozen ones do not
+# count, so a requester placing small jobs (its records churning) ran one twice a second,
+# 90 ms each over its store: a sixth of its time, and its heartbeats late by as much.
+GC_THRESHOLDS = (10_000, 10, 100)
+
+
+def settle_memory() -> None:
+    """Once a daemon has started: what it loaded lives as long as it does, so it leaves
+    the collector's sight (gc.freeze), and collections come less often (GC_THRESHOLDS)."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Status(StrEnum):
