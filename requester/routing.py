@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, ConnectionDrainingError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import ServiceUnavailableError
 
@@ -35,6 +36,7 @@ MAX_ACTOR = 128
 # rest): enough to keep the store's round trips overlapped, few enough that a burst of
 # heavy requests (each `job list` of thousands) does not hold heartbeats back for long.
 CONCURRENT = 32
+CONNECTION_GONE = (ConnectionClosedError, ConnectionDrainingError)
 # A request that names no one (an older client, a hand-made request) is still recorded.
 UNNAMED = "unnamed-operator"
 
@@ -184,8 +186,12 @@ class ApiRouter:
     def _served(self, task: asyncio.Task[None]) -> None:
         self._serving.discard(task)
         self._slots.release()
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.debug("%s api: no reply sent: %s", self.noun, exc)  # the connection went
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        if isinstance(exc, CONNECTION_GONE):  # closing: the request goes unanswered
+            log.debug("%s api: no reply sent: %s", self.noun, exc)
+        else:  # `_serve` answers every error it meets: this is a fault in the gate
+            log.error("%s api: a request failed unanswered", self.noun, exc_info=exc)
 
     async def settle(self, timeout: float) -> int:
         """Wait up to `timeout` for the requests being served; how many were left."""
