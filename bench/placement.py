@@ -35,34 +35,20 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hivectl.core.auth import Identity  # noqa: E402
 from hivectl.core.jobs import Job, JobSpec, ResourceRequest, new_job_id  # noqa: E402
-from hivectl.core.models import Approval, NodeEvent, NodeRecord, Resources  # noqa: E402
+from hivectl.core.models import NodeRecord, Resources  # noqa: E402
 from hivectl.core.reliability import RELIABLE_TIER, tier  # noqa: E402
 from requester.jobs import placement  # noqa: E402
 from requester.jobs.ledger import Ledger, Room  # noqa: E402
 from requester.nodes.liveness import Liveness  # noqa: E402
-from tests.support.simnode import sample_info  # noqa: E402
+from tests.support.simnode import healthy_nodes  # noqa: E402
 
 RATIO_TARGET = 0.95
 
 
-async def _no_events(event: NodeEvent) -> None:
-    return None
-
-
 def nodes(count: int) -> tuple[list[NodeRecord], Liveness]:
     total = Resources(cpu=64.0, memory=256 * 2**30, disk=2**40)
-    info = sample_info().model_copy(update={"total": total, "allocatable": total})
-    key = Identity.generate().public_key
-    records = [
-        NodeRecord(node_id=f"node-{i:05d}", public_key=key, info=info, approval=Approval.APPROVED)
-        for i in range(count)
-    ]
-    liveness = Liveness(3600.0, 7200.0, _no_events)
-    for record in records:
-        liveness.heard(record.node_id, time.monotonic())
-    return records, liveness
+    return healthy_nodes(count, total, width=5, healthy_for=3600.0)
 
 
 def scores_for(records: list[NodeRecord]) -> dict[str, float]:

@@ -10,13 +10,16 @@ from nats.aio.client import Client
 
 from hivectl.core import auth, codec
 from hivectl.core.models import (
+    Approval,
     ErrorReply,
     Heartbeat,
     InfoReply,
     InfoUpdate,
     Leave,
     Message,
+    NodeEvent,
     NodeInfo,
+    NodeRecord,
     NodeResources,
     RegisterReply,
     RegisterRequest,
@@ -24,6 +27,7 @@ from hivectl.core.models import (
     ResourceUpdate,
 )
 from hivectl.core.subjects import Subjects
+from requester.nodes.liveness import Liveness
 
 
 def sample_info(labels: dict[str, str] | None = None) -> NodeInfo:
@@ -38,6 +42,29 @@ def sample_info(labels: dict[str, str] | None = None) -> NodeInfo:
         total=total,
         allocatable=total,
     )
+
+
+async def _no_events(event: NodeEvent) -> None:
+    return None
+
+
+def healthy_nodes(
+    count: int, total: Resources, *, width: int = 0, healthy_for: float = 30.0
+) -> tuple[list[NodeRecord], Liveness]:
+    """`count` APPROVED nodes offering `total` each, ids node-0 .. (zero-padded to
+    `width`), all just heard from: HEALTHY for `healthy_for` seconds. What placement is
+    tried on without NATS (unit tests, bench/placement.py)."""
+    info = sample_info().model_copy(update={"total": total, "allocatable": total})
+    key = auth.Identity.generate().public_key
+    records = [
+        NodeRecord(node_id=f"node-{i:0{width}d}", public_key=key, info=info,
+                   approval=Approval.APPROVED)
+        for i in range(count)
+    ]  # fmt: skip
+    liveness = Liveness(healthy_for, 2 * healthy_for, _no_events)
+    for record in records:
+        liveness.heard(record.node_id, time.monotonic())
+    return records, liveness
 
 
 class SimNode:

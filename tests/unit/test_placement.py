@@ -24,7 +24,7 @@ from hivectl.core.models import Approval, NodeEvent, NodeRecord, NodeResources, 
 from requester.jobs import placement
 from requester.jobs.ledger import Ledger, Room
 from requester.nodes.liveness import Liveness
-from tests.support.simnode import sample_info
+from tests.support.simnode import healthy_nodes, sample_info
 
 KEY = Identity.generate().public_key
 
@@ -35,16 +35,7 @@ async def _no_events(event: NodeEvent) -> None:
 
 def cluster(count: int, cpu: float = 4.0) -> tuple[list[NodeRecord], Liveness]:
     """`count` APPROVED nodes, all HEALTHY, ids node-0 .. node-<count-1>."""
-    total = Resources(cpu=cpu, memory=8 * 2**30, disk=100 * 2**30)
-    info = sample_info().model_copy(update={"total": total, "allocatable": total})
-    records = [
-        NodeRecord(node_id=f"node-{i}", public_key=KEY, info=info, approval=Approval.APPROVED)
-        for i in range(count)
-    ]
-    liveness = Liveness(30.0, 60.0, _no_events)
-    for record in records:
-        liveness.heard(record.node_id, time.monotonic())
-    return records, liveness
+    return healthy_nodes(count, Resources(cpu=cpu, memory=8 * 2**30, disk=100 * 2**30))
 
 
 def job(count: int = 1, cpu: float = 0.0) -> Job:
