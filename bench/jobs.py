@@ -8,7 +8,14 @@ at once); 4,000 executions submitted through `hive.api.job.submit` (40 jobs x co
 16 submits in flight). Figure: executions placed per second, from the first submit until
 the requester's job API shows every execution ACCEPTED (target >= 2,000/s). Baseline in
 the same run: raw NATS request/reply to a trivial responder (sequential RTT, and the
-rate with 64 in flight), with an offer-sized payload.
+rate with 64 in flight), with an offer-sized payload. Then the same workload with a
+second requester following, rounds interleaved (one, two, two, one, ...): two must place
+at least as fast as one. The leading requester runs alone on CPU 0 and everything else
+(nats-server, the follower, the simulated nodes, this script) on the other CPUs, as in
+a deployment, where the leader has a machine of its own: on a 2-core machine shared by
+every process, a follower's CPU would be taken from the leader's (`--no-pin` measures
+that). The JSON also gives the leader's CPU per execution placed, one against two: what
+limits a leader on a machine of its own.
 
 Part fair (`--part fair`, see bench/_fairpart.py): the placement workload with quotas,
 priorities and fair share in play, against the same workload without them, rounds
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -56,6 +64,8 @@ SpecOf = Callable[[int], dict[str, Any]]  # job index -> spec fields
 SignerOf = Callable[[int], Any]
 PLACEMENT_TARGET = 2_000  # executions placed per second by one requester
 LOST_RACES = "hive_job_writes_lost_races_total"
+FOLLOWER_JOBS = "hive_follower_jobs_total"  # what a follower took at submit, by outcome
+TAKEN_OVER = "hive_leader_followers_jobs_total"
 LATENCY_P50_S = 0.050
 LATENCY_P99_S = 0.250
 
@@ -89,7 +99,10 @@ async def submit_and_confirm(
     limit: float,
     spec_of: SpecOf | None = None,
     signer_of: SignerOf | None = None,
+    on_placed: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
+    """Submit the jobs, wait for the simulated nodes to accept every offer (then
+    `on_placed()`), and confirm every execution ACCEPTED through the job API."""
     from hivectl.core import bus, codec
     from hivectl.core.jobs import (
         ExecState,
@@ -143,6 +156,7 @@ async def submit_and_confirm(
     t_submitted = time.monotonic()
     log(f"  {len(ids)} jobs submitted in {t_submitted - t_first:.2f}s; waiting for the offers")
     sim = await asyncio.to_thread(responder.result, limit + 60)
+    on_placed()
     log(f"  sim accepted {sim['accepted']:,} offers; confirming through the job API")
 
     # Every execution ACCEPTED in the requester's own record, through its API.
@@ -199,6 +213,10 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
             f"{floor['burst']['rate_per_s']:,}/s with 64 in flight"
         )
         stack.start_requester(env={"HIVE_NAME": "req-1"})
+        if args.pin:
+            pin(stack.requester_pid, alone=True)
+            for pid in (stack.nats_pid, os.getpid()):
+                pin(pid, alone=False)
         log(f"registering {args.nodes:,} simulated nodes")
         reg = _sim.register(stack.url, args.nodes, procs=1, in_flight=200, report=True)
         keys = reg.pop("keys")
@@ -206,6 +224,7 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
         ready_s = asyncio.run(wait_nodes(stack, len(keys), 60))
         log(f"  all {len(keys):,} APPROVED and HEALTHY after {ready_s:.1f}s more")
         ones, twos, races = [], [], {"leader": 0.0, "follower": 0.0}
+        followed = {"placed": 0.0, "handed_over": 0.0}  # jobs the follower took, summed
         # A first round warms what every later round reuses (the requester's caches,
         # the store's files, the simulator's connections): measured, it would weigh on
         # whichever setup ran first.
@@ -217,19 +236,38 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
                 ones.append(placement_round(stack, args, keys, "one requester"))
                 continue
             port = stack.start_follower("req-2")
+            if args.pin:
+                pin(stack.followers[-1], alone=False)
             twos.append(placement_round(stack, args, keys, "two requesters"))
-            races["follower"] += stack.scrape(port=port).total(LOST_RACES)
+            follower = stack.scrape(port=port)
+            races["follower"] += follower.total(LOST_RACES)
+            for outcome in followed:
+                followed[outcome] += follower.get(FOLLOWER_JOBS, outcome=outcome)
             stack.stop_followers()
-        races["leader"] = stack.scrape().total(LOST_RACES)
+        leader = stack.scrape()
+        races["leader"] = leader.total(LOST_RACES)
+        followed["leader_took_over"] = leader.get(TAKEN_OVER, what="taken_over")
         alive = stack.requester_alive()
         log_tail = stack.requester_log(15) if not alive else ""
     one = sorted(ones, key=lambda r: r["rate"])[len(ones) // 2]  # the median round
     result = placement_result(args, total, one, floor, reg, alive)
     result["two_requesters"] = two_requesters(ones, twos, races)
+    result["two_requesters"]["leader_alone_on_cpu_0"] = args.pin
+    result["two_requesters"]["follower_jobs_all_rounds"] = followed
     result["pass"] = result["pass"] and result["two_requesters"]["pass"]
     if log_tail:
         result["requester_log_tail"] = log_tail
     return result
+
+
+def pin(pid: int | None, *, alone: bool) -> None:
+    """Every thread of `pid` on CPU 0 (`alone`), or on every CPU but 0."""
+    if pid is None:
+        return
+    cpus = set(range(os.cpu_count() or 1))
+    mine = {0} if alone else (cpus - {0} or cpus)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), mine)
 
 
 def two_requesters(
@@ -242,8 +280,11 @@ def two_requesters(
     def median(rounds: list[dict[str, Any]], key: str) -> float:
         return statistics.median(r[key] for r in rounds)
 
-    placed = {n: median(r, "placed_rate") for n, r in (("one", ones), ("two", twos))}
-    confirmed = {n: median(r, "rate") for n, r in (("one", ones), ("two", twos))}
+    setups = (("one", ones), ("two", twos))
+    placed = {n: median(r, "placed_rate") for n, r in setups}
+    confirmed = {n: median(r, "rate") for n, r in setups}
+    # What limits a leader on a machine of its own: its CPU for each execution placed.
+    leader_ms = {n: round(median(r, "leader_cpu_ms"), 3) for n, r in setups}
     return {
         "figure": "executions placed/s with a second requester following (same run, nodes, "
         f"workload; median of {len(twos)} rounds, in the order one, two, two, one, ...)",
@@ -256,6 +297,7 @@ def two_requesters(
             "two": [round(r["placed_rate"], 1) for r in twos],
         },
         "confirmed_per_s_median": {k: round(v, 1) for k, v in confirmed.items()},
+        "leader_cpu_ms_per_execution_median": leader_ms,
         "lost_cas_races_by_requester": races,
         "processes_last_round": twos[-1]["usage"],
     }
@@ -283,6 +325,11 @@ def placement_round(
             meters["nats_server"] = CpuMeter(stack.nats_pid)
         for pid in stack.followers:
             meters[f"follower-{pid}"] = CpuMeter(pid)
+        placing: dict[str, Any] = {}  # each process's CPU until the last offer is accepted
+
+        def mark_placed() -> None:
+            placing.update({name: meter.read() for name, meter in meters.items()})
+
         responder.go()
         log(f"{label}: {args.jobs} jobs x count {args.count} = {total:,} executions")
         run = asyncio.run(
@@ -295,6 +342,7 @@ def placement_round(
                 args.limit,
                 spec_of,
                 signer_of,
+                mark_placed,
             )
         )
         usage = {name: meter.read() for name, meter in meters.items()}
@@ -307,11 +355,17 @@ def placement_round(
     sim = run["sim"]
     placed_span = sim["t_last_accept"] - t0 if sim["accepted"] else float("nan")
     placed = total / placed_span if placed_span > 0 else 0.0
-    log(f"  {label}: {placed:,.0f} executions placed/s, {rate:,.0f}/s confirmed in the API")
+    leader_ms = 1e3 * placing["requester"]["cpu_s"] / total if placing else float("nan")
+    log(
+        f"  {label}: {placed:,.0f} executions placed/s, {rate:,.0f}/s confirmed in the API; "
+        f"the leader's CPU {leader_ms:.3f} ms an execution"
+    )
     checks_pass = run["submitted"] == args.jobs and run["unconfirmed_jobs"] == 0
     return {
         "run": run,
         "usage": usage,
+        "placing_usage": placing,
+        "leader_cpu_ms": leader_ms,
         "rate": rate,
         "placed_rate": placed,
         "span": span,
@@ -622,6 +676,13 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes (placement)")
     parser.add_argument("--jobs", type=int, default=40, help="jobs submitted (placement)")
     parser.add_argument("--count", type=int, default=100, help="executions per job (placement)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="placement: the leading requester alone on CPU 0, every other process on the "
+        "other CPUs, as a leader has a machine of its own (--no-pin: all share every CPU)",
+    )
     parser.add_argument("--in-flight", type=int, default=16, help="submits in flight (placement)")
     parser.add_argument(
         "--rounds", type=int, default=4, help="rounds of one and of two requesters (placement)"
