@@ -28,6 +28,7 @@ from hivectl.core.models import Health, NodeEvent
 from hivectl.core.quotas import Quota
 from hivectl.core.subjects import Subjects
 from requester.jobs import placement
+from requester.jobs.assist import Claims
 from requester.jobs.consumer import ExecConsumer
 from requester.jobs.fenced import FencedJobs
 from requester.jobs.reconcile import Reconciler
@@ -78,6 +79,8 @@ class LeaderDuties:
         self.pruner: Pruner | None = None  # deletes long-UNKNOWN nodes (node_prune_after)
         self.usage: Usage | None = None  # the usage book (reliability) and its publisher
         self.quotas: Callable[[str], Quota] = lambda owner: NO_QUOTA  # the requester's book
+        # Jobs a follower took to place itself (assist.py): left to it for a while.
+        self.claims = Claims(config.name, 2 * config.offer_timeout)
 
     @property
     def active(self) -> bool:
@@ -102,6 +105,7 @@ class LeaderDuties:
             share=self.jobs.owners.share,
             quotas=self.quotas,
             reserve_after=cfg.scheduler.backfill_reserve_after,
+            claims=self.claims,
         )
         scheduler.placement_seconds = self.placement_seconds
         self.exec_consumer = ExecConsumer(
@@ -137,6 +141,7 @@ class LeaderDuties:
             if part is not None:
                 await part.close()
         self.scheduler = self.exec_consumer = self.reconciler = self.drainer = None
+        self.link.epoch = 0  # its cancels now carry the new leader's (NodeLink.leader_epoch)
         self.jobs.follow()
 
     def queued(self) -> list[Job] | None:
@@ -149,11 +154,13 @@ class LeaderDuties:
             self.scheduler.kick(job_id)
 
     async def _on_created(self, msg: Msg) -> None:
-        """Another requester created a job: read it now (our watch may lag) and place it."""
+        """Another requester created a job, or handed over one it took: read it now (our
+        watch may lag) and place it."""
         job_id = msg.data.decode(errors="replace")
         if self.scheduler is None or not JOB_ID.match(job_id):
             return
-        if self.jobs.get(job_id) is None:
+        record = self.jobs.record(job_id)
+        if record is None or record.placer not in ("", self.config.name):
             with contextlib.suppress(Exception):  # the tick finds it in any case
                 await self.jobs.fresh(job_id)
         self.kick(job_id)

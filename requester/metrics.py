@@ -59,6 +59,30 @@ class RequesterCollector(Collector):
         )
         races.add_metric([], req.jobs.lost_races if req.jobs is not None else 0)
         yield races
+        yield from self._placers()
+
+    def _placers(self) -> Iterator[Metric]:
+        """Jobs placed by the followers that took them, and what the leader did of those."""
+        req = self._requester
+        took = CounterMetricFamily(
+            "hive_follower_jobs",
+            "Jobs this requester took to place as a follower, by outcome.",
+            labels=["outcome"],
+        )
+        assist = req.assist
+        took.add_metric(["placed"], assist.placed if assist else 0)
+        took.add_metric(["handed_over"], assist.handed_over if assist else 0)
+        yield took
+        claims = req.duties.claims if req.duties is not None else None
+        left = CounterMetricFamily(
+            "hive_leader_followers_jobs",
+            "Jobs the leader found taken by a follower: left to it, or taken over when it "
+            "placed nothing in time.",
+            labels=["what"],
+        )
+        left.add_metric(["left"], claims.left if claims else 0)
+        left.add_metric(["taken_over"], claims.taken_over if claims else 0)
+        yield left
 
     def _nodes(self) -> Iterator[Metric]:
         req = self._requester

@@ -119,6 +119,16 @@ class Presence:
             # A record loaded at start says nothing of when its writer last lived.
             self._others[name] = (record, time.monotonic() if loaded else float("-inf"))
 
+    def leader(self) -> tuple[str, int]:
+        """(name, epoch) of another requester that leads and was heard within half a
+        lease (it writes every third of one); ("", 0) when none was. Of two that say
+        they lead (an old leader's last record), the newer epoch."""
+        now, found = time.monotonic(), ("", 0)
+        for record, heard in self._others.values():
+            if record.epoch > found[1] and now - heard < self._lease / 2:
+                found = (record.name, record.epoch)
+        return found
+
     def health(self, heard: float, now: float) -> Health:
         age = now - heard
         if age < self._lease:

@@ -19,6 +19,7 @@ from hivectl.core.bus import connect_daemon
 from hivectl.core.config import RequesterConfig
 from hivectl.core.daemon import Status, sd_notify, settle_memory, until_stopped
 from hivectl.core.embedded import EmbeddedNats
+from hivectl.core.jobs import Job
 from hivectl.core.metrics import MetricsServer
 from hivectl.core.models import NodeEvent, build_models
 from hivectl.core.subjects import Subjects
@@ -30,6 +31,7 @@ from requester.events import Events
 from requester.gate import UserGate
 from requester.identity import cluster_identity
 from requester.jobs.api import JobApi
+from requester.jobs.assist import Assist
 from requester.jobs.consumer import ExecConsumer
 from requester.jobs.fairshare import FairShare
 from requester.jobs.records import JobStore
@@ -91,6 +93,7 @@ class Requester:
         self.job_api: JobApi | None = None
         self.event_api: EventApi | None = None
         self.duties: LeaderDuties | None = None  # what only the leader does
+        self.assist: Assist | None = None  # what a follower places itself (assist.py)
         self.leadership: Leadership | None = None
         self.presence: Presence | None = None  # the cluster's requesters, for node list
         self.users: Users | None = None
@@ -240,10 +243,19 @@ class Requester:
         await self.usage.start(js, self.jobs)
         duties.usage = self.usage
         await self.jobs.start(js)
+        self.jobs.indexed = cfg.scheduler.followers_place
         self.jobs.follow()  # until this requester leads (duties.start)
+        assert self.presence is not None
+        self.link.leader_epoch = lambda: self.presence.leader()[1] if self.presence else 0
+        if cfg.scheduler.followers_place:
+            self.assist = wiring.assist(
+                cfg, self.jobs, self.registry, self.liveness, self.link, self.usage,
+                leader=self.presence.leader, leading=lambda: duties.active,
+                quotas=self.quotas.effective, nudge=self._nudge,
+            )  # fmt: skip
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.job_api, self.event_api = wiring.job_api(
-            self.jobs, js, self.subjects, kick=self._created,
+            self.jobs, js, self.subjects, kick=self._created, placer=self._placer,
             max_payload=self._max_payload(), limits=limits,
             quotas=self.quotas.effective,
             queue=lambda: self.duties.queued() if self.duties else None,
@@ -333,6 +345,8 @@ class Requester:
             await self.presence.close()
         if self.duties is not None:
             await self.duties.stop()
+        if self.assist is not None:
+            await self.assist.close(SETTLE_REQUESTS)
         await self._settle_requests()
         # Usage first: its publisher stores what the last writes ended.
         parts = (self.usage, self.jobs, self.link, self.tokens, self.users, self.quotas)
@@ -363,16 +377,29 @@ class Requester:
         if sum(left):
             log.warning("closing with %d API requests unanswered", sum(left))
 
+    def _placer(self, job: Job) -> str:
+        """Who places a job submitted here: this follower now and then (assist.py);
+        otherwise the leader ("")."""
+        return self.config.name if self.assist is not None and self.assist.takes(job) else ""
+
     def _created(self, job_id: str) -> None:
-        """A job this requester created: placed here when it leads, else the leader is
-        told at once (its watch of the bucket may be busy with its own writes)."""
+        """A job this requester created: placed here when it leads or took it, else the
+        leader is told at once (its watch of the bucket may be busy with its own writes)."""
+        record = self.jobs.record(job_id) if self.jobs is not None else None
         if self.duties is not None and self.duties.active:
             self.duties.kick(job_id)
-        elif self.nc is not None:
+        elif self.assist is not None and record and record.placer == self.config.name:
+            self.assist.place(job_id)
+        else:
+            self._nudge(job_id)
+
+    def _nudge(self, job_id: str) -> None:
+        """Tell the leader of a job to place (a lost nudge: its tick finds the job)."""
+        if self.nc is not None:
             task = asyncio.ensure_future(
                 self.nc.publish(self.subjects.job_created, job_id.encode())
             )
-            task.add_done_callback(lambda t: t.exception())  # a lost nudge: the tick finds it
+            task.add_done_callback(lambda t: t.exception())
 
     def _user_known(self, name: str) -> bool:
         return name == ADMIN_USER or (self.users is not None and self.users.get(name) is not None)

@@ -24,11 +24,13 @@ from hivectl.core.users import Role
 from requester.eventlist import EventApi
 from requester.gate import UserGate
 from requester.jobs.api import Forward, JobApi
+from requester.jobs.assist import Assist
 from requester.jobs.fenced import JobError
 from requester.jobs.outputs import JobOutputs
 from requester.jobs.records import JobStore
 from requester.nodes.api import NodeApi
 from requester.nodes.labels import LabelApi
+from requester.nodes.link import NodeLink
 from requester.nodes.liveness import Liveness
 from requester.nodes.membership import Membership
 from requester.nodes.nodeops import NodeOps
@@ -136,13 +138,13 @@ def node_api(
 
 def job_api(
     jobs: JobStore, js: Store, subjects: Subjects, *, kick: Callable[[str], None],
-    max_payload: int, limits: codec.Limits, quotas: Callable[[str], Quota],
-    queue: Callable[[], list[Job] | None], forward: Forward,
+    placer: Callable[[Job], str], max_payload: int, limits: codec.Limits,
+    quotas: Callable[[str], Quota], queue: Callable[[], list[Job] | None], forward: Forward,
 ) -> tuple[JobApi, EventApi]:  # fmt: skip
     """`hive.api.job.*`: submit, list, get, executions, stop, and logs and result; and
     `hive.api.event.list`, the events for those who cannot read their stream."""
     api = JobApi(
-        jobs, kick=kick, max_payload=max_payload, limits=limits,
+        jobs, kick=kick, placer=placer, max_payload=max_payload, limits=limits,
         quotas=quotas, queue=queue, forward=forward,
     )  # fmt: skip
     outputs = JobOutputs(jobs, js, subjects, max_payload=max_payload, limits=limits)
@@ -150,6 +152,20 @@ def job_api(
     api.roles.update(outputs.roles())
     events = EventApi(js, subjects, jobs, max_payload=max_payload, limits=limits)
     return api, events
+
+
+def assist(
+    config: RequesterConfig, jobs: JobStore, registry: Registry, liveness: Liveness,
+    link: NodeLink, usage: Usage, *, leader: Callable[[], tuple[str, int]],
+    leading: Callable[[], bool], quotas: Callable[[str], Quota], nudge: Callable[[str], None],
+) -> Assist:  # fmt: skip
+    """What a follower places itself: the jobs submitted to it while nothing waits."""
+    return Assist(
+        config.name, jobs, registry, liveness, link, leader=leader, leading=leading,
+        quotas=quotas, nudge=nudge, offer_timeout=config.offer_timeout,
+        interval=config.scheduler_interval,
+        scores=usage.book.scores, tiers=usage.book.tiers,
+    )  # fmt: skip
 
 
 async def users(

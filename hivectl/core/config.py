@@ -115,6 +115,10 @@ class SchedulerSettings(Section):
     # job may use until it fits (small jobs otherwise backfill around it for good);
     # 0: never (plain best-effort backfill).
     backfill_reserve_after: Duration = 60.0
+    # A requester that does not lead places the jobs submitted to it while no job waits
+    # (requester/jobs/assist.py): more requesters, more placement. false: only the
+    # leader places, and a follower keeps less in memory.
+    followers_place: bool = True
 
 
 class HiveSettings(BaseSettings):

@@ -144,6 +144,9 @@ class Job(Model):
     # The epoch of the leading requester that last decided for this job: an older
     # leader (paused, cut off) may not write it again.
     epoch: NonNegInt = 0
+    # The requester that took the job to place it itself (a follower, when nothing was
+    # waiting: see requester/jobs/assist.py); empty: the leader places it.
+    placer: ShortText = ""
     # Executions by state, over all of them: set in replies whose `executions` is cut
     # short (`job list` sends none, a big job's `get` the first few); never stored.
     counts: dict[ExecState, NonNegInt] = Field(default_factory=dict)

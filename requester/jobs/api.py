@@ -60,6 +60,7 @@ class JobApi(ApiRouter):
         store: JobStore,
         *,
         kick: Kick,
+        placer: Callable[[Job], str] = lambda job: "",
         max_payload: int,
         limits: codec.Limits,
         quotas: Callable[[str], Quota] | None = None,
@@ -68,6 +69,7 @@ class JobApi(ApiRouter):
     ) -> None:
         self._store = store
         self._kick = kick
+        self._placer = placer  # who places a new job: this requester, or "" (the leader)
         self._max_reply = max_payload - REPLY_HEADROOM
         self._limits = limits
         self._quotas = quotas
@@ -97,8 +99,9 @@ class JobApi(ApiRouter):
         known = self._store.record(job_id)  # a retry usually finds it here, with no write
         if known is None:
             self._check_queued_quota(current_user())
+            job = Job(job_id=job_id, spec=request.spec, owner=current_user())
             known, created = await self._store.create(
-                Job(job_id=job_id, spec=request.spec, owner=current_user())
+                job.model_copy(update={"placer": self._placer(job)})
             )
             if created:
                 self._kick(job_id)

@@ -157,10 +157,15 @@ class Owners:
         self.rebuilding = False  # every record is being taken in again (a new leader)
         self._waiting_owner: dict[str, str] = {}  # job id -> owner, of waiting jobs
         self._waiting: Counter[str] = Counter()
+        self._queued: set[str] = set()  # jobs that waited for room or quota (QUEUED)
 
     def waiting(self, owner: str) -> int:
         """The owner's jobs that wait to start (PENDING or QUEUED), as stored now."""
         return self._waiting[owner]
+
+    def queued(self) -> int:
+        """Jobs QUEUED (waiting for room or for their owner's quota), as stored now."""
+        return len(self._queued)
 
     def reset_share(self) -> None:
         if self.share is not None:
@@ -176,6 +181,10 @@ class Owners:
         if job is not None and job.state in WAITING:
             self._waiting_owner[job_id] = job.owner
             self._waiting[job.owner] += 1
+        if job is not None and job.state is JobState.QUEUED:
+            self._queued.add(job_id)
+        else:
+            self._queued.discard(job_id)
 
     def execution(
         self,

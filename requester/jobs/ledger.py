@@ -161,3 +161,23 @@ class Ledger:
             room = room.capped(report.available)
         self._free[node_id] = (allocatable, report, room)
         return room
+
+
+class Stored(Protocol):
+    """What a ledger is built from: the job store's index of active executions."""
+
+    def active_nodes(self) -> list[str]: ...
+    def active_on(self, node_id: str) -> dict[str, str]: ...
+    def record(self, job_id: str) -> Job | None: ...
+
+
+def held_in(store: Stored) -> Ledger:
+    """What the active executions of unfinished jobs hold, per node: from the store's
+    index of them, so it costs what runs now, not every job ever kept."""
+    ledger = Ledger()
+    for node_id in store.active_nodes():
+        for exec_id, job_id in store.active_on(node_id).items():
+            record = store.record(job_id)
+            if record is not None and record.state not in JOB_TERMINAL:
+                ledger.hold_exec(exec_id, node_id, Room.of(record.spec.resources))
+    return ledger

@@ -22,7 +22,7 @@ from datetime import timedelta
 
 from hivectl.core.jobs import JOB_TERMINAL, ExecState, Execution, Job, JobState
 from hivectl.core.models import utcnow
-from requester.jobs.executions import advance, finish, settle
+from requester.jobs.executions import advance, finish, missing, settle
 from requester.jobs.fenced import Deposed, FencedJobs
 from requester.nodes.link import Answer, NodeLink
 
@@ -48,7 +48,8 @@ class Offers:
         ids = {e.exec_id for e in new}
         self._inflight |= ids
         try:
-            answers = await asyncio.gather(*(self._link.offer(e, job.spec) for e in new))
+            epoch = self._store.epoch  # the deciding leader's, whoever sends the offers
+            answers = await asyncio.gather(*(self._link.offer(e, job.spec, epoch) for e in new))
             lost = [e for e, a in zip(new, answers, strict=True) if a.unanswered]
             if lost:
                 settled = {a.exec_id: a for a in await self._withdraw(lost)}
@@ -59,7 +60,8 @@ class Offers:
         return answers
 
     async def _withdraw(self, executions: list[Execution]) -> list[Answer]:
-        answers = await asyncio.gather(*(self._link.withdraw(e) for e in executions))
+        epoch = self._store.epoch
+        answers = await asyncio.gather(*(self._link.withdraw(e, epoch) for e in executions))
         self.withdrawn += sum(1 for a in answers if not a.unanswered)
         return answers
 
@@ -96,6 +98,21 @@ class Offers:
             ]
             if stale:
                 await self._write(job.job_id, await self._withdraw(stale))
+
+
+async def store_offers(store: FencedJobs, job: Job, new: list[Execution]) -> bool:
+    """The new executions stored OFFERED; False when the job changed under us (what is
+    missing is no longer what the offers were planned for: decide again)."""
+    before = missing(job)
+
+    def add_offers(current: Job) -> Job | None:
+        if missing(current) != before:
+            return None
+        return current.model_copy(update={"executions": [*current.executions, *new]})
+
+    stored = await store.change(job.job_id, add_offers)
+    ids = {e.exec_id for e in new}
+    return stored is not None and ids <= {e.exec_id for e in stored.executions}
 
 
 def answered(job: Job, answers: list[Answer]) -> Job | None:

@@ -104,6 +104,9 @@ class JobStore:
         # Told of the usage record of every execution a write of ours ended.
         self.usage: Callable[[list[UsageRecord]], None] | None = None
         self.owners = Owners()  # owners' waiting jobs and, on the leader, their usage
+        # Keep every execution decoded and indexed when following too: a follower that
+        # places jobs (assist.py) counts room from them as the leader does.
+        self.indexed = False
 
     async def start(self, js: Store) -> None:
         """Open (or create) the buckets and load every job before serving."""
@@ -176,8 +179,9 @@ class JobStore:
         reads them (decoding every placement write cost a follower a tenth of a core,
         on a machine the leader shares); the indexes of executions serve the leader
         alone. Job records (a few writes a job, whatever its count) stay decoded: a
-        submit to any requester checks its owner's count of waiting jobs."""
-        self._execs.lazy = True
+        submit to any requester checks its owner's count of waiting jobs. With
+        `indexed`, executions stay decoded as well."""
+        self._execs.lazy = not self.indexed
 
     def lead(self) -> None:
         """This requester leads: every record decoded, the indexes (owners' usage

@@ -34,6 +34,7 @@ from hivectl.core.jobs import (
 from hivectl.core.models import utcnow
 from hivectl.core.quotas import Quota
 from requester.jobs import fairqueue, placement
+from requester.jobs.assist import Claims
 from requester.jobs.executions import (
     failures,
     missing,
@@ -42,9 +43,9 @@ from requester.jobs.executions import (
 )
 from requester.jobs.fairshare import DEFAULT_HALF_LIFE, FairShare
 from requester.jobs.fenced import Deposed, FencedJobs
-from requester.jobs.ledger import Ledger, Room
+from requester.jobs.ledger import Ledger, Room, held_in
 from requester.jobs.nodechanges import NodeChanges
-from requester.jobs.offers import Offers
+from requester.jobs.offers import Offers, store_offers
 from requester.jobs.quotagate import QuotaGate
 from requester.jobs.reserve import Reservations
 from requester.jobs.turns import Turns
@@ -84,8 +85,10 @@ class Scheduler:
         share: FairShare | None = None,
         quotas: Callable[[str], Quota] | None = None,
         reserve_after: float = 0.0,
+        claims: Claims | None = None,
     ) -> None:
         self._store = store
+        self._claims = claims  # jobs another requester took to place (assist.py)
         self._registry = registry
         self._liveness = liveness
         self._link = link
@@ -121,8 +124,12 @@ class Scheduler:
     def _want(self, job_id: str, job: Job | None = None) -> None:
         """The job is looked at, in its turn."""
         record = job or self._store.record(job_id)
-        if record is not None:  # else gone, or not in memory yet (the tick finds it)
-            self._turns.want(record)
+        if record is None:  # gone, or not in memory yet (the tick finds it)
+            return
+        claims = self._claims
+        if record.placer and claims and claims.theirs(self._store.get(job_id) or record):
+            return  # its placer's to place for now (the tick looks again)
+        self._turns.want(record)
 
     def node_lost(self, node_id: str) -> None:
         self._nodes.changed(node_id, lost=True)
@@ -217,24 +224,13 @@ class Scheduler:
         await self._nodes.handle()
         if not self._turns.wanted:
             return
-        self._pass_ledger = ledger = self._ledger()
+        self._pass_ledger = ledger = held_in(self._store)
         try:
             async with asyncio.TaskGroup() as placing:
                 while (job_id := await self._next_job()) is not None:
                     placing.create_task(self._place(job_id, ledger), name=f"place-{job_id}")
         finally:
             self._pass_ledger = None
-
-    def _ledger(self) -> Ledger:
-        """What the active executions of unfinished jobs hold, per node: from the
-        store's index of them, so it costs what runs now, not every job ever kept."""
-        ledger = Ledger()
-        for node_id in self._store.active_nodes():
-            for exec_id, job_id in self._store.active_on(node_id).items():
-                record = self._store.record(job_id)
-                if record is not None and record.state not in JOB_TERMINAL:
-                    ledger.hold_exec(exec_id, node_id, Room.of(record.spec.resources))
-        return ledger
 
     async def _next_job(self) -> str | None:
         """The next wanted job not already being placed, once there is room for it.
@@ -355,7 +351,7 @@ class Scheduler:
         release = [e.exec_id for e in new]
         try:
             try:
-                stored = await self._store_offers(job, new)
+                stored = await store_offers(self._store, job, new)
             finally:  # stored, they count in what the owner holds; else nothing was
                 self.gate.discharge(job.owner, want, len(new))
             if not stored:
@@ -378,19 +374,6 @@ class Scheduler:
                 self.placed += 1
             else:
                 attempt.declined.append(f"{execution.node_id}: {answer.reason or 'declined'}")
-
-    async def _store_offers(self, job: Job, new: list[Execution]) -> bool:
-        """The new executions stored OFFERED; False when the job changed under us."""
-        before = missing(job)
-
-        def add_offers(current: Job) -> Job | None:
-            if missing(current) != before:  # changed under us: decide again
-                return None
-            return current.model_copy(update={"executions": [*current.executions, *new]})
-
-        stored = await self._store.change(job.job_id, add_offers)
-        ids = {e.exec_id for e in new}
-        return stored is not None and ids <= {e.exec_id for e in stored.executions}
 
     def _capacity_back(self) -> None:
         """A declined offer's capacity is free again: jobs that found none look again."""

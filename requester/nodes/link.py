@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
@@ -50,6 +51,9 @@ class NodeLink:
         self.offers = 0
         self.cancels = 0
         self.epoch = 0  # the leader's, sent with every offer and cancel (see leadership)
+        # Not leading: the leader's as last heard, for the cancels of a stop served here
+        # (a node refuses one from an epoch older than it has seen).
+        self.leader_epoch: Callable[[], int] = lambda: 0
         # Not in the global registry: each requester's metrics endpoint registers its own.
         self.offer_seconds = Histogram(
             "hive_offer_seconds",
@@ -58,7 +62,9 @@ class NodeLink:
             registry=None,
         )
 
-    async def offer(self, execution: Execution, spec: JobSpec) -> Answer:
+    async def offer(self, execution: Execution, spec: JobSpec, epoch: int | None = None) -> Answer:
+        """Offer the execution to its node, with `epoch` (a follower placing a job sends
+        the leader's) or else this requester's own."""
         node, exec_id = execution.node_id, execution.exec_id
         offer = Offer(
             node_id=node,
@@ -66,7 +72,7 @@ class NodeLink:
             job_id=execution.job_id,
             attempt=execution.attempt,
             spec=spec,
-            epoch=self.epoch,
+            epoch=self.epoch if epoch is None else epoch,
         )
         self.offers += 1
         started = time.perf_counter()
@@ -80,11 +86,12 @@ class NodeLink:
         permanent = answer.permanent and not answer.accepted
         return Answer(exec_id, answer.accepted, answer.reason, permanent=permanent)
 
-    async def withdraw(self, execution: Execution) -> Answer:
+    async def withdraw(self, execution: Execution, epoch: int | None = None) -> Answer:
         """Take back an offer whose answer was lost: the node says whether it took it.
         Unanswered again, the execution's fate stays unknown (ask once more later)."""
         node, exec_id = execution.node_id, execution.exec_id
-        message = Withdraw(node_id=node, exec_id=exec_id, epoch=self.epoch)
+        epoch = self.epoch if epoch is None else epoch
+        message = Withdraw(node_id=node, exec_id=exec_id, epoch=epoch)
         answer, _ = await self._request(node, "withdraw", message, OfferReply)
         if isinstance(answer, str):
             # Only the node's own word settles it: an agent not listening now (re-joining,
@@ -102,9 +109,8 @@ class NodeLink:
 
     async def _cancel(self, execution: Execution, reason: str) -> None:
         node = execution.node_id
-        message = Cancel(
-            node_id=node, exec_id=execution.exec_id, reason=reason[:1024], epoch=self.epoch
-        )
+        epoch = self.epoch or self.leader_epoch()
+        message = Cancel(node_id=node, exec_id=execution.exec_id, reason=reason[:1024], epoch=epoch)
         self.cancels += 1
         answer, _ = await self._request(node, "cancel", message, OkReply)
         if isinstance(answer, str):
