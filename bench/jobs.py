@@ -66,6 +66,7 @@ PLACEMENT_TARGET = 2_000  # executions placed per second by one requester
 LOST_RACES = "hive_job_writes_lost_races_total"
 FOLLOWER_JOBS = "hive_follower_jobs_total"  # what a follower took at submit, by outcome
 TAKEN_OVER = "hive_leader_followers_jobs_total"
+FOLLOWER_LEFT = "hive_follower_jobs_left_total"  # what it left to the leader, by why
 LATENCY_P50_S = 0.050
 LATENCY_P99_S = 0.250
 
@@ -241,8 +242,11 @@ def part_placement(args: argparse.Namespace) -> dict[str, Any]:
             twos.append(placement_round(stack, args, keys, "two requesters"))
             follower = stack.scrape(port=port)
             races["follower"] += follower.total(LOST_RACES)
-            for outcome in followed:
+            for outcome in ("placed", "handed_over"):
                 followed[outcome] += follower.get(FOLLOWER_JOBS, outcome=outcome)
+            for why in ("jobs_waiting", "busy", "no_leader", "quota"):
+                key = f"left_{why}"
+                followed[key] = followed.get(key, 0.0) + follower.get(FOLLOWER_LEFT, why=why)
             stack.stop_followers()
         leader = stack.scrape()
         races["leader"] = leader.total(LOST_RACES)

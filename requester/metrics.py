@@ -73,16 +73,25 @@ class RequesterCollector(Collector):
         took.add_metric(["placed"], assist.placed if assist else 0)
         took.add_metric(["handed_over"], assist.handed_over if assist else 0)
         yield took
-        claims = req.duties.claims if req.duties is not None else None
         left = CounterMetricFamily(
+            "hive_follower_jobs_left",
+            "Jobs submitted to this follower that it left to the leader, by why.",
+            labels=["why"],
+        )
+        for why, count in sorted(assist.left.items()) if assist else []:
+            if why:
+                left.add_metric([why], count)
+        yield left
+        claims = req.duties.claims if req.duties is not None else None
+        found = CounterMetricFamily(
             "hive_leader_followers_jobs",
             "Jobs the leader found taken by a follower: left to it, or taken over when it "
             "placed nothing in time.",
             labels=["what"],
         )
-        left.add_metric(["left"], claims.left if claims else 0)
-        left.add_metric(["taken_over"], claims.taken_over if claims else 0)
-        yield left
+        found.add_metric(["left"], claims.left if claims else 0)
+        found.add_metric(["taken_over"], claims.taken_over if claims else 0)
+        yield found
 
     def _nodes(self) -> Iterator[Metric]:
         req = self._requester

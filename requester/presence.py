@@ -120,12 +120,14 @@ class Presence:
             self._others[name] = (record, time.monotonic() if loaded else float("-inf"))
 
     def leader(self) -> tuple[str, int]:
-        """(name, epoch) of another requester that leads and was heard within half a
-        lease (it writes every third of one); ("", 0) when none was. Of two that say
-        they lead (an old leader's last record), the newer epoch."""
+        """(name, epoch) of another requester that leads and was heard within a lease
+        (it writes every third of one); ("", 0) when none was. Of two that say they
+        lead (an old leader's last record), the newer epoch. A leader that died may be
+        named for up to a lease: its epoch is then the newest there is, and once another
+        leads, its records and the nodes refuse that epoch."""
         now, found = time.monotonic(), ("", 0)
         for record, heard in self._others.values():
-            if record.epoch > found[1] and now - heard < self._lease / 2:
+            if record.epoch > found[1] and now - heard < self._lease:
                 found = (record.name, record.epoch)
         return found
 

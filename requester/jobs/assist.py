@@ -10,8 +10,8 @@ capacity, where it would otherwise only take requests off the leader.
 
 A follower takes a job at submit, before storing it: the record names it the job's
 `placer`. It takes one only when
-- another requester leads and was heard within half a lease: that leader's epoch goes
-  with every write and offer, so a newer leader fences the follower out exactly as it
+- another requester leads and was heard within a lease: that leader's epoch goes with
+  every write and offer, so a newer leader fences the follower out exactly as it
   fences out the old leader (leadership.py);
 - no job is QUEUED (waiting for room or for its owner's quota): then order matters,
   and the leader decides everything;
@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from hivectl.core.jobs import JOB_TERMINAL, Execution, Job, JobState, JobType, new_exec_id
@@ -97,18 +98,27 @@ class Assist:
         self._rebuild_at = 0.0
         self._start = 0  # where the next sample of nodes begins, as the scheduler's
         self.placed = 0  # jobs this follower placed whole
+        self.left: Counter[str] = Counter()  # jobs submitted here left to the leader, by why
         self.handed_over = 0  # jobs it took and then left to the leader
 
     def takes(self, job: Job) -> bool:
         """Whether this requester places `job` itself (asked before it is stored)."""
-        return (
-            job.spec.type is JobType.BATCH
-            and len(self._tasks) < self._parallel
-            and not self._leading()
-            and not self._store.owners.queued()
-            and self._quotas(job.owner) == NO_QUOTA
-            and self._leader()[1] > 0
-        )
+        if self._leading():
+            return False
+        why = self._why_not(job)
+        self.left[why] += 1
+        return not why
+
+    def _why_not(self, job: Job) -> str:
+        if job.spec.type is not JobType.BATCH:
+            return "ops_job"
+        if self._store.owners.queued():
+            return "jobs_waiting"
+        if self._quotas(job.owner) != NO_QUOTA:
+            return "quota"
+        if len(self._tasks) >= self._parallel:
+            return "busy"
+        return "" if self._leader()[1] > 0 else "no_leader"
 
     def place(self, job_id: str) -> None:
         """Place a job it took, in the background (the submit is answered meanwhile)."""
