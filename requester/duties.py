@@ -1,6 +1,7 @@
 """What only the leading requester does; started when it is elected, stopped when not.
 
-Placing jobs (the scheduler, which also writes off unanswered offers), applying the
+Placing jobs (the scheduler, which also writes off unanswered offers; a follower places
+the jobs submitted to it while none waits, see jobs/assist.py), applying the
 nodes' execution updates (the HIVE_EXEC durable consumer), writing off the work of
 nodes that went away or lost it (node events, reconciliation), carrying out node
 drains (the Drainer), and deleting finished jobs past their retention. Each is a

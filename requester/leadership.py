@@ -1,9 +1,10 @@
 """Which of a cluster's requesters decides: the one holding a lease in a KV bucket.
 
 Every requester serves the API, registers nodes and hears every heartbeat; only the
-leader makes the decisions that must be made once: placing jobs, applying execution
-updates, writing off nodes, expiring offers and old jobs (see duties.py). The lease is
-one key, `leader`, in the `hive_leases` bucket (history 1):
+leader makes the decisions that must be made once: placing jobs (but for those a
+follower places while none waits, under the leader's epoch: jobs/assist.py), applying
+execution updates, writing off nodes, expiring offers and old jobs (see duties.py).
+The lease is one key, `leader`, in the `hive_leases` bucket (history 1):
 
 - A requester with no leader in sight creates the key (a KV create: one of several
   racing wins). Its epoch is the revision it was written at.

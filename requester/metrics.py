@@ -79,8 +79,7 @@ class RequesterCollector(Collector):
             labels=["why"],
         )
         for why, count in sorted(assist.left.items()) if assist else []:
-            if why:
-                left.add_metric([why], count)
+            left.add_metric([why], count)
         yield left
         claims = req.duties.claims if req.duties is not None else None
         found = CounterMetricFamily(

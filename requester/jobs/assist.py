@@ -106,7 +106,8 @@ class Assist:
         if self._leading():
             return False
         why = self._why_not(job)
-        self.left[why] += 1
+        if why:
+            self.left[why] += 1
         return not why
 
     def _why_not(self, job: Job) -> str:

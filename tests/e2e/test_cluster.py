@@ -228,6 +228,9 @@ async def test_two_requesters_run_every_job_exactly_once_through_faults(
         await poll(lambda: all_final(operator, calm), timeout=90, what="the first 300 jobs")
         assert await states(operator, calm) == {"COMPLETED": JOBS}
         assert set(runs_of(runs, calm).values()) == {1}, "a job ran twice or not at all"
+        # The follower placed some of those submitted to it (requester/jobs/assist.py).
+        by_follower = await placed_by_followers(operator, calm)
+        assert by_follower > 0
 
         # Faults mid-load: the leader requester, then the server leading the jobs.
         first = await leader(admin)
@@ -248,8 +251,9 @@ async def test_two_requesters_run_every_job_exactly_once_through_faults(
         await poll(lambda: all_final(operator, stormy), timeout=120, what="the second 300")
         assert await states(operator, stormy) == {"COMPLETED": JOBS}
         assert set(runs_of(runs, stormy).values()) == {1}, "a job ran twice or not at all"
-        print(f"\nleader {first} killed; {second} led after {took_over:.1f}s; server "
-              f"{victim} (leading {stream}) killed; {resent} submits sent again")  # fmt: skip
+        print(f"\n{by_follower} of the first {JOBS} placed by the follower; leader {first} "
+              f"killed; {second} led after {took_over:.1f}s; server {victim} (leading "
+              f"{stream}) killed; {resent} submits sent again")  # fmt: skip
         assert took_over < TAKEOVER_LIMIT
         assert not watch.bad, watch.bad
     finally:
@@ -300,6 +304,14 @@ async def other_leader(nc: Client, old: str) -> str:
 async def runs_started(runs: Path, more_than: int) -> bool:
     text = await asyncio.to_thread(lambda: runs.read_text() if runs.exists() else "")
     return text.count("\n") > JOBS + more_than
+
+
+async def placed_by_followers(nc: Client, ids: list[str]) -> int:
+    placed = 0
+    for job_id in ids:
+        reply = await request(nc, S.api("job", "get"), JobGetRequest(id=job_id), JobGetReply, 5)
+        placed += bool(reply.job.placer)
+    return placed
 
 
 async def states(nc: Client, ids: list[str]) -> dict[str, int]:

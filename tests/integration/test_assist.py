@@ -17,6 +17,7 @@ from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.jobs import ExecState, Job, JobState, JobStopRequest, Offer, new_job_id
 from hivectl.core.quotas import Quota
 from hivectl.core.users import ADMIN_USER
+from requester.metrics import RequesterCollector
 from requester.service import Requester
 from tests.integration.test_fair_queue import add_user, set_quota, submit_as
 from tests.integration.test_requester_jobs import compute, config, job_of, spec, state
@@ -58,6 +59,15 @@ def live(req: Requester, job_id: str) -> list[str]:
     return [e.node_id for e in job.executions if e.state in LIVE] if job else []
 
 
+def metrics(req: Requester) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """What the requester's /metrics would say, by (sample name, labels)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in RequesterCollector(req).collect()
+        for sample in family.samples
+    }
+
+
 def queued(req: Requester, job_id: str) -> bool:
     job = req.jobs.get(job_id) if req.jobs is not None else None
     return job is not None and job.state is JobState.QUEUED
@@ -76,6 +86,9 @@ async def test_a_job_submitted_to_a_follower_is_placed_by_it(
     assert job_of(leader, job_id).executions[0].state is ExecState.ACCEPTED
     assert (follower.assist.placed, follower.assist.handed_over) == (1, 0)
     assert leader.link.offers == offers  # the leader sent none
+    said = metrics(follower)
+    assert said[("hive_follower_jobs_total", (("outcome", "placed"),))] == 1.0
+    assert said[("hive_follower_jobs_total", (("outcome", "handed_over"),))] == 0.0
     # Placed, it is the leader's like any job: the node's updates finish it.
     assert leader.duties is not None and leader.duties.claims.taken_over == 0
 
@@ -95,6 +108,7 @@ async def test_while_a_job_waits_for_room_the_follower_leaves_new_jobs_to_the_le
     assert job_of(follower, after).placer == ""  # the leader's, in the queue's order
     await wait_for(lambda: queued(leader, after), what="the leader queues it")
     assert follower.assist is not None and follower.assist.placed == 0
+    assert metrics(follower)[("hive_follower_jobs_left_total", (("why", "jobs_waiting"),))] == 1
 
 
 async def test_a_job_whose_owner_has_a_quota_is_left_to_the_leader(
