@@ -66,6 +66,7 @@ class Presence:
         self._lease = lease
         self._epoch = epoch
         self._others: dict[str, tuple[RequesterRecord, float]] = {}
+        self._started = float("-inf")  # when the records there at start were loaded
         self._kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -74,6 +75,7 @@ class Presence:
         self._kv = kv = await js.bucket(self.bucket)
         await self._announce()
         watcher = await kv.watch(f"{PREFIX}*")
+        self._started = time.monotonic()
         self._tasks = [
             asyncio.create_task(self._follow(watcher), name="presence-watch"),
             asyncio.create_task(self._announcing(), name="presence-announce"),
@@ -121,12 +123,15 @@ class Presence:
 
     def leader(self) -> tuple[str, int]:
         """(name, epoch) of another requester that leads and was heard within a lease
-        (it writes every third of one); ("", 0) when none was. Of two that say they
-        lead (an old leader's last record), the newer epoch. A leader that died may be
-        named for up to a lease: its epoch is then the newest there is, and once another
-        leads, its records and the nodes refuse that epoch."""
+        (it writes every third of one), or whose record was there at start, for a lease
+        after that; ("", 0) when none. Of two that say they lead (an old leader's last
+        record), the newer epoch. A leader that died may be named for up to a lease: its
+        epoch is then the newest there is, and once another leads, its records and the
+        nodes refuse that epoch."""
         now, found = time.monotonic(), ("", 0)
         for record, heard in self._others.values():
+            if heard == float("-inf"):
+                heard = self._started
             if record.epoch > found[1] and now - heard < self._lease:
                 found = (record.name, record.epoch)
         return found

@@ -54,7 +54,7 @@ from requester.nodes.liveness import Liveness
 from requester.nodes.registry import Registry
 
 log = logging.getLogger("hive.requester.assist")
-PARALLEL = 32  # a follower's placements in flight, as the leader's scheduler
+PARALLEL = 64  # placements in flight here; jobs submitted past that go to the leader
 NO_QUOTA = Quota()
 
 
