@@ -3,9 +3,10 @@ and four agents, as the README's several-requester deployment runs them.
 
 300 process jobs, each writing one line when it runs: with no fault every job completes
 exactly once; then 300 more while the leading requester is killed (-9) and, once the
-other has taken over, the nats-server leading the jobs bucket too. Every job still ends
-exactly once, no submit fails, the takeover takes under 10 s, and no node is ever seen
-UNHEALTHY or UNKNOWN (its agent is up all along).
+other has taken over, the nats-server leading the jobs bucket too; then the killed
+requester back, following (and placing jobs submitted to it), and 150 more while it is
+killed again. Every job still ends exactly once, no submit fails, the takeover takes
+under 10 s, and no node is ever seen UNHEALTHY or UNKNOWN (its agent is up all along).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from tests.support.natscluster import NatsCluster
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 S = Subjects()
 JOBS = 300
+FOLLOWER_JOBS = 150  # the third batch, while the follower is killed
 AGENTS = 4
 IN_FLIGHT = 16
 TAKEOVER_LIMIT = 10.0
@@ -255,6 +257,21 @@ async def test_two_requesters_run_every_job_exactly_once_through_faults(
               f"killed; {second} led after {took_over:.1f}s; server {victim} (leading "
               f"{stream}) killed; {resent} submits sent again")  # fmt: skip
         assert took_over < TAKEOVER_LIMIT
+
+        # The killed requester back, following; then killed mid-load in its turn: the
+        # jobs it took to place go to the leader, and still each runs once.
+        hive.requester(first)
+        await poll(lambda: requesters_listed(operator, both), timeout=30, what="both again")
+        submitting = asyncio.create_task(submit_all(operator, runs, FOLLOWER_JOBS, rate=20))
+        await poll(lambda: runs_started(runs, JOBS + 50), timeout=30, what="the third batch")
+        hive.kill(first)
+        last, resent = await submitting
+        await poll(lambda: all_final(operator, last), timeout=90, what="the third batch")
+        assert await states(operator, last) == {"COMPLETED": FOLLOWER_JOBS}
+        assert set(runs_of(runs, last).values()) == {1}, "a job ran twice or not at all"
+        took = await placed_by_followers(operator, last, first)
+        print(f"follower {first} killed mid-load, having taken {took} of the last "
+              f"{FOLLOWER_JOBS}; {resent} submits sent again")  # fmt: skip
         assert not watch.bad, watch.bad
     finally:
         await admin.close()
@@ -306,11 +323,12 @@ async def runs_started(runs: Path, more_than: int) -> bool:
     return text.count("\n") > JOBS + more_than
 
 
-async def placed_by_followers(nc: Client, ids: list[str]) -> int:
+async def placed_by_followers(nc: Client, ids: list[str], name: str = "") -> int:
+    """How many of the jobs a follower took to place (`name`: that one)."""
     placed = 0
     for job_id in ids:
         reply = await request(nc, S.api("job", "get"), JobGetRequest(id=job_id), JobGetReply, 5)
-        placed += bool(reply.job.placer)
+        placed += reply.job.placer == name if name else bool(reply.job.placer)
     return placed
 
 
