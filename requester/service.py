@@ -246,13 +246,10 @@ class Requester:
         self.jobs.indexed = cfg.scheduler.followers_place
         self.jobs.follow()  # until this requester leads (duties.start)
         assert self.presence is not None
-        self.link.leader_epoch = lambda: self.presence.leader()[1] if self.presence else 0
-        if cfg.scheduler.followers_place:
-            self.assist = wiring.assist(
-                cfg, self.jobs, self.registry, self.liveness, self.link, self.usage,
-                leader=self.presence.leader, leading=lambda: duties.active,
-                quotas=self.quotas.effective, nudge=self._nudge,
-            )  # fmt: skip
+        self.assist = wiring.assist(
+            cfg, self.jobs, self.registry, self.liveness, self.link, self.usage, self.presence,
+            leading=lambda: duties.active, quotas=self.quotas.effective, nudge=self._nudge,
+        )  # fmt: skip
         limits = codec.Limits(max_bytes=cfg.max_payload)
         self.job_api, self.event_api = wiring.job_api(
             self.jobs, js, self.subjects, kick=self._created, placer=self._placer,
@@ -378,19 +375,15 @@ class Requester:
             log.warning("closing with %d API requests unanswered", sum(left))
 
     def _placer(self, job: Job) -> str:
-        """Who places a job submitted here: this follower now and then (assist.py);
-        otherwise the leader ("")."""
-        return self.config.name if self.assist is not None and self.assist.takes(job) else ""
+        """Who places a job submitted here: this follower now and then (assist.py)."""
+        return self.assist.placer(job) if self.assist is not None else ""
 
     def _created(self, job_id: str) -> None:
         """A job this requester created: placed here when it leads or took it, else the
         leader is told at once (its watch of the bucket may be busy with its own writes)."""
-        record = self.jobs.record(job_id) if self.jobs is not None else None
         if self.duties is not None and self.duties.active:
             self.duties.kick(job_id)
-        elif self.assist is not None and record and record.placer == self.config.name:
-            self.assist.place(job_id)
-        else:
+        elif self.assist is None or not self.assist.created(job_id):
             self._nudge(job_id)
 
     def _nudge(self, job_id: str) -> None:

@@ -37,6 +37,7 @@ from requester.nodes.nodeops import NodeOps
 from requester.nodes.prune import Pruner
 from requester.nodes.registry import EventSink, Registry
 from requester.nodes.tokens import Tokens
+from requester.presence import Presence
 from requester.routing import ApiRouter
 from requester.store import Store
 from requester.usage.service import Usage
@@ -156,15 +157,19 @@ def job_api(
 
 def assist(
     config: RequesterConfig, jobs: JobStore, registry: Registry, liveness: Liveness,
-    link: NodeLink, usage: Usage, *, leader: Callable[[], tuple[str, int]],
-    leading: Callable[[], bool], quotas: Callable[[str], Quota], nudge: Callable[[str], None],
-) -> Assist:  # fmt: skip
-    """What a follower places itself: the jobs submitted to it while nothing waits."""
+    link: NodeLink, usage: Usage, presence: Presence, *, leading: Callable[[], bool],
+    quotas: Callable[[str], Quota], nudge: Callable[[str], None],
+) -> Assist | None:  # fmt: skip
+    """What a follower places itself: the jobs submitted to it while nothing waits (None:
+    `[scheduler] followers_place` is off). Either way, a follower's cancels carry the
+    leader's epoch."""
+    link.leader_epoch = lambda: presence.leader()[1]
+    if not config.scheduler.followers_place:
+        return None
     return Assist(
-        config.name, jobs, registry, liveness, link, leader=leader, leading=leading,
+        config.name, jobs, registry, liveness, link, leader=presence.leader, leading=leading,
         quotas=quotas, nudge=nudge, offer_timeout=config.offer_timeout,
-        interval=config.scheduler_interval,
-        scores=usage.book.scores, tiers=usage.book.tiers,
+        interval=config.scheduler_interval, scores=usage.book.scores, tiers=usage.book.tiers,
     )  # fmt: skip
 
 

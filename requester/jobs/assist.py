@@ -121,6 +121,19 @@ class Assist:
             return "busy"
         return "" if self._leader()[1] > 0 else "no_leader"
 
+    def placer(self, job: Job) -> str:
+        """Who places a job submitted here: this requester (see `takes`), or "" (the
+        leader). Asked before the job is stored: its record says it."""
+        return self.name if self.takes(job) else ""
+
+    def created(self, job_id: str) -> bool:
+        """A job stored here: True when this requester took it, and now places it."""
+        record = self._store.record(job_id)
+        if record is None or record.placer != self.name:
+            return False
+        self.place(job_id)
+        return True
+
     def place(self, job_id: str) -> None:
         """Place a job it took, in the background (the submit is answered meanwhile)."""
         task = asyncio.create_task(self._place(job_id), name=f"assist-{job_id}")
@@ -183,8 +196,9 @@ class Assist:
             for execution in new:
                 if execution.exec_id not in kept:
                     ledger.release_exec(execution.exec_id)
-        self.placed += len(kept) == len(new)
-        return all(a.accepted for a in answers)
+        whole = all(a.accepted for a in answers)
+        self.placed += whole
+        return whole
 
     def _choose(self, job: Job, need: int, nodes: frozenset[str] | None) -> list[str]:
         now = time.monotonic()

@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client
 
 from hivectl.core import codec
+from hivectl.core.config import SchedulerSettings
 from hivectl.core.embedded import EmbeddedNats
 from hivectl.core.jobs import ExecState, Job, JobState, JobStopRequest, Offer, new_job_id
 from hivectl.core.quotas import Quota
@@ -177,3 +178,17 @@ async def test_a_job_stopped_through_a_follower_is_cancelled_on_its_node(
     await follower.job_api.stop_job(codec.encode(JobStopRequest(id=job_id)))
     await wait_for(lambda: node.cancels, what="the node told to stop it")
     assert node.cancels[0].epoch == leader.duties.scheduler._store.epoch  # type: ignore[union-attr]
+
+
+async def test_with_followers_place_off_only_the_leader_places(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path
+) -> None:
+    url, off = nats_server.url, SchedulerSettings(followers_place=False)
+    async with RunningRequester(config(url, tmp_path / "r1", name="req-1")) as leader:
+        await wait_for(lambda: leader.duties and leader.duties.active, what="req-1 leads")
+        cfg = config(url, tmp_path / "r2", name="req-2", scheduler=off)
+        async with RunningRequester(cfg) as follower:
+            await compute(leader, nc, "node-1", cpu=4.0, policy=room(4.0))
+            job_id = await submit_as(follower, ADMIN_USER, spec(cpu=1.0))
+            assert follower.assist is None and job_of(follower, job_id).placer == ""
+            await wait_for(lambda: live(leader, job_id) == ["node-1"], what="placed by req-1")
