@@ -175,12 +175,12 @@ class JobStore:
         return self._view.lost_races + self._execs.lost_races
 
     def follow(self) -> None:
-        """Another requester leads: keep its execution writes packed until someone
-        reads them (decoding every placement write cost a follower a tenth of a core,
-        on a machine the leader shares); the indexes of executions serve the leader
-        alone. Job records (a few writes a job, whatever its count) stay decoded: a
-        submit to any requester checks its owner's count of waiting jobs. With
-        `indexed`, executions stay decoded as well."""
+        """Another requester leads. Job records (a few writes a job, whatever its count)
+        stay decoded: a submit to any requester checks its owner's count of waiting
+        jobs. Execution records stay decoded and indexed only with `indexed` (a follower
+        that places jobs counts room from them); otherwise they are kept packed until
+        someone reads them (decoding every placement write cost a follower a tenth of a
+        core, on a machine the leader shares)."""
         self._execs.lazy = not self.indexed
 
     def lead(self) -> None:
